@@ -1,0 +1,419 @@
+//! `stratus agent` configuration: flags, `STRATUS_*` environment variables and an optional
+//! TOML file, merged in that order of precedence over built-in defaults.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::seal::{KeyError, Keyring};
+use crate::seeds::{Seed, SeedError};
+
+pub const DEFAULT_GOSSIP_PORT: u16 = 7946;
+pub const DEFAULT_API_PORT: u16 = 7070;
+
+/// Flags of `stratus agent`. Every one is optional here so that a flag left out can fall
+/// back to the file, then to the default.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct AgentArgs {
+    /// TOML file with any of the settings below (snake_case keys, e.g. `node_id = "a"`)
+    #[arg(long, env = "STRATUS_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Unique name of this node [default: the hostname]
+    #[arg(long, env = "STRATUS_NODE_ID")]
+    pub node_id: Option<String>,
+    /// UDP address to bind for gossip [default: 0.0.0.0:7946]
+    #[arg(long, env = "STRATUS_GOSSIP_ADDR")]
+    pub gossip_addr: Option<SocketAddr>,
+    /// Gossip address peers dial: ip:port or just ip [default: the bind address, or the
+    /// hostname's address when binding 0.0.0.0]
+    #[arg(long, env = "STRATUS_ADVERTISE_ADDR")]
+    pub advertise_addr: Option<String>,
+    /// TCP address of the HTTP API [default: 0.0.0.0:7070]
+    #[arg(long, env = "STRATUS_API_ADDR")]
+    pub api_addr: Option<SocketAddr>,
+    /// Comma-separated seeds: ip:port, host:port (all A/AAAA records) or _svc._udp.domain (SRV)
+    #[arg(long, env = "STRATUS_SEEDS", value_delimiter = ',')]
+    pub seeds: Option<Vec<String>>,
+    /// Where the node keeps its state [default: ./stratus-data]
+    #[arg(long, env = "STRATUS_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Cluster keys, comma-separated base64 (from `stratus keygen`); the first seals, all open
+    #[arg(
+        long,
+        env = "STRATUS_CLUSTER_KEY",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub cluster_key: Option<Vec<String>>,
+    /// File holding the cluster keys, one per line, primary first
+    #[arg(long, env = "STRATUS_CLUSTER_KEY_FILE")]
+    pub cluster_key_file: Option<PathBuf>,
+    /// Run gossip unencrypted and unauthenticated: anyone who can send UDP can join
+    #[arg(long, env = "STRATUS_INSECURE_NO_ENCRYPTION")]
+    pub insecure_no_encryption: bool,
+    /// Node labels, comma-separated k=v
+    #[arg(long, env = "STRATUS_LABELS", value_delimiter = ',')]
+    pub labels: Option<Vec<String>>,
+    /// Name of the cluster; nodes of other clusters are refused [default: stratus]
+    #[arg(long, env = "STRATUS_CLUSTER_ID")]
+    pub cluster_id: Option<String>,
+    /// Milliseconds between gossip rounds [default: 500]
+    #[arg(long, env = "STRATUS_GOSSIP_INTERVAL_MS")]
+    pub gossip_interval_ms: Option<u64>,
+    /// Phi-accrual threshold for declaring a silent peer dead [default: 8]
+    #[arg(long, env = "STRATUS_PHI_THRESHOLD")]
+    pub phi_threshold: Option<f64>,
+    /// Seconds between load samples [default: 5]
+    #[arg(long, env = "STRATUS_LOAD_INTERVAL_SECS")]
+    pub load_interval_secs: Option<u64>,
+}
+
+/// The same settings, as read from a TOML file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    node_id: Option<String>,
+    gossip_addr: Option<SocketAddr>,
+    advertise_addr: Option<String>,
+    api_addr: Option<SocketAddr>,
+    seeds: Option<Vec<String>>,
+    data_dir: Option<PathBuf>,
+    cluster_key: Option<Vec<String>>,
+    cluster_key_file: Option<PathBuf>,
+    insecure_no_encryption: Option<bool>,
+    labels: Option<BTreeMap<String, String>>,
+    cluster_id: Option<String>,
+    gossip_interval_ms: Option<u64>,
+    phi_threshold: Option<f64>,
+    load_interval_secs: Option<u64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    ReadFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    ParseFile { path: PathBuf, message: String },
+    #[error("cannot read cluster key file {path}: {source}")]
+    ReadKeyFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid cluster key: {0}")]
+    Key(#[from] KeyError),
+    #[error(
+        "no cluster key: gossip would be readable and writable by anyone on the network. \
+         Create a key with `stratus keygen` and pass it to every node with --cluster-key \
+         or --cluster-key-file, or pass --insecure-no-encryption to run without one"
+    )]
+    MissingKey,
+    #[error("invalid seed: {0}")]
+    Seed(#[from] SeedError),
+    #[error("invalid label {0:?}: write key=value")]
+    Label(String),
+    #[error("invalid advertise address {0:?}: write ip or ip:port")]
+    Advertise(String),
+    #[error("{0} must be greater than zero")]
+    Zero(&'static str),
+}
+
+/// Fully resolved agent settings.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub node_id: String,
+    pub cluster_id: String,
+    pub gossip_addr: SocketAddr,
+    pub advertise_addr: SocketAddr,
+    pub api_addr: SocketAddr,
+    pub seeds: Vec<Seed>,
+    pub data_dir: PathBuf,
+    /// `None` only with `--insecure-no-encryption`.
+    pub keyring: Option<Keyring>,
+    pub labels: BTreeMap<String, String>,
+    pub gossip_interval: Duration,
+    pub phi_threshold: f64,
+    pub load_interval: Duration,
+}
+
+impl AgentConfig {
+    pub fn resolve(args: AgentArgs) -> Result<AgentConfig, ConfigError> {
+        let file = match &args.config {
+            Some(path) => read_file_config(path)?,
+            None => FileConfig::default(),
+        };
+        let node_id = args
+            .node_id
+            .or(file.node_id)
+            .unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned());
+        let gossip_addr = args
+            .gossip_addr
+            .or(file.gossip_addr)
+            .unwrap_or(SocketAddr::new(
+                Ipv4Addr::UNSPECIFIED.into(),
+                DEFAULT_GOSSIP_PORT,
+            ));
+        let advertise_addr = match args.advertise_addr.or(file.advertise_addr) {
+            Some(text) => parse_advertise(&text, gossip_addr.port())?,
+            None => default_advertise(gossip_addr),
+        };
+        let api_addr = args.api_addr.or(file.api_addr).unwrap_or(SocketAddr::new(
+            Ipv4Addr::UNSPECIFIED.into(),
+            DEFAULT_API_PORT,
+        ));
+        let seeds = args.seeds.or(file.seeds).unwrap_or_default();
+        let seeds = seeds
+            .iter()
+            .filter(|seed| !seed.trim().is_empty())
+            .map(|seed| Seed::parse(seed))
+            .collect::<Result<Vec<_>, _>>()?;
+        let data_dir = args
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("stratus-data"));
+        let insecure = args.insecure_no_encryption || file.insecure_no_encryption.unwrap_or(false);
+        let keys = match (
+            args.cluster_key.or(file.cluster_key),
+            args.cluster_key_file.or(file.cluster_key_file),
+        ) {
+            (Some(keys), _) => keys,
+            (None, Some(path)) => read_key_file(&path)?,
+            (None, None) => Vec::new(),
+        };
+        let keyring = match (keys.is_empty(), insecure) {
+            (false, _) => Some(Keyring::parse(&keys)?),
+            (true, true) => None,
+            (true, false) => return Err(ConfigError::MissingKey),
+        };
+        let labels = match args.labels {
+            Some(labels) => parse_labels(&labels)?,
+            None => file.labels.unwrap_or_default(),
+        };
+        let gossip_interval_ms = args
+            .gossip_interval_ms
+            .or(file.gossip_interval_ms)
+            .unwrap_or(500);
+        let load_interval_secs = args
+            .load_interval_secs
+            .or(file.load_interval_secs)
+            .unwrap_or(5);
+        if gossip_interval_ms == 0 {
+            return Err(ConfigError::Zero("gossip_interval_ms"));
+        }
+        if load_interval_secs == 0 {
+            return Err(ConfigError::Zero("load_interval_secs"));
+        }
+        Ok(AgentConfig {
+            node_id,
+            cluster_id: args
+                .cluster_id
+                .or(file.cluster_id)
+                .unwrap_or_else(|| "stratus".to_string()),
+            gossip_addr,
+            advertise_addr,
+            api_addr,
+            seeds,
+            data_dir,
+            keyring,
+            labels,
+            gossip_interval: Duration::from_millis(gossip_interval_ms),
+            phi_threshold: args.phi_threshold.or(file.phi_threshold).unwrap_or(8.0),
+            load_interval: Duration::from_secs(load_interval_secs),
+        })
+    }
+
+    /// The API address peers and clients should use (the advertise IP when bound to 0.0.0.0).
+    pub fn advertised_api_addr(&self) -> SocketAddr {
+        if self.api_addr.ip().is_unspecified() {
+            SocketAddr::new(self.advertise_addr.ip(), self.api_addr.port())
+        } else {
+            self.api_addr
+        }
+    }
+}
+
+fn read_file_config(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|err| ConfigError::ParseFile {
+        path: path.to_path_buf(),
+        message: err.to_string(),
+    })
+}
+
+fn read_key_file(path: &Path) -> Result<Vec<String>, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadKeyFile {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .map(str::to_string)
+        .collect())
+}
+
+fn parse_labels(labels: &[String]) -> Result<BTreeMap<String, String>, ConfigError> {
+    labels
+        .iter()
+        .filter(|label| !label.trim().is_empty())
+        .map(|label| match label.split_once('=') {
+            Some((key, value)) if !key.trim().is_empty() => {
+                Ok((key.trim().to_string(), value.trim().to_string()))
+            }
+            _ => Err(ConfigError::Label(label.clone())),
+        })
+        .collect()
+}
+
+fn parse_advertise(text: &str, default_port: u16) -> Result<SocketAddr, ConfigError> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    text.parse::<IpAddr>()
+        .map(|ip| SocketAddr::new(ip, default_port))
+        .map_err(|_| ConfigError::Advertise(text.to_string()))
+}
+
+/// Binding 0.0.0.0 says nothing about where peers can reach us: use the address the
+/// hostname resolves to (a container's own IP under Docker), else loopback.
+fn default_advertise(bind: SocketAddr) -> SocketAddr {
+    if !bind.ip().is_unspecified() {
+        return bind;
+    }
+    let hostname = gethostname::gethostname().to_string_lossy().into_owned();
+    let resolved = (hostname.as_str(), bind.port())
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.find(|addr| addr.is_ipv4() && !addr.ip().is_loopback()));
+    resolved.unwrap_or(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), bind.port()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "7hAYDxS4UptBwSIzOEJ733ceO/wiRro0cAYZzpkgxlg=";
+
+    fn args() -> AgentArgs {
+        AgentArgs {
+            cluster_key: Some(vec![KEY.to_string()]),
+            ..AgentArgs::default()
+        }
+    }
+
+    #[test]
+    fn defaults_apply_when_nothing_is_set() {
+        let config = AgentConfig::resolve(args()).unwrap();
+        assert_eq!(config.gossip_addr.port(), DEFAULT_GOSSIP_PORT);
+        assert_eq!(config.api_addr.port(), DEFAULT_API_PORT);
+        assert_eq!(config.gossip_interval, Duration::from_millis(500));
+        assert!(!config.node_id.is_empty());
+        assert!(config.keyring.is_some());
+    }
+
+    #[test]
+    fn refuses_to_start_without_a_key_unless_told_so() {
+        let err = AgentConfig::resolve(AgentArgs::default()).unwrap_err();
+        assert!(matches!(err, ConfigError::MissingKey));
+        assert!(err.to_string().contains("stratus keygen"));
+        let insecure = AgentConfig::resolve(AgentArgs {
+            insecure_no_encryption: true,
+            ..AgentArgs::default()
+        })
+        .unwrap();
+        assert!(insecure.keyring.is_none());
+    }
+
+    #[test]
+    fn flags_override_the_file_which_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "node_id = \"from-file\"\napi_addr = \"127.0.0.5:9000\"\nseeds = [\"127.0.0.6:7946\"]\n\
+                 cluster_key = [\"{KEY}\"]\n[labels]\nzone = \"a\"\n"
+            ),
+        )
+        .unwrap();
+        let config = AgentConfig::resolve(AgentArgs {
+            config: Some(path),
+            node_id: Some("from-flag".into()),
+            ..AgentArgs::default()
+        })
+        .unwrap();
+        assert_eq!(config.node_id, "from-flag");
+        assert_eq!(config.api_addr, "127.0.0.5:9000".parse().unwrap());
+        assert_eq!(
+            config.seeds,
+            vec![Seed::Addr("127.0.0.6:7946".parse().unwrap())]
+        );
+        assert_eq!(config.labels.get("zone").map(String::as_str), Some("a"));
+    }
+
+    #[test]
+    fn unknown_file_keys_are_reported_with_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, "nodeid = \"typo\"\n").unwrap();
+        let err = AgentConfig::resolve(AgentArgs {
+            config: Some(path.clone()),
+            ..args()
+        })
+        .unwrap_err();
+        let message = err.to_string();
+        assert!(
+            message.contains("agent.toml") && message.contains("nodeid"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn key_file_holds_primary_then_extra_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys");
+        std::fs::write(&path, format!("# rotation\n{KEY}\n\n{KEY}\n")).unwrap();
+        let config = AgentConfig::resolve(AgentArgs {
+            cluster_key_file: Some(path),
+            ..AgentArgs::default()
+        })
+        .unwrap();
+        assert!(config.keyring.is_some());
+    }
+
+    #[test]
+    fn labels_advertise_and_intervals_are_validated() {
+        let bad_label = AgentConfig::resolve(AgentArgs {
+            labels: Some(vec!["zone".into()]),
+            ..args()
+        });
+        assert!(matches!(bad_label, Err(ConfigError::Label(_))));
+        let advertise = AgentConfig::resolve(AgentArgs {
+            advertise_addr: Some("127.0.0.9".into()),
+            gossip_addr: Some("0.0.0.0:8000".parse().unwrap()),
+            ..args()
+        })
+        .unwrap();
+        assert_eq!(advertise.advertise_addr, "127.0.0.9:8000".parse().unwrap());
+        assert_eq!(
+            advertise.advertised_api_addr().ip(),
+            advertise.advertise_addr.ip()
+        );
+        let zero = AgentConfig::resolve(AgentArgs {
+            gossip_interval_ms: Some(0),
+            ..args()
+        });
+        assert!(matches!(zero, Err(ConfigError::Zero(_))));
+    }
+}

@@ -1,0 +1,26 @@
+//! The Stratus daemon: everything `stratus agent` runs on a host, and the CLI around it.
+//!
+//! This crate owns the node's side of the cluster: joining and gossiping ([`membership`],
+//! the only module that uses chitchat), sealing gossip ([`seal`]), finding seeds
+//! ([`seeds`]), sampling load ([`load`]) and wiring it all into the agent ([`agent`]).
+//! Decisions are pure functions over data (the cluster view, the seal codec, the load
+//! change rule); the I/O shells around them stay thin. It must never depend on `ingress`.
+//!
+//! Layout:
+//! - [`agent`]: `run(config, shutdown)`, the daemon's main loop;
+//! - [`config`]: flags, environment and TOML file;
+//! - [`membership`]: chitchat, the sealed UDP transport and the typed [`membership::ClusterView`];
+//! - [`seal`]: keyring, AEAD wire codec and fragment reassembly;
+//! - [`seeds`]: seed parsing and DNS (A/AAAA/SRV) resolution;
+//! - [`load`]: `sysinfo` sampling and when to republish;
+//! - [`generation`]: the per-restart generation number;
+//! - [`cli`]: the `nodes` table.
+
+pub mod agent;
+pub mod cli;
+pub mod config;
+pub mod generation;
+pub mod load;
+pub mod membership;
+pub mod seal;
+pub mod seeds;

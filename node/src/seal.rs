@@ -1,0 +1,474 @@
+//! Sealing of gossip datagrams: the cluster keyring, the wire codec and fragment
+//! reassembly. Pure code: no sockets, time comes in as an argument.
+//!
+//! Every datagram on the wire is
+//!
+//! ```text
+//! version:u8 | key_id:[u8;4] | nonce:[u8;24] | msg_id:u64 | frag_idx:u8 | frag_count:u8 | ciphertext+tag
+//! ```
+//!
+//! The whole header is the AEAD's associated data, so a forged or altered header fails to
+//! open just like a forged body. `key_id` (the first bytes of SHA-256 of the key) picks the
+//! key from the keyring without trial decryption, which is what makes key rotation cheap.
+//!
+//! Why fragments: chitchat fills a datagram up to the 65,507-byte UDP limit (it sizes its
+//! deltas against that constant), so adding 55 bytes of header and tag can overflow it.
+//! Such a message is split into at most [`MAX_FRAGMENTS`] sealed fragments; each one is
+//! authenticated on its own, so nothing unauthenticated is ever buffered.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use tokio::time::Instant;
+
+/// The largest UDP payload over IPv4.
+pub const MAX_DATAGRAM: usize = 65_507;
+const WIRE_VERSION: u8 = 1;
+const KEY_ID_LEN: usize = 4;
+const NONCE_LEN: usize = 24;
+const TAG_LEN: usize = 16;
+pub const HEADER_LEN: usize = 1 + KEY_ID_LEN + NONCE_LEN + 8 + 1 + 1;
+/// Bytes a sealed datagram adds to its plaintext.
+pub const OVERHEAD: usize = HEADER_LEN + TAG_LEN;
+pub const MAX_FRAGMENT_PLAINTEXT: usize = MAX_DATAGRAM - OVERHEAD;
+/// chitchat messages are at most one datagram, so two fragments always suffice; a few
+/// more leave room without letting a peer make us buffer much.
+pub const MAX_FRAGMENTS: usize = 4;
+const KEY_LEN: usize = 32;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum KeyError {
+    #[error("cluster key is not valid base64: {0}")]
+    NotBase64(String),
+    #[error(
+        "cluster key must be {KEY_LEN} bytes once decoded, got {0} (generate one with `stratus keygen`)"
+    )]
+    WrongLength(usize),
+    #[error("no cluster key given")]
+    Empty,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum OpenError {
+    #[error("datagram shorter than a sealed header")]
+    TooShort,
+    #[error("unknown wire version {0}")]
+    UnknownVersion(u8),
+    #[error("sealed with a key this node does not hold")]
+    UnknownKey,
+    #[error("authentication failed")]
+    Unauthentic,
+    #[error("invalid fragment header")]
+    BadFragment,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SealError {
+    #[error("message of {0} bytes exceeds the largest sealable message")]
+    TooLarge(usize),
+}
+
+/// One 256-bit cluster key.
+#[derive(Clone)]
+pub struct ClusterKey {
+    cipher: XChaCha20Poly1305,
+    id: [u8; KEY_ID_LEN],
+}
+
+impl std::fmt::Debug for ClusterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print key material.
+        write!(f, "ClusterKey({:02x?})", self.id)
+    }
+}
+
+impl ClusterKey {
+    pub fn parse(encoded: &str) -> Result<ClusterKey, KeyError> {
+        let encoded = encoded.trim();
+        if encoded.is_empty() {
+            return Err(KeyError::Empty);
+        }
+        let bytes = BASE64
+            .decode(encoded)
+            .map_err(|err| KeyError::NotBase64(err.to_string()))?;
+        if bytes.len() != KEY_LEN {
+            return Err(KeyError::WrongLength(bytes.len()));
+        }
+        let digest = Sha256::digest(&bytes);
+        let mut id = [0u8; KEY_ID_LEN];
+        id.copy_from_slice(&digest[..KEY_ID_LEN]);
+        Ok(ClusterKey {
+            cipher: XChaCha20Poly1305::new(chacha20poly1305::Key::from_slice(&bytes)),
+            id,
+        })
+    }
+
+    /// A fresh random key, base64-encoded as the flags take it.
+    pub fn generate(rng: &mut impl RngCore) -> String {
+        let mut bytes = [0u8; KEY_LEN];
+        rng.fill_bytes(&mut bytes);
+        BASE64.encode(bytes)
+    }
+
+    /// Short public fingerprint, safe to log.
+    pub fn fingerprint(&self) -> String {
+        self.id.iter().map(|byte| format!("{byte:02x}")).collect()
+    }
+}
+
+/// The primary key seals; every key in the ring (primary included) opens.
+///
+/// Rotation without downtime: add the new key as an extra key on every node, then make it
+/// primary on every node, then remove the old one.
+#[derive(Clone, Debug)]
+pub struct Keyring {
+    primary: ClusterKey,
+    extra: Vec<ClusterKey>,
+}
+
+impl Keyring {
+    /// The first key is the primary one.
+    pub fn parse<S: AsRef<str>>(keys: &[S]) -> Result<Keyring, KeyError> {
+        let mut parsed = keys
+            .iter()
+            .map(|key| key.as_ref().trim())
+            .filter(|key| !key.is_empty())
+            .map(ClusterKey::parse);
+        let primary = parsed.next().ok_or(KeyError::Empty)??;
+        let extra = parsed.collect::<Result<Vec<_>, _>>()?;
+        Ok(Keyring { primary, extra })
+    }
+
+    pub fn primary(&self) -> &ClusterKey {
+        &self.primary
+    }
+
+    fn find(&self, id: &[u8]) -> Option<&ClusterKey> {
+        std::iter::once(&self.primary)
+            .chain(&self.extra)
+            .find(|key| key.id == id)
+    }
+
+    /// Seals `plaintext` into one datagram, or several fragments if it does not fit.
+    pub fn seal(
+        &self,
+        plaintext: &[u8],
+        msg_id: u64,
+        rng: &mut impl RngCore,
+    ) -> Result<Vec<Vec<u8>>, SealError> {
+        let count = plaintext.len().div_ceil(MAX_FRAGMENT_PLAINTEXT).max(1);
+        if count > MAX_FRAGMENTS {
+            return Err(SealError::TooLarge(plaintext.len()));
+        }
+        let chunks: Vec<&[u8]> = if plaintext.is_empty() {
+            vec![plaintext]
+        } else {
+            plaintext.chunks(MAX_FRAGMENT_PLAINTEXT).collect()
+        };
+        let mut datagrams = Vec::with_capacity(count);
+        for (idx, chunk) in chunks.into_iter().enumerate() {
+            let mut nonce = [0u8; NONCE_LEN];
+            rng.fill_bytes(&mut nonce);
+            let mut datagram = Vec::with_capacity(OVERHEAD + chunk.len());
+            datagram.push(WIRE_VERSION);
+            datagram.extend_from_slice(&self.primary.id);
+            datagram.extend_from_slice(&nonce);
+            datagram.extend_from_slice(&msg_id.to_be_bytes());
+            datagram.push(idx as u8);
+            datagram.push(count as u8);
+            let ciphertext = self
+                .primary
+                .cipher
+                .encrypt(
+                    XNonce::from_slice(&nonce),
+                    Payload {
+                        msg: chunk,
+                        aad: &datagram[..HEADER_LEN],
+                    },
+                )
+                // Encryption only fails for inputs beyond 256 GiB.
+                .map_err(|_| SealError::TooLarge(plaintext.len()))?;
+            datagram.extend_from_slice(&ciphertext);
+            datagrams.push(datagram);
+        }
+        Ok(datagrams)
+    }
+
+    /// Authenticates and decrypts one datagram.
+    pub fn open(&self, datagram: &[u8]) -> Result<Fragment, OpenError> {
+        if datagram.len() < OVERHEAD {
+            return Err(OpenError::TooShort);
+        }
+        let (header, ciphertext) = datagram.split_at(HEADER_LEN);
+        if header[0] != WIRE_VERSION {
+            return Err(OpenError::UnknownVersion(header[0]));
+        }
+        let key = self
+            .find(&header[1..1 + KEY_ID_LEN])
+            .ok_or(OpenError::UnknownKey)?;
+        let nonce_start = 1 + KEY_ID_LEN;
+        let nonce = XNonce::from_slice(&header[nonce_start..nonce_start + NONCE_LEN]);
+        let plaintext = key
+            .cipher
+            .decrypt(
+                nonce,
+                Payload {
+                    msg: ciphertext,
+                    aad: header,
+                },
+            )
+            .map_err(|_| OpenError::Unauthentic)?;
+        let tail = &header[nonce_start + NONCE_LEN..];
+        let mut msg_id = [0u8; 8];
+        msg_id.copy_from_slice(&tail[..8]);
+        let fragment = Fragment {
+            msg_id: u64::from_be_bytes(msg_id),
+            idx: tail[8],
+            count: tail[9],
+            payload: plaintext,
+        };
+        if fragment.count == 0
+            || usize::from(fragment.count) > MAX_FRAGMENTS
+            || fragment.idx >= fragment.count
+        {
+            return Err(OpenError::BadFragment);
+        }
+        Ok(fragment)
+    }
+}
+
+/// An authenticated piece of a message.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Fragment {
+    pub msg_id: u64,
+    pub idx: u8,
+    pub count: u8,
+    pub payload: Vec<u8>,
+}
+
+struct Partial {
+    started: Instant,
+    parts: Vec<Option<Vec<u8>>>,
+}
+
+/// Puts fragmented messages back together. Bounded in memory: at most
+/// `max_partials` messages in flight, each dropped `timeout` after its first fragment.
+pub struct Reassembler {
+    partials: HashMap<(SocketAddr, u64), Partial>,
+    max_partials: usize,
+    timeout: Duration,
+}
+
+impl Default for Reassembler {
+    fn default() -> Self {
+        Reassembler::new(64, Duration::from_secs(5))
+    }
+}
+
+impl Reassembler {
+    pub fn new(max_partials: usize, timeout: Duration) -> Reassembler {
+        Reassembler {
+            partials: HashMap::new(),
+            max_partials,
+            timeout,
+        }
+    }
+
+    /// Returns the whole message once its last fragment arrives.
+    pub fn push(&mut self, from: SocketAddr, fragment: Fragment, now: Instant) -> Option<Vec<u8>> {
+        if fragment.count == 1 {
+            return Some(fragment.payload);
+        }
+        self.partials
+            .retain(|_, partial| now.duration_since(partial.started) < self.timeout);
+        let key = (from, fragment.msg_id);
+        if !self.partials.contains_key(&key) && self.partials.len() >= self.max_partials {
+            return None;
+        }
+        let partial = self.partials.entry(key).or_insert_with(|| Partial {
+            started: now,
+            parts: vec![None; usize::from(fragment.count)],
+        });
+        let slot = partial.parts.get_mut(usize::from(fragment.idx))?;
+        *slot = Some(fragment.payload);
+        if partial.parts.iter().any(Option::is_none) {
+            return None;
+        }
+        let partial = self.partials.remove(&key)?;
+        Some(partial.parts.into_iter().flatten().flatten().collect())
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.partials.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    use super::*;
+
+    fn ring(seed: u64) -> (Keyring, String) {
+        let key = ClusterKey::generate(&mut StdRng::seed_from_u64(seed));
+        (Keyring::parse(std::slice::from_ref(&key)).unwrap(), key)
+    }
+
+    fn addr() -> SocketAddr {
+        "127.0.0.2:7946".parse().unwrap()
+    }
+
+    #[test]
+    fn seal_then_open_round_trips() {
+        let (ring, _) = ring(1);
+        let mut rng = StdRng::seed_from_u64(7);
+        let datagrams = ring.seal(b"hello gossip", 42, &mut rng).unwrap();
+        assert_eq!(datagrams.len(), 1);
+        assert_eq!(datagrams[0].len(), b"hello gossip".len() + OVERHEAD);
+        let fragment = ring.open(&datagrams[0]).unwrap();
+        assert_eq!(fragment.payload, b"hello gossip");
+        assert_eq!(fragment.msg_id, 42);
+    }
+
+    #[test]
+    fn a_node_with_another_key_cannot_open() {
+        let (ring_a, _) = ring(1);
+        let (ring_b, _) = ring(2);
+        let datagrams = ring_a
+            .seal(b"secret", 1, &mut StdRng::seed_from_u64(0))
+            .unwrap();
+        assert_eq!(ring_b.open(&datagrams[0]), Err(OpenError::UnknownKey));
+    }
+
+    #[test]
+    fn forged_key_id_with_wrong_key_fails_authentication() {
+        let (ring_a, _) = ring(1);
+        let (ring_b, _) = ring(2);
+        let mut datagram = ring_b
+            .seal(b"forged", 1, &mut StdRng::seed_from_u64(0))
+            .unwrap()
+            .remove(0);
+        // Claim to be sealed with A's key.
+        datagram[1..5].copy_from_slice(&ring_a.primary.id);
+        assert_eq!(ring_a.open(&datagram), Err(OpenError::Unauthentic));
+    }
+
+    #[test]
+    fn any_flipped_bit_is_rejected() {
+        let (ring, _) = ring(1);
+        let datagram = ring
+            .seal(b"integrity matters", 9, &mut StdRng::seed_from_u64(0))
+            .unwrap()
+            .remove(0);
+        for byte in 0..datagram.len() {
+            let mut tampered = datagram.clone();
+            tampered[byte] ^= 0x01;
+            assert!(
+                ring.open(&tampered).is_err(),
+                "flip at byte {byte} accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn garbage_and_short_datagrams_are_rejected() {
+        let (ring, _) = ring(1);
+        assert_eq!(ring.open(b"junk"), Err(OpenError::TooShort));
+        let mut rng = StdRng::seed_from_u64(3);
+        for len in [OVERHEAD, 100, 1500] {
+            let mut junk = vec![0u8; len];
+            rng.fill_bytes(&mut junk);
+            junk[0] = WIRE_VERSION;
+            assert!(ring.open(&junk).is_err());
+        }
+    }
+
+    #[test]
+    fn rotation_extra_keys_open_and_primary_seals() {
+        let (_, old) = ring(1);
+        let (_, new) = ring(2);
+        let old_ring = Keyring::parse(std::slice::from_ref(&old)).unwrap();
+        let rotating = Keyring::parse(&[new.clone(), old.clone()]).unwrap();
+        let new_ring = Keyring::parse(&[new]).unwrap();
+        let mut rng = StdRng::seed_from_u64(0);
+        // A node still on the old key is understood by a rotating node...
+        let from_old = old_ring.seal(b"a", 1, &mut rng).unwrap().remove(0);
+        assert!(rotating.open(&from_old).is_ok());
+        // ...and the rotating node already seals with the new one.
+        let from_rotating = rotating.seal(b"b", 2, &mut rng).unwrap().remove(0);
+        assert!(new_ring.open(&from_rotating).is_ok());
+        assert!(old_ring.open(&from_rotating).is_err());
+    }
+
+    #[test]
+    fn key_parsing_errors_say_what_to_do() {
+        assert_eq!(ClusterKey::parse("").unwrap_err(), KeyError::Empty);
+        assert!(matches!(
+            ClusterKey::parse("!!!").unwrap_err(),
+            KeyError::NotBase64(_)
+        ));
+        let short = ClusterKey::parse("AAAA").unwrap_err();
+        assert_eq!(short, KeyError::WrongLength(3));
+        assert!(short.to_string().contains("stratus keygen"));
+    }
+
+    #[test]
+    fn oversize_messages_are_fragmented_and_reassembled_in_any_order() {
+        let (ring, _) = ring(1);
+        let mut rng = StdRng::seed_from_u64(5);
+        let mut message = vec![0u8; MAX_DATAGRAM + 10_000];
+        rng.fill_bytes(&mut message);
+        let mut datagrams = ring.seal(&message, 77, &mut rng).unwrap();
+        assert_eq!(datagrams.len(), 2);
+        assert!(datagrams.iter().all(|d| d.len() <= MAX_DATAGRAM));
+        datagrams.reverse();
+        let now = Instant::now();
+        let mut reassembler = Reassembler::default();
+        let first = ring.open(&datagrams[0]).unwrap();
+        assert_eq!(reassembler.push(addr(), first, now), None);
+        let second = ring.open(&datagrams[1]).unwrap();
+        assert_eq!(reassembler.push(addr(), second, now), Some(message));
+        assert_eq!(reassembler.in_flight(), 0);
+    }
+
+    #[test]
+    fn messages_beyond_the_fragment_limit_are_refused() {
+        let (ring, _) = ring(1);
+        let message = vec![0u8; MAX_FRAGMENT_PLAINTEXT * MAX_FRAGMENTS + 1];
+        assert!(matches!(
+            ring.seal(&message, 1, &mut StdRng::seed_from_u64(0)),
+            Err(SealError::TooLarge(_))
+        ));
+    }
+
+    #[test]
+    fn reassembler_is_bounded_and_forgets_stale_partials() {
+        let mut reassembler = Reassembler::new(2, Duration::from_secs(5));
+        let now = Instant::now();
+        let part = |msg_id| Fragment {
+            msg_id,
+            idx: 0,
+            count: 2,
+            payload: vec![1],
+        };
+        assert_eq!(reassembler.push(addr(), part(1), now), None);
+        assert_eq!(reassembler.push(addr(), part(2), now), None);
+        assert_eq!(reassembler.push(addr(), part(3), now), None);
+        assert_eq!(
+            reassembler.in_flight(),
+            2,
+            "a third partial must not be buffered"
+        );
+        let later = now + Duration::from_secs(6);
+        assert_eq!(reassembler.push(addr(), part(4), later), None);
+        assert_eq!(reassembler.in_flight(), 1, "stale partials are dropped");
+    }
+}

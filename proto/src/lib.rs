@@ -1,0 +1,19 @@
+//! Types that cross a process boundary: gossip keys and values, HTTP API bodies.
+//!
+//! This crate owns the *shape* of what Stratus nodes tell each other and what the API
+//! returns. It is plain data with `serde`: it must never depend on tokio, sockets,
+//! the gossip library or Docker, so every other crate (and external tools) can use it.
+//!
+//! Layout:
+//! - [`gossip`]: the versioned key schema and the values published under it;
+//! - [`node`]: what a node says about itself (identity, load);
+//! - [`container`]: one record per container a node runs;
+//! - [`api`]: request and response bodies of the HTTP API.
+
+pub mod api;
+pub mod container;
+pub mod gossip;
+pub mod node;
+
+pub use container::{ContainerHealth, ContainerRecord, ContainerState};
+pub use node::{NodeIdentity, NodeLoad};

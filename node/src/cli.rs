@@ -24,6 +24,7 @@ pub fn nodes_table(response: &NodesResponse) -> String {
             ""
         };
         let status = match node.status {
+            NodeStatus::Joining => "joining",
             NodeStatus::Live => "live",
             NodeStatus::Left => "left",
             NodeStatus::Dead => "dead",

@@ -43,6 +43,9 @@ pub struct GossipStats {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NodeStatus {
+    /// Heard of through gossip, not yet confirmed live by this node's failure detector
+    /// (a node that just started sees everyone this way for a round or two).
+    Joining,
     Live,
     /// Announced a graceful shutdown.
     Left,

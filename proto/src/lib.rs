@@ -13,6 +13,7 @@
 pub mod api;
 pub mod container;
 pub mod gossip;
+pub mod manifest;
 pub mod node;
 
 pub use container::{ContainerHealth, ContainerRecord, ContainerState};

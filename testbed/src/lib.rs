@@ -1,1 +1,14 @@
-//! testbed
+//! Test and measurement tools for Stratus clusters.
+//!
+//! - [`harness`]: starts real `stratus agent` processes on distinct loopback addresses,
+//!   kills (-9), stops (SIGTERM) and restarts them, and waits for conditions on what each
+//!   node reports through its API;
+//! - [`sim`]: an in-process cluster of up to thousands of nodes on chitchat's in-memory
+//!   transport and tokio's paused clock, driving the same membership code as the agent;
+//! - [`bench`]: the figures printed by `testbed bench ...`.
+//!
+//! It depends on everything and nothing depends on it.
+
+pub mod bench;
+pub mod harness;
+pub mod sim;

@@ -14,7 +14,7 @@ use std::time::Duration;
 use chitchat::{ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig};
 use proto::gossip::{self, IDENTITY_KEY, LEAVING_KEY, LOAD_KEY};
 use proto::{ContainerRecord, NodeIdentity, NodeLoad};
-use tokio::sync::watch;
+use tokio::sync::{Mutex, watch};
 use tracing::{info, warn};
 
 pub use chitchat::transport::{ChannelTransport, Transport};
@@ -49,7 +49,7 @@ impl MembershipConfig {
             listen_addr: addr,
             advertise_addr: addr,
             seeds: Vec::new(),
-            gossip_interval: Duration::from_millis(500),
+            gossip_interval: Duration::from_millis(crate::config::DEFAULT_GOSSIP_INTERVAL_MS),
             phi_threshold: 8.0,
             dead_node_grace_period: Duration::from_secs(15 * 60),
         }
@@ -69,6 +69,8 @@ pub enum MembershipError {
 /// A running gossip member.
 pub struct Membership {
     handle: ChitchatHandle,
+    /// Members this node has seen live at least once (see [`MemberSnapshot::was_live`]).
+    ever_live: Arc<Mutex<HashSet<ChitchatId>>>,
     self_id: String,
     gossip_interval: Duration,
     views: watch::Sender<Arc<ClusterView>>,
@@ -118,6 +120,7 @@ impl Membership {
         let (views, _) = watch::channel(Arc::new(ClusterView::default()));
         let membership = Membership {
             handle,
+            ever_live: Arc::default(),
             self_id: config.node_id,
             gossip_interval: config.gossip_interval,
             views,
@@ -137,35 +140,40 @@ impl Membership {
         let mut changes = chitchat.lock().await.live_nodes_watcher();
         let views = self.views.clone();
         let self_id = self.self_id.clone();
+        let ever_live = self.ever_live.clone();
         tokio::spawn(async move {
-            loop {
-                if changes.changed().await.is_err() {
-                    return;
-                }
+            while changes.changed().await.is_ok() {
+                // Every change of the live set passes here, so no member goes live unseen.
+                let live_ids: Vec<ChitchatId> =
+                    changes.borrow_and_update().keys().cloned().collect();
+                ever_live.lock().await.extend(live_ids);
                 if views.receiver_count() == 0 {
                     continue;
                 }
-                let members = snapshot_members(&*chitchat.lock().await);
-                let view = Arc::new(ClusterView::build(&self_id, members));
-                if views.send_if_modified(|current| {
-                    let changed = **current != *view;
+                let mut seen = ever_live.lock().await;
+                let state = chitchat.lock().await;
+                let members = snapshot_members(&state, &mut seen);
+                drop(state);
+                drop(seen);
+                let view = ClusterView::build(&self_id, members);
+                views.send_if_modified(|current| {
+                    let changed = **current != view;
                     if changed {
-                        *current = view;
+                        *current = Arc::new(view);
                     }
                     changed
-                }) {
-                    continue;
-                }
-                if views.is_closed() {
-                    return;
-                }
+                });
             }
         });
     }
 
     /// The current view, computed now.
     pub async fn view(&self) -> ClusterView {
-        let members = snapshot_members(&*self.handle.chitchat().lock().await);
+        let chitchat = self.handle.chitchat();
+        let mut seen = self.ever_live.lock().await;
+        let state = chitchat.lock().await;
+        let members = snapshot_members(&state, &mut seen);
+        drop(state);
         ClusterView::build(&self.self_id, members)
     }
 
@@ -260,8 +268,14 @@ impl Membership {
     }
 }
 
-fn snapshot_members(chitchat: &chitchat::Chitchat) -> Vec<MemberSnapshot> {
+fn snapshot_members(
+    chitchat: &chitchat::Chitchat,
+    ever_live: &mut HashSet<ChitchatId>,
+) -> Vec<MemberSnapshot> {
     let live: HashSet<&ChitchatId> = chitchat.live_nodes().collect();
+    ever_live.extend(live.iter().map(|id| (*id).clone()));
+    // Forget members chitchat itself has forgotten.
+    ever_live.retain(|id| chitchat.node_state(id).is_some());
     chitchat
         .node_states()
         .iter()
@@ -270,6 +284,7 @@ fn snapshot_members(chitchat: &chitchat::Chitchat) -> Vec<MemberSnapshot> {
             generation: id.generation_id,
             gossip_addr: id.gossip_advertise_addr,
             is_live: live.contains(id),
+            was_live: ever_live.contains(id),
             key_values: state
                 .key_values()
                 .map(|(key, value)| (key.to_string(), value.to_string()))

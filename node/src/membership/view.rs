@@ -16,6 +16,9 @@ pub struct MemberSnapshot {
     pub gossip_addr: SocketAddr,
     /// Live according to the failure detector (the self node always is).
     pub is_live: bool,
+    /// Has been live at some point in this node's eyes: a silent member that never was is
+    /// joining, not dead.
+    pub was_live: bool,
     pub key_values: Vec<(String, String)>,
 }
 
@@ -67,10 +70,11 @@ impl ClusterView {
                     _ => {}
                 }
             }
-            let status = match (member.is_live, leaving) {
-                (false, _) => NodeStatus::Dead,
-                (true, true) => NodeStatus::Left,
-                (true, false) => NodeStatus::Live,
+            let status = match (member.is_live, member.was_live, leaving) {
+                (false, false, _) => NodeStatus::Joining,
+                (false, true, _) => NodeStatus::Dead,
+                (true, _, true) => NodeStatus::Left,
+                (true, _, false) => NodeStatus::Live,
             };
             let counts = status == NodeStatus::Live;
             nodes.push(NodeView {
@@ -148,6 +152,7 @@ mod tests {
             generation,
             gossip_addr: "127.0.0.2:7946".parse().unwrap(),
             is_live,
+            was_live: true,
             key_values: kv,
         }
     }
@@ -182,6 +187,16 @@ mod tests {
         let b = view.node("b").unwrap();
         assert_eq!((b.generation, b.status), (5, NodeStatus::Live));
         assert_eq!(view.containers[0].record.id, "new");
+    }
+
+    #[test]
+    fn a_member_never_seen_live_is_joining_not_dead() {
+        let mut newcomer = member("b", 1, false, vec![record("c")]);
+        newcomer.was_live = false;
+        let view = ClusterView::build("a", vec![newcomer]);
+        let b = view.node("b").unwrap();
+        assert_eq!(b.status, NodeStatus::Joining);
+        assert!(view.containers.is_empty());
     }
 
     #[test]

@@ -1,0 +1,314 @@
+//! Real agents as child processes on loopback addresses `127.0.<net>.<2..>`.
+//!
+//! Each test picks its own `net` octet so tests running in parallel never share an address.
+
+use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use proto::api::{NodeStatus, NodesResponse};
+use tempfile::TempDir;
+use tokio::time::Instant;
+
+pub const GOSSIP_PORT: u16 = 7946;
+pub const API_PORT: u16 = 7070;
+
+/// Path of the `stratus` binary: `$STRATUS_BIN`, else next to the running executable
+/// (cargo puts test binaries in `target/<profile>/deps` and binaries in `target/<profile>`).
+pub fn stratus_bin() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("STRATUS_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe().context("cannot locate the running executable")?;
+    let mut dir = exe.parent().map(Path::to_path_buf);
+    while let Some(candidate) = dir {
+        let bin = candidate.join("stratus");
+        if bin.is_file() {
+            return Ok(bin);
+        }
+        dir = candidate.parent().map(Path::to_path_buf);
+        if candidate.file_name().is_some_and(|name| name == "target") {
+            break;
+        }
+    }
+    bail!(
+        "stratus binary not found next to {}: run `cargo build` (or set STRATUS_BIN)",
+        exe.display()
+    )
+}
+
+/// A fresh cluster key from the real `stratus keygen`.
+pub fn keygen(bin: &Path) -> anyhow::Result<String> {
+    let output = Command::new(bin).arg("keygen").output()?;
+    if !output.status.success() {
+        bail!(
+            "stratus keygen failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(String::from_utf8(output.stdout)?.trim().to_string())
+}
+
+pub struct AgentProcess {
+    pub node_id: String,
+    pub ip: Ipv4Addr,
+    pub key: String,
+    pub extra_args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl AgentProcess {
+    pub fn gossip_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.ip.into(), GOSSIP_PORT)
+    }
+
+    pub fn api_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.ip.into(), API_PORT)
+    }
+
+    pub fn client(&self) -> api::Client {
+        api::Client::new(&self.api_addr().to_string()).expect("loopback URL is valid")
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
+/// Agents started from one binary with one cluster key, seeded to the first agent.
+pub struct LocalCluster {
+    pub bin: PathBuf,
+    pub key: String,
+    pub net: u8,
+    pub agents: Vec<AgentProcess>,
+    /// Flags given to every agent, e.g. `--gossip-interval-ms 200`.
+    pub common_args: Vec<String>,
+    dir: TempDir,
+}
+
+impl LocalCluster {
+    /// Starts `count` agents on `127.0.<net>.2`, `127.0.<net>.3`, ...
+    pub fn start(net: u8, count: usize) -> anyhow::Result<LocalCluster> {
+        LocalCluster::start_with(net, count, Vec::new())
+    }
+
+    /// Same, with `common_args` added to every agent's command line.
+    pub fn start_with(
+        net: u8,
+        count: usize,
+        common_args: Vec<String>,
+    ) -> anyhow::Result<LocalCluster> {
+        let bin = stratus_bin()?;
+        let key = keygen(&bin)?;
+        let mut cluster = LocalCluster {
+            bin,
+            key,
+            net,
+            agents: Vec::new(),
+            common_args,
+            dir: tempfile::Builder::new()
+                .prefix("stratus-testbed-")
+                .tempdir()?,
+        };
+        for _ in 0..count {
+            cluster.add_agent(None, Vec::new())?;
+        }
+        Ok(cluster)
+    }
+
+    pub fn data_root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn seed(&self) -> SocketAddr {
+        SocketAddr::new(Ipv4Addr::new(127, 0, self.net, 2).into(), GOSSIP_PORT)
+    }
+
+    /// Adds and starts one more agent; `key` overrides the cluster key (for intruders).
+    pub fn add_agent(
+        &mut self,
+        key: Option<String>,
+        extra_args: Vec<String>,
+    ) -> anyhow::Result<usize> {
+        let index = self.agents.len();
+        let host = u8::try_from(index + 2).context("too many agents for one /24")?;
+        let agent = AgentProcess {
+            node_id: format!("node-{}", index + 1),
+            ip: Ipv4Addr::new(127, 0, self.net, host),
+            key: key.unwrap_or_else(|| self.key.clone()),
+            extra_args,
+            child: None,
+        };
+        self.agents.push(agent);
+        self.spawn(index)?;
+        Ok(index)
+    }
+
+    fn spawn(&mut self, index: usize) -> anyhow::Result<()> {
+        let seed = self.seed().to_string();
+        let data_root = self.dir.path().to_path_buf();
+        let agent = &mut self.agents[index];
+        let data_dir = data_root.join(&agent.node_id);
+        std::fs::create_dir_all(&data_dir)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data_root.join(format!("{}.log", agent.node_id)))?;
+        let child = Command::new(&self.bin)
+            .arg("agent")
+            .args(["--node-id", &agent.node_id])
+            .args(["--gossip-addr", &agent.gossip_addr().to_string()])
+            .args(["--api-addr", &agent.api_addr().to_string()])
+            .args(["--seeds", &seed])
+            .args(["--data-dir", &data_dir.display().to_string()])
+            .args(["--cluster-key", &agent.key])
+            .args(&self.common_args)
+            .args(&agent.extra_args)
+            .env("STRATUS_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start {}", self.bin.display()))?;
+        agent.child = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILL: the agent gets no chance to say goodbye.
+    pub fn kill9(&mut self, index: usize) {
+        if let Some(mut child) = self.agents[index].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then wait for the agent to exit on its own.
+    pub fn terminate(&mut self, index: usize) -> anyhow::Result<std::process::ExitStatus> {
+        let mut child = self.agents[index]
+            .child
+            .take()
+            .context("agent is not running")?;
+        let pid = Pid::from_raw(i32::try_from(child.id())?);
+        kill(pid, Signal::SIGTERM)?;
+        Ok(child.wait()?)
+    }
+
+    pub fn restart(&mut self, index: usize) -> anyhow::Result<()> {
+        self.kill9(index);
+        self.spawn(index)
+    }
+
+    /// Every running agent's view, or an error if one does not answer.
+    pub async fn views(&self) -> anyhow::Result<Vec<(usize, NodesResponse)>> {
+        let mut views = Vec::new();
+        for (index, agent) in self.agents.iter().enumerate() {
+            if agent.is_running() {
+                views.push((index, agent.client().nodes().await?));
+            }
+        }
+        Ok(views)
+    }
+
+    /// True when every running agent sees exactly the running agents as live.
+    pub async fn converged(&self) -> bool {
+        let running: Vec<&str> = self
+            .agents
+            .iter()
+            .filter(|agent| agent.is_running())
+            .map(|agent| agent.node_id.as_str())
+            .collect();
+        let Ok(views) = self.views().await else {
+            return false;
+        };
+        views.iter().all(|(_, view)| {
+            let mut live = live_ids(view);
+            live.sort_unstable();
+            let mut expected = running.clone();
+            expected.sort_unstable();
+            live == expected
+        })
+    }
+
+    /// Status of `node_id` in every running agent's view.
+    pub async fn statuses_of(&self, node_id: &str) -> anyhow::Result<Vec<Option<NodeStatus>>> {
+        Ok(self
+            .views()
+            .await?
+            .iter()
+            .map(|(_, view)| {
+                view.nodes
+                    .iter()
+                    .find(|node| node.node_id == node_id)
+                    .map(|node| node.status)
+            })
+            .collect())
+    }
+
+    /// The last lines of every agent's log, for failure messages.
+    pub fn logs_tail(&self, lines: usize) -> String {
+        let mut out = String::new();
+        for agent in &self.agents {
+            let path = self.dir.path().join(format!("{}.log", agent.node_id));
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(lines).collect();
+            out.push_str(&format!("--- {} ---\n", agent.node_id));
+            for line in tail.into_iter().rev() {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    /// Polls `condition` until it holds; returns how long it took. Fails with the agents'
+    /// logs after `timeout`.
+    pub async fn wait_for<F, Fut>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut condition: F,
+    ) -> anyhow::Result<Duration>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = bool>,
+    {
+        let start = Instant::now();
+        loop {
+            if condition().await {
+                return Ok(start.elapsed());
+            }
+            if start.elapsed() > timeout {
+                bail!(
+                    "timed out after {timeout:?} waiting for {what}\n{}",
+                    self.logs_tail(15)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        for index in 0..self.agents.len() {
+            self.kill9(index);
+        }
+    }
+}
+
+pub fn live_ids(view: &NodesResponse) -> Vec<&str> {
+    view.nodes
+        .iter()
+        .filter(|node| node.status == NodeStatus::Live)
+        .map(|node| node.node_id.as_str())
+        .collect()
+}

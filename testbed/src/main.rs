@@ -1,0 +1,125 @@
+//! `testbed`: start a local cluster, or print benchmark figures.
+
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use testbed::bench;
+use testbed::harness::LocalCluster;
+
+#[derive(Parser)]
+#[command(name = "testbed", about = "Local Stratus clusters and benchmarks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start agents on 127.0.0.2, 127.0.0.3, ... and keep them running until Ctrl-C
+    Up {
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+    },
+    /// Print benchmark figures
+    Bench {
+        #[command(subcommand)]
+        which: Bench,
+    },
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Rounds to spread a key and bytes per node per round, simulated at 100, 500, 1,000 nodes
+    Gossip {
+        #[arg(long, default_value_t = 1000)]
+        nodes: usize,
+        #[arg(long, default_value_t = node::config::DEFAULT_GOSSIP_INTERVAL_MS)]
+        interval_ms: u64,
+        #[arg(long, default_value_t = 60)]
+        max_rounds: u32,
+    },
+    /// Cost of sealing and opening gossip datagrams
+    Seal,
+    /// Time from kill -9 of an agent to every peer reporting it dead, on real agents
+    Detect {
+        #[arg(long, default_value_t = 5)]
+        agents: usize,
+        #[arg(long, default_value_t = 5)]
+        trials: usize,
+        /// Keep both cores busy meanwhile and count false deaths
+        #[arg(long)]
+        busy: bool,
+        /// Extra flags for every agent, e.g. --agent-args=--phi-threshold=10
+        #[arg(long, allow_hyphen_values = true, value_delimiter = ' ')]
+        agent_args: Vec<String>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Up { nodes } => up(nodes),
+        Command::Bench {
+            which:
+                Bench::Gossip {
+                    nodes,
+                    interval_ms,
+                    max_rounds,
+                },
+        } => {
+            bench::gossip(nodes, Duration::from_millis(interval_ms), max_rounds)?;
+            Ok(())
+        }
+        Command::Bench { which: Bench::Seal } => bench::seal(),
+        Command::Bench {
+            which:
+                Bench::Detect {
+                    agents,
+                    trials,
+                    busy,
+                    agent_args,
+                },
+        } => {
+            anyhow::ensure!(agents >= 2, "need at least 2 agents");
+            let runtime = tokio::runtime::Runtime::new()?;
+            let mut report =
+                runtime.block_on(bench::detect(250, agents, trials, busy, agent_args))?;
+            let max = report.detections.iter().max().copied().unwrap_or_default();
+            let median = bench::median(&mut report.detections);
+            println!(
+                "kill -9 -> dead on all peers: median {:.2} s, max {:.2} s over {} trials on {} agents{}; false deaths: {}",
+                median.as_secs_f64(),
+                max.as_secs_f64(),
+                report.detections.len(),
+                agents,
+                if busy { " with both cores busy" } else { "" },
+                report.false_deaths
+            );
+            Ok(())
+        }
+    }
+}
+
+fn up(nodes: usize) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let cluster = LocalCluster::start(0, nodes)?;
+        cluster
+            .wait_for("the cluster to converge", Duration::from_secs(60), || {
+                cluster.converged()
+            })
+            .await?;
+        let api = cluster.agents[0].api_addr();
+        let status = std::process::Command::new(&cluster.bin)
+            .args(["nodes", "--api", &format!("http://{api}")])
+            .status()?;
+        anyhow::ensure!(status.success(), "stratus nodes failed");
+        println!(
+            "\n{nodes} agents running (data and logs in {}).",
+            cluster.data_root().display()
+        );
+        println!("Try:  {} nodes --api http://{api}", cluster.bin.display());
+        println!("Press Ctrl-C to stop them.");
+        tokio::signal::ctrl_c().await?;
+        Ok(())
+    })
+}

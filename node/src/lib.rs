@@ -22,5 +22,6 @@ pub mod config;
 pub mod generation;
 pub mod load;
 pub mod membership;
+pub mod scheduler;
 pub mod seal;
 pub mod seeds;

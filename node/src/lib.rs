@@ -17,9 +17,11 @@
 //! - [`cli`]: the `nodes` table.
 
 pub mod agent;
+pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod generation;
+pub mod hlc;
 pub mod load;
 pub mod membership;
 pub mod scheduler;

@@ -11,10 +11,12 @@
 //! | `v1:load`                | [`NodeLoad`] JSON              | on meaningful change      |
 //! | `v1:leaving`             | `"1"`                         | on graceful shutdown      |
 //! | `v1:container:{id}`      | [`ContainerRecord`] JSON       | on container change; deleted when it goes |
+//! | `v1:app:{name}`          | [`AppRecord`] JSON             | by the app's keepers (3 nodes), on change |
 //!
 //! [`NodeIdentity`]: crate::NodeIdentity
 //! [`NodeLoad`]: crate::NodeLoad
 //! [`ContainerRecord`]: crate::ContainerRecord
+//! [`AppRecord`]: crate::catalog::AppRecord
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -25,6 +27,12 @@ pub const IDENTITY_KEY: &str = "v1:identity";
 pub const LOAD_KEY: &str = "v1:load";
 pub const LEAVING_KEY: &str = "v1:leaving";
 pub const CONTAINER_KEY_PREFIX: &str = "v1:container:";
+pub const APP_KEY_PREFIX: &str = "v1:app:";
+
+/// The key an app record is published under.
+pub fn app_key(app: &str) -> String {
+    format!("{APP_KEY_PREFIX}{app}")
+}
 
 /// The key a container record is published under.
 pub fn container_key(container_id: &str) -> String {

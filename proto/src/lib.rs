@@ -11,6 +11,7 @@
 //! - [`api`]: request and response bodies of the HTTP API.
 
 pub mod api;
+pub mod catalog;
 pub mod container;
 pub mod gossip;
 pub mod manifest;

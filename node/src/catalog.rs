@@ -1,0 +1,305 @@
+//! The app catalog every node holds: pure merge rules over [`AppRecord`]s, plus the redb
+//! file that keeps it across restarts.
+//!
+//! Merge is last-writer-wins per app on the record's HLC [`Stamp`]. Every release ever
+//! seen is kept in a history, so release numbers are never reused, even after an app is
+//! destroyed and deployed again.
+//!
+//! Gossip volume stays bounded: an app's record is published only by its *keepers*, the 3
+//! live nodes that rendezvous hashing picks for it (plus, briefly, the node that accepted a
+//! change), not by every node. Since chitchat sends only deltas, a stable catalog costs
+//! nothing per round beyond the digest.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use proto::catalog::{AppRecord, Release};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use sha2::{Digest, Sha256};
+
+const APPS: TableDefinition<&str, &str> = TableDefinition::new("apps");
+const RELEASES: TableDefinition<&str, &str> = TableDefinition::new("releases");
+
+/// How many nodes keep (store and publish) each app record and bundle.
+pub const KEEPERS: usize = 3;
+
+#[derive(Debug, Default, Clone)]
+pub struct Catalog {
+    apps: BTreeMap<String, AppRecord>,
+    releases: BTreeMap<(String, u64), Release>,
+}
+
+impl Catalog {
+    /// Applies `record` if it is newer than what is known. Returns whether it changed.
+    pub fn merge(&mut self, record: AppRecord) -> bool {
+        if let Some(release) = &record.release {
+            self.releases
+                .entry((record.name.clone(), release.number))
+                .or_insert_with(|| release.clone());
+        }
+        match self.apps.get(&record.name) {
+            Some(known) if !record.supersedes(known) => false,
+            _ => {
+                self.apps.insert(record.name.clone(), record);
+                true
+            }
+        }
+    }
+
+    /// The record of `app`, tombstones included.
+    pub fn record(&self, app: &str) -> Option<&AppRecord> {
+        self.apps.get(app)
+    }
+
+    /// Apps that exist (not destroyed).
+    pub fn apps(&self) -> impl Iterator<Item = &AppRecord> {
+        self.apps.values().filter(|record| !record.deleted)
+    }
+
+    /// Every record, tombstones included.
+    pub fn records(&self) -> impl Iterator<Item = &AppRecord> {
+        self.apps.values()
+    }
+
+    pub fn next_release_number(&self, app: &str) -> u64 {
+        let in_history = self
+            .releases
+            .range((app.to_string(), 0)..=(app.to_string(), u64::MAX))
+            .map(|((_, number), _)| *number)
+            .max();
+        let current = self
+            .apps
+            .get(app)
+            .and_then(|record| record.release.as_ref())
+            .map(|release| release.number);
+        in_history.max(current).unwrap_or(0) + 1
+    }
+
+    /// Every release of `app` this node has seen, oldest first.
+    pub fn releases(&self, app: &str) -> Vec<&Release> {
+        self.releases
+            .range((app.to_string(), 0)..=(app.to_string(), u64::MAX))
+            .map(|(_, release)| release)
+            .collect()
+    }
+}
+
+/// The `count` nodes that keep `app`: highest-random-weight (rendezvous) hashing, so every
+/// node computes the same keepers from the same live set, and a node joining or leaving
+/// moves only the apps it gains or loses.
+pub fn keepers(app: &str, live_nodes: &[&str], count: usize) -> Vec<String> {
+    let mut weighted: Vec<([u8; 32], &str)> = live_nodes
+        .iter()
+        .map(|node| {
+            let mut hasher = Sha256::new();
+            hasher.update(app.as_bytes());
+            hasher.update([0]);
+            hasher.update(node.as_bytes());
+            (hasher.finalize().into(), *node)
+        })
+        .collect();
+    weighted.sort_unstable_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+    weighted
+        .into_iter()
+        .take(count)
+        .map(|(_, node)| node.to_string())
+        .collect()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("catalog database error: {0}")]
+    Db(#[from] redb::Error),
+    #[error("catalog database holds an invalid record: {0}")]
+    Corrupt(#[from] serde_json::Error),
+}
+
+macro_rules! db_err {
+    ($($source:ty),*) => {$(
+        impl From<$source> for StoreError {
+            fn from(err: $source) -> Self {
+                StoreError::Db(err.into())
+            }
+        }
+    )*};
+}
+db_err!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+/// The catalog on disk (`<data dir>/catalog.redb`). Writes are durable when they return:
+/// a node acknowledges holding a release only after this.
+pub struct CatalogStore {
+    db: Database,
+}
+
+impl CatalogStore {
+    pub fn open(path: &Path) -> Result<CatalogStore, StoreError> {
+        let db = Database::create(path)?;
+        let txn = db.begin_write()?;
+        txn.open_table(APPS)?;
+        txn.open_table(RELEASES)?;
+        txn.commit()?;
+        Ok(CatalogStore { db })
+    }
+
+    pub fn load(&self) -> Result<Catalog, StoreError> {
+        let txn = self.db.begin_read()?;
+        let mut catalog = Catalog::default();
+        for entry in txn.open_table(RELEASES)?.iter()? {
+            let (_, value) = entry?;
+            let release: Release = serde_json::from_str(value.value())?;
+            let key = value_key(&release);
+            catalog.releases.insert(key, release);
+        }
+        for entry in txn.open_table(APPS)?.iter()? {
+            let (_, value) = entry?;
+            let record: AppRecord = serde_json::from_str(value.value())?;
+            catalog.merge(record);
+        }
+        Ok(catalog)
+    }
+
+    /// Persists `record` (and its release in the history).
+    pub fn save(&self, record: &AppRecord) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut apps = txn.open_table(APPS)?;
+            apps.insert(
+                record.name.as_str(),
+                serde_json::to_string(record)?.as_str(),
+            )?;
+            if let Some(release) = &record.release {
+                let mut releases = txn.open_table(RELEASES)?;
+                let key = format!("{}/{:020}", record.name, release.number);
+                if releases.get(key.as_str())?.is_none() {
+                    releases.insert(key.as_str(), serde_json::to_string(release)?.as_str())?;
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+}
+
+fn value_key(release: &Release) -> (String, u64) {
+    (release.manifest.name.clone(), release.number)
+}
+
+#[cfg(test)]
+mod tests {
+    use proto::catalog::{BlobRef, Stamp};
+    use proto::manifest::Manifest;
+
+    use super::*;
+
+    fn record(app: &str, wall_ms: u64, node: &str, release: u64) -> AppRecord {
+        let manifest = Manifest::parse(&format!("name = \"{app}\"\ncmd = \"run\""), None).unwrap();
+        AppRecord {
+            name: app.into(),
+            stamp: Stamp {
+                wall_ms,
+                counter: 0,
+                node_id: node.into(),
+            },
+            deleted: false,
+            release: Some(Release {
+                number: release,
+                bundle: BlobRef {
+                    sha256: "ab".repeat(32),
+                    size: 1,
+                },
+                manifest,
+                created_at_ms: wall_ms,
+                created_on: node.into(),
+            }),
+            replicas: 1,
+        }
+    }
+
+    #[test]
+    fn last_writer_wins_in_any_order_of_arrival() {
+        let older = record("web", 10, "a", 1);
+        let newer = record("web", 20, "b", 2);
+        let mut forward = Catalog::default();
+        assert!(forward.merge(older.clone()));
+        assert!(forward.merge(newer.clone()));
+        let mut backward = Catalog::default();
+        assert!(backward.merge(newer.clone()));
+        assert!(!backward.merge(older));
+        assert_eq!(forward.record("web"), backward.record("web"));
+        assert_eq!(forward.record("web").unwrap().stamp.node_id, "b");
+    }
+
+    #[test]
+    fn equal_clocks_are_broken_by_node_id_identically_everywhere() {
+        let from_a = record("web", 10, "a", 1);
+        let from_b = record("web", 10, "b", 1);
+        let mut one = Catalog::default();
+        one.merge(from_a.clone());
+        one.merge(from_b.clone());
+        let mut two = Catalog::default();
+        two.merge(from_b);
+        two.merge(from_a);
+        assert_eq!(one.record("web").unwrap().stamp.node_id, "b");
+        assert_eq!(two.record("web").unwrap().stamp.node_id, "b");
+    }
+
+    #[test]
+    fn release_numbers_are_never_reused_even_after_destroy() {
+        let mut catalog = Catalog::default();
+        catalog.merge(record("web", 10, "a", 1));
+        catalog.merge(record("web", 20, "a", 2));
+        let mut tombstone = record("web", 30, "a", 2);
+        tombstone.deleted = true;
+        tombstone.release = None;
+        catalog.merge(tombstone);
+        assert_eq!(catalog.apps().count(), 0);
+        assert_eq!(catalog.next_release_number("web"), 3);
+        assert_eq!(catalog.releases("web").len(), 2);
+        assert_eq!(catalog.next_release_number("other"), 1);
+    }
+
+    #[test]
+    fn keepers_are_stable_and_move_only_when_their_node_goes() {
+        let nodes = ["n1", "n2", "n3", "n4", "n5"];
+        let keepers_all = keepers("web", &nodes, 3);
+        assert_eq!(keepers_all.len(), 3);
+        assert_eq!(
+            keepers_all,
+            keepers("web", &["n5", "n4", "n3", "n2", "n1"], 3)
+        );
+        let gone = keepers_all[0].clone();
+        let remaining: Vec<&str> = nodes.iter().copied().filter(|n| *n != gone).collect();
+        let after = keepers("web", &remaining, 3);
+        assert!(keepers_all[1..].iter().all(|k| after.contains(k)));
+    }
+
+    #[test]
+    fn the_store_survives_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog.redb");
+        {
+            let store = CatalogStore::open(&path).unwrap();
+            store.save(&record("web", 10, "a", 1)).unwrap();
+            store.save(&record("web", 20, "a", 2)).unwrap();
+        }
+        let store = CatalogStore::open(&path).unwrap();
+        let catalog = store.load().unwrap();
+        assert_eq!(
+            catalog
+                .record("web")
+                .unwrap()
+                .release
+                .as_ref()
+                .unwrap()
+                .number,
+            2
+        );
+        assert_eq!(catalog.releases("web").len(), 2);
+    }
+}

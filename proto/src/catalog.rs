@@ -1,0 +1,57 @@
+//! The app catalog as it is gossiped and stored: one record per app, last writer wins.
+//!
+//! There is no central database. Every node holds the whole catalog; a change is a new
+//! [`AppRecord`] with a newer [`Stamp`], and every node keeps, for each app, the record
+//! with the greatest stamp. Stamps come from a hybrid logical clock, so they order the
+//! same way everywhere and never go backwards on one node.
+
+use serde::{Deserialize, Serialize};
+
+use crate::manifest::Manifest;
+
+/// A hybrid-logical-clock timestamp with the writer's node id as the final tie-break.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Stamp {
+    pub wall_ms: u64,
+    pub counter: u32,
+    pub node_id: String,
+}
+
+/// A bundle in the content-addressed artifact store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobRef {
+    /// Lowercase hex SHA-256 of the zip.
+    pub sha256: String,
+    pub size: u64,
+}
+
+/// One numbered, immutable release of an app.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Release {
+    pub number: u64,
+    pub bundle: BlobRef,
+    pub manifest: Manifest,
+    pub created_at_ms: u64,
+    /// The node that accepted the deploy.
+    pub created_on: String,
+}
+
+/// Everything the cluster must agree on about one app.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AppRecord {
+    pub name: String,
+    pub stamp: Stamp,
+    /// A destroyed app stays as a tombstone so a node that was away learns it is gone.
+    pub deleted: bool,
+    /// The release that should run.
+    pub release: Option<Release>,
+    /// Desired number of replicas.
+    pub replicas: u32,
+}
+
+impl AppRecord {
+    /// Whether `self` replaces `other` under last-writer-wins.
+    pub fn supersedes(&self, other: &AppRecord) -> bool {
+        self.stamp > other.stamp
+    }
+}

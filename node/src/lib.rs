@@ -2,7 +2,8 @@
 //!
 //! This crate owns the node's side of the cluster: joining and gossiping ([`membership`],
 //! the only module that uses chitchat), sealing gossip ([`seal`]), finding seeds
-//! ([`seeds`]), sampling load ([`load`]) and wiring it all into the agent ([`agent`]).
+//! ([`seeds`]), sampling load ([`load`]), running replicas ([`runtime`]), checking their
+//! health ([`health`]) and wiring it all into the agent ([`agent`]).
 //! Decisions are pure functions over data (the cluster view, the seal codec, the load
 //! change rule); the I/O shells around them stay thin. It must never depend on `ingress`.
 //!
@@ -13,6 +14,8 @@
 //! - [`seal`]: keyring, AEAD wire codec and fragment reassembly;
 //! - [`seeds`]: seed parsing and DNS (A/AAAA/SRV) resolution;
 //! - [`load`]: `sysinfo` sampling and when to republish;
+//! - [`runtime`]: the container runtime drivers (Docker, plain processes) and host ports;
+//! - [`health`]: HTTP/TCP probes and the healthy/unhealthy state machine;
 //! - [`generation`]: the per-restart generation number;
 //! - [`cli`]: the `nodes` table.
 
@@ -21,9 +24,11 @@ pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod generation;
+pub mod health;
 pub mod hlc;
 pub mod load;
 pub mod membership;
+pub mod runtime;
 pub mod scheduler;
 pub mod seal;
 pub mod seeds;

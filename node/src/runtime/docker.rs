@@ -1,0 +1,690 @@
+//! The Docker driver: one container per placement, through the Docker Engine API
+//! (`bollard`, over the local socket or `DOCKER_HOST`).
+//!
+//! A container runs the spec's image with the bundle mounted read-only at `/app` (also the
+//! working directory), `sh -c cmd` under Docker's init (so SIGTERM reaches the app instead
+//! of being ignored by a shell running as PID 1), `PORT` and the spec's environment, and
+//! the CPU and memory limits. It is named after the placement (see
+//! [`super::container_name`]) and labelled with [`super::labels`], which is how `start`
+//! finds an existing copy and `list` adopts containers after an agent restart.
+//!
+//! Addressing: without a network the app port is published on `advertise_ip` at a host
+//! port from the [`PortAllocator`]; with a network the container joins it unpublished and
+//! is reached at its own IP and the app port.
+//!
+//! Images are never pulled: a node runs only what `scripts/build-images.sh` (or an
+//! operator) built on it, so a deploy cannot hang on, or be poisoned through, a registry.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bollard::Docker;
+use bollard::errors::Error as BollardError;
+use bollard::models::{
+    ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, EndpointSettings,
+    HostConfig, HostConfigLogConfig, NetworkingConfig, PortBinding,
+};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, InspectContainerOptions, ListContainersOptionsBuilder,
+    LogsOptionsBuilder, RemoveContainerOptionsBuilder, StartContainerOptions,
+    StopContainerOptionsBuilder,
+};
+use futures_util::StreamExt;
+use proto::ContainerState;
+use tokio::sync::Mutex;
+use tracing::{debug, info, warn};
+
+use super::ports::{PortAllocator, PortRange, bind_test};
+use super::{
+    ContainerSpec, RunningContainer, RuntimeDriver, RuntimeError, container_name, labels,
+    last_lines,
+};
+
+/// How many host ports `start` tries when Docker reports the one it chose as taken (another
+/// program won the race between the bind test and Docker's own bind).
+const PORT_ATTEMPTS: usize = 3;
+
+/// Docker keeps this much of each container's output (two files of 10 MB), enough for
+/// `logs` without letting a chatty app fill the disk.
+const LOG_MAX_SIZE: &str = "10m";
+const LOG_MAX_FILES: &str = "2";
+
+/// `stop` waits at most this long before Docker kills: the stop request lasts as long as
+/// the grace period and must end before bollard's 120 s request timeout.
+pub const MAX_GRACE: Duration = Duration::from_secs(100);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DockerOptions {
+    /// The IP published ports bind to, and the IP in addresses handed to peers.
+    pub advertise_ip: IpAddr,
+    /// Host ports for published containers.
+    pub port_range: PortRange,
+    /// Attach containers to this Docker network instead of publishing ports.
+    pub network: Option<String>,
+    /// Docker runtime for containers (`HostConfig.Runtime`), e.g. `runsc` for gVisor.
+    pub oci_runtime: Option<String>,
+    /// List only containers labelled with this node. Set it when several agents share one
+    /// Docker daemon (as in the testbed), so one agent never adopts another's containers.
+    pub node_id: Option<String>,
+}
+
+impl DockerOptions {
+    /// Publishing on `advertise_ip` from the default port range, runc, every node's
+    /// containers listed.
+    pub fn new(advertise_ip: IpAddr) -> DockerOptions {
+        DockerOptions {
+            advertise_ip,
+            port_range: PortRange::default(),
+            network: None,
+            oci_runtime: None,
+            node_id: None,
+        }
+    }
+}
+
+/// Runs placements as Docker containers. Cheap to share behind an `Arc`.
+pub struct DockerDriver {
+    docker: Docker,
+    options: DockerOptions,
+    /// Held for a whole `start`, so two starts never pick the same host port and two
+    /// starts of one placement never race to create it.
+    start_lock: Mutex<PortAllocator>,
+}
+
+impl DockerDriver {
+    /// Connects to the local Docker daemon (`DOCKER_HOST` or the default socket) and
+    /// settles on the newest API version both sides speak.
+    pub async fn connect(options: DockerOptions) -> Result<DockerDriver, RuntimeError> {
+        let docker = Docker::connect_with_local_defaults()
+            .map_err(|source| RuntimeError::DockerUnavailable { source })?;
+        // bollard speaks a newer API than many installed daemons; without negotiation every
+        // call to an older daemon fails with "client version is too new".
+        let docker = docker
+            .negotiate_version()
+            .await
+            .map_err(|source| RuntimeError::DockerUnavailable { source })?;
+        let allocator = PortAllocator::new(options.port_range);
+        Ok(DockerDriver {
+            docker,
+            options,
+            start_lock: Mutex::new(allocator),
+        })
+    }
+
+    pub fn options(&self) -> &DockerOptions {
+        &self.options
+    }
+
+    /// Whether the Docker daemon answers right now. The agent uses Docker when it does and
+    /// falls back to the process driver otherwise.
+    pub async fn is_available(&self) -> bool {
+        self.docker.ping().await.is_ok()
+    }
+
+    async fn inspect(&self, id: &str) -> Result<Option<ContainerInspectResponse>, RuntimeError> {
+        match self
+            .docker
+            .inspect_container(id, None::<InspectContainerOptions>)
+            .await
+        {
+            Ok(inspect) => Ok(Some(inspect)),
+            Err(err) if is_not_found(&err) => Ok(None),
+            Err(source) => Err(docker_error(format!("inspect container {id}"), source)),
+        }
+    }
+
+    async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
+        let options = RemoveContainerOptionsBuilder::new().force(true).build();
+        match self.docker.remove_container(id, Some(options)).await {
+            Ok(()) => Ok(()),
+            // Already gone, or Docker is already removing it: either way it will not be
+            // there, and a retried stop must not fail.
+            Err(err) if is_not_found(&err) || is_conflict(&err) => Ok(()),
+            Err(source) => Err(docker_error(format!("remove container {id}"), source)),
+        }
+    }
+
+    /// Inspects every container with a Stratus placement label, of every node.
+    async fn inspect_managed(
+        &self,
+        node_id: Option<&str>,
+    ) -> Result<Vec<ContainerInspectResponse>, RuntimeError> {
+        let label = match node_id {
+            Some(node_id) => format!("{}={node_id}", labels::NODE),
+            None => labels::PLACEMENT.to_string(),
+        };
+        let filters = HashMap::from([("label".to_string(), vec![label])]);
+        let options = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let summaries = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(|source| docker_error("list containers", source))?;
+        let mut found = Vec::with_capacity(summaries.len());
+        for summary in summaries {
+            let Some(id) = summary.id else { continue };
+            // A container removed between the list and the inspect is simply not there.
+            if let Some(inspect) = self.inspect(&id).await? {
+                found.push(inspect);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Host ports held by any Stratus container on this daemon, running or not: an exited
+    /// container gets its binding back if it is restarted by hand.
+    async fn ports_in_use(&self) -> Result<BTreeSet<u16>, RuntimeError> {
+        let managed = self.inspect_managed(None).await?;
+        Ok(managed.iter().filter_map(published_host_port).collect())
+    }
+
+    async fn create_and_start(
+        &self,
+        spec: &ContainerSpec,
+        name: &str,
+        allocator: &mut PortAllocator,
+    ) -> Result<String, RuntimeError> {
+        let mut in_use = if self.options.network.is_none() {
+            self.ports_in_use().await?
+        } else {
+            BTreeSet::new()
+        };
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let host_port = match self.options.network {
+                Some(_) => None,
+                None => {
+                    let ip = self.options.advertise_ip;
+                    let port = allocator
+                        .allocate(&in_use, |port| bind_test(ip, port))
+                        .ok_or(RuntimeError::NoFreePort {
+                            range: allocator.range(),
+                            ip,
+                        })?;
+                    in_use.insert(port);
+                    Some(port)
+                }
+            };
+            let body = create_body(spec, &self.options, host_port);
+            let options = CreateContainerOptionsBuilder::new().name(name).build();
+            let created = match self.docker.create_container(Some(options), body).await {
+                Ok(created) => created,
+                Err(err) if is_not_found(&err) => {
+                    return Err(RuntimeError::ImageNotFound {
+                        image: spec.image.clone(),
+                    });
+                }
+                Err(source) => {
+                    return Err(docker_error(format!("create container {name}"), source));
+                }
+            };
+            match self
+                .docker
+                .start_container(&created.id, None::<StartContainerOptions>)
+                .await
+            {
+                Ok(()) => return Ok(created.id),
+                Err(err) if is_port_taken(&err) && attempt < PORT_ATTEMPTS => {
+                    warn!(container = name, port = ?host_port, "host port taken at start; trying another");
+                    self.remove(&created.id).await?;
+                }
+                Err(source) => {
+                    // Leave nothing half-made behind: the next start would find it exited
+                    // and recreate it anyway.
+                    if let Err(err) = self.remove(&created.id).await {
+                        warn!(container = name, %err, "cannot remove a container that failed to start");
+                    }
+                    return Err(docker_error(format!("start container {name}"), source));
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl RuntimeDriver for DockerDriver {
+    fn name(&self) -> &'static str {
+        "docker"
+    }
+
+    async fn start(&self, spec: &ContainerSpec) -> Result<RunningContainer, RuntimeError> {
+        let name = container_name(&spec.placement_id);
+        let mut allocator = self.start_lock.lock().await;
+
+        if let Some(existing) = self.inspect(&name).await? {
+            let found = container_labels(&existing)
+                .and_then(|labels| labels.get(labels::PLACEMENT))
+                .cloned()
+                .unwrap_or_default();
+            if found != spec.placement_id {
+                return Err(RuntimeError::NameClash {
+                    name,
+                    found,
+                    wanted: spec.placement_id.clone(),
+                });
+            }
+            match running_from_inspect(&existing, &self.options) {
+                Some(running) if running.state == ContainerState::Running => {
+                    debug!(container = name, "placement already running");
+                    return Ok(running);
+                }
+                _ => {
+                    info!(
+                        container = name,
+                        "placement exists but is not running; recreating it"
+                    );
+                    self.remove(&name).await?;
+                }
+            }
+        }
+
+        // Checked first for a clear error; create would also fail, with a vaguer 404.
+        match self.docker.inspect_image(&spec.image).await {
+            Ok(_) => {}
+            Err(err) if is_not_found(&err) => {
+                return Err(RuntimeError::ImageNotFound {
+                    image: spec.image.clone(),
+                });
+            }
+            Err(source) => {
+                return Err(docker_error(
+                    format!("inspect image {}", spec.image),
+                    source,
+                ));
+            }
+        }
+
+        let id = self.create_and_start(spec, &name, &mut allocator).await?;
+        let inspect = self
+            .inspect(&id)
+            .await?
+            .ok_or_else(|| RuntimeError::NotFound { id: id.clone() })?;
+        let running = running_from_inspect(&inspect, &self.options)
+            .ok_or_else(|| RuntimeError::NotFound { id: id.clone() })?;
+        info!(container = name, addr = %running.addr, "started");
+        Ok(running)
+    }
+
+    async fn stop(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
+        // Docker takes whole seconds; round up so the app gets at least `grace`.
+        let grace = grace.min(MAX_GRACE);
+        let seconds = grace.as_secs() + u64::from(grace.subsec_nanos() > 0);
+        let seconds = i32::try_from(seconds).unwrap_or(i32::MAX);
+        let options = StopContainerOptionsBuilder::new().t(seconds).build();
+        match self.docker.stop_container(id, Some(options)).await {
+            Ok(()) => {}
+            Err(err) if is_not_found(&err) => return Ok(()),
+            Err(source) => return Err(docker_error(format!("stop container {id}"), source)),
+        }
+        self.remove(id).await
+    }
+
+    async fn list(&self) -> Result<Vec<RunningContainer>, RuntimeError> {
+        let managed = self
+            .inspect_managed(self.options.node_id.as_deref())
+            .await?;
+        let mut containers = Vec::with_capacity(managed.len());
+        for inspect in &managed {
+            match running_from_inspect(inspect, &self.options) {
+                Some(running) => containers.push(running),
+                None => warn!(
+                    container = inspect.name.as_deref().unwrap_or("?"),
+                    "container has stratus labels that do not parse; leaving it alone"
+                ),
+            }
+        }
+        containers.sort_by(|a, b| a.placement_id.cmp(&b.placement_id));
+        Ok(containers)
+    }
+
+    async fn logs(&self, id: &str, tail: usize) -> Result<Vec<String>, RuntimeError> {
+        if tail == 0 {
+            return Ok(Vec::new());
+        }
+        let options = LogsOptionsBuilder::new()
+            .stdout(true)
+            .stderr(true)
+            .tail(&tail.to_string())
+            .build();
+        let mut stream = self.docker.logs(id, Some(options));
+        // Frames are writes, not lines: join them, then split.
+        let mut bytes = Vec::new();
+        while let Some(frame) = stream.next().await {
+            match frame {
+                Ok(output) => bytes.extend_from_slice(output.as_ref()),
+                Err(err) if is_not_found(&err) => {
+                    return Err(RuntimeError::NotFound { id: id.to_string() });
+                }
+                Err(source) => return Err(docker_error(format!("read logs of {id}"), source)),
+            }
+        }
+        Ok(last_lines(&bytes, tail))
+    }
+}
+
+/// The container's create request. Pure, so the mapping from spec to Docker is testable
+/// without a daemon.
+fn create_body(
+    spec: &ContainerSpec,
+    options: &DockerOptions,
+    host_port: Option<u16>,
+) -> ContainerCreateBody {
+    let container_port = format!("{}/tcp", spec.port);
+    // PORT last and authoritative: the address Stratus advertises depends on it.
+    let mut env: Vec<String> = spec
+        .env
+        .iter()
+        .filter(|(key, _)| key.as_str() != "PORT")
+        .map(|(key, value)| format!("{key}={value}"))
+        .collect();
+    env.push(format!("PORT={}", spec.port));
+
+    let container_labels = HashMap::from([
+        (labels::APP.to_string(), spec.app.clone()),
+        (labels::RELEASE.to_string(), spec.release.to_string()),
+        (labels::REPLICA.to_string(), spec.replica.to_string()),
+        (labels::NODE.to_string(), spec.node_id.clone()),
+        (labels::PLACEMENT.to_string(), spec.placement_id.clone()),
+        (labels::PORT.to_string(), spec.port.to_string()),
+    ]);
+
+    let port_bindings = host_port.map(|host_port| {
+        HashMap::from([(
+            container_port.clone(),
+            Some(vec![PortBinding {
+                host_ip: Some(options.advertise_ip.to_string()),
+                host_port: Some(host_port.to_string()),
+            }]),
+        )])
+    });
+
+    let host_config = HostConfig {
+        binds: Some(vec![format!("{}:/app:ro", spec.bundle_dir.display())]),
+        init: Some(true),
+        nano_cpus: positive_i64(spec.cpu_millis.saturating_mul(1_000_000)),
+        memory: positive_i64(spec.memory_bytes),
+        port_bindings,
+        network_mode: options.network.clone(),
+        runtime: options.oci_runtime.clone(),
+        log_config: Some(HostConfigLogConfig {
+            typ: Some("json-file".to_string()),
+            config: Some(HashMap::from([
+                ("max-size".to_string(), LOG_MAX_SIZE.to_string()),
+                ("max-file".to_string(), LOG_MAX_FILES.to_string()),
+            ])),
+        }),
+        ..Default::default()
+    };
+
+    let networking_config = options.network.as_ref().map(|network| NetworkingConfig {
+        endpoints_config: Some(HashMap::from([(
+            network.clone(),
+            EndpointSettings::default(),
+        )])),
+    });
+
+    ContainerCreateBody {
+        image: Some(spec.image.clone()),
+        cmd: Some(vec!["sh".into(), "-c".into(), spec.cmd.clone()]),
+        // The image's entrypoint would otherwise wrap our `sh -c`.
+        entrypoint: Some(Vec::new()),
+        working_dir: Some("/app".into()),
+        env: Some(env),
+        exposed_ports: Some(vec![container_port]),
+        labels: Some(container_labels),
+        host_config: Some(host_config),
+        networking_config,
+        ..Default::default()
+    }
+}
+
+/// Docker reads 0 as "no limit"; values beyond `i64` are no limit in practice either.
+fn positive_i64(value: u64) -> Option<i64> {
+    i64::try_from(value).ok().filter(|value| *value > 0)
+}
+
+fn container_labels(inspect: &ContainerInspectResponse) -> Option<&HashMap<String, String>> {
+    inspect.config.as_ref()?.labels.as_ref()
+}
+
+/// Rebuilds what Stratus knows about a container from Docker's view of it. `None` when the
+/// labels are missing or do not parse (not a container Stratus made, or a damaged one).
+fn running_from_inspect(
+    inspect: &ContainerInspectResponse,
+    options: &DockerOptions,
+) -> Option<RunningContainer> {
+    let labels = container_labels(inspect)?;
+    let placement_id = labels.get(labels::PLACEMENT)?.clone();
+    let app = labels.get(labels::APP)?.clone();
+    let release = labels.get(labels::RELEASE)?.parse().ok()?;
+    let replica = labels.get(labels::REPLICA)?.parse().ok()?;
+    let port: u16 = labels.get(labels::PORT)?.parse().ok()?;
+    let docker_state = inspect.state.as_ref();
+    let state = state_from_docker(docker_state.and_then(|state| state.status));
+    let exit_code = match state {
+        ContainerState::Exited => docker_state.and_then(|state| state.exit_code),
+        _ => None,
+    };
+    let addr = match published_host_port(inspect) {
+        Some(host_port) => SocketAddr::new(options.advertise_ip, host_port),
+        None => SocketAddr::new(
+            network_ip(inspect, options).unwrap_or(Ipv4Addr::UNSPECIFIED.into()),
+            port,
+        ),
+    };
+    Some(RunningContainer {
+        id: inspect.id.clone()?,
+        placement_id,
+        app,
+        release,
+        replica,
+        addr,
+        state,
+        exit_code,
+    })
+}
+
+/// The host port the app port is published on, from the container's configuration (the
+/// live port map is empty once a container stops).
+fn published_host_port(inspect: &ContainerInspectResponse) -> Option<u16> {
+    let port = container_labels(inspect)?.get(labels::PORT)?;
+    let bindings = inspect.host_config.as_ref()?.port_bindings.as_ref()?;
+    let binding = bindings.get(&format!("{port}/tcp"))?.as_ref()?.first()?;
+    binding.host_port.as_deref()?.parse().ok()
+}
+
+/// The container's IP on the configured network, or on any network if none is configured.
+fn network_ip(inspect: &ContainerInspectResponse, options: &DockerOptions) -> Option<IpAddr> {
+    let networks = inspect.network_settings.as_ref()?.networks.as_ref()?;
+    let parse = |endpoint: &EndpointSettings| -> Option<IpAddr> {
+        endpoint.ip_address.as_deref()?.parse().ok()
+    };
+    match &options.network {
+        Some(network) => parse(networks.get(network)?),
+        None => networks.values().find_map(parse),
+    }
+}
+
+fn state_from_docker(status: Option<ContainerStateStatusEnum>) -> ContainerState {
+    match status {
+        Some(ContainerStateStatusEnum::RUNNING | ContainerStateStatusEnum::PAUSED) => {
+            ContainerState::Running
+        }
+        Some(ContainerStateStatusEnum::REMOVING | ContainerStateStatusEnum::STOPPING) => {
+            ContainerState::Stopping
+        }
+        Some(ContainerStateStatusEnum::EXITED | ContainerStateStatusEnum::DEAD) => {
+            ContainerState::Exited
+        }
+        Some(
+            ContainerStateStatusEnum::CREATED
+            | ContainerStateStatusEnum::RESTARTING
+            | ContainerStateStatusEnum::EMPTY,
+        )
+        | None => ContainerState::Starting,
+    }
+}
+
+fn docker_error(action: impl Into<String>, source: BollardError) -> RuntimeError {
+    RuntimeError::Docker {
+        action: action.into(),
+        source,
+    }
+}
+
+fn status_code(err: &BollardError) -> Option<u16> {
+    match err {
+        BollardError::DockerResponseServerError { status_code, .. } => Some(*status_code),
+        _ => None,
+    }
+}
+
+fn is_not_found(err: &BollardError) -> bool {
+    status_code(err) == Some(404)
+}
+
+fn is_conflict(err: &BollardError) -> bool {
+    status_code(err) == Some(409)
+}
+
+/// Docker's words when the host port went to someone else after our bind test.
+fn is_port_taken(err: &BollardError) -> bool {
+    match err {
+        BollardError::DockerResponseServerError { message, .. } => {
+            message.contains("port is already allocated")
+                || message.contains("address already in use")
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::PathBuf;
+
+    use bollard::models::ContainerConfig;
+
+    use super::*;
+
+    fn spec() -> ContainerSpec {
+        ContainerSpec {
+            placement_id: "web-1-0".into(),
+            app: "web".into(),
+            release: 1,
+            replica: 0,
+            node_id: "n1".into(),
+            bundle_dir: PathBuf::from("/srv/bundles/web/1"),
+            image: "stratus/busybox:latest".into(),
+            cmd: "busybox httpd -f -p $PORT -h /app".into(),
+            port: 8080,
+            env: BTreeMap::from([
+                ("GREETING".to_string(), "hi".to_string()),
+                ("PORT".to_string(), "1".to_string()),
+            ]),
+            cpu_millis: 250,
+            memory_bytes: 64 << 20,
+        }
+    }
+
+    #[test]
+    fn create_body_publishes_mounts_limits_and_labels() {
+        let options = DockerOptions::new("127.0.0.1".parse().unwrap());
+        let body = create_body(&spec(), &options, Some(20001));
+        let host = body.host_config.as_ref().unwrap();
+        assert_eq!(
+            host.binds,
+            Some(vec!["/srv/bundles/web/1:/app:ro".to_string()])
+        );
+        assert_eq!(host.nano_cpus, Some(250_000_000));
+        assert_eq!(host.memory, Some(64 << 20));
+        assert_eq!(host.network_mode, None);
+        let binding = &host.port_bindings.as_ref().unwrap()["8080/tcp"]
+            .as_ref()
+            .unwrap()[0];
+        assert_eq!(binding.host_ip.as_deref(), Some("127.0.0.1"));
+        assert_eq!(binding.host_port.as_deref(), Some("20001"));
+        assert_eq!(
+            body.env,
+            Some(vec!["GREETING=hi".to_string(), "PORT=8080".to_string()])
+        );
+        assert_eq!(body.working_dir.as_deref(), Some("/app"));
+        let labels = body.labels.as_ref().unwrap();
+        assert_eq!(labels[labels::PLACEMENT], "web-1-0");
+        assert_eq!(labels[labels::NODE], "n1");
+        assert!(body.networking_config.is_none());
+    }
+
+    #[test]
+    fn create_body_on_a_network_publishes_nothing() {
+        let options = DockerOptions {
+            network: Some("stratus".into()),
+            oci_runtime: Some("runsc".into()),
+            ..DockerOptions::new("127.0.0.1".parse().unwrap())
+        };
+        let mut unlimited = spec();
+        unlimited.cpu_millis = 0;
+        unlimited.memory_bytes = 0;
+        let body = create_body(&unlimited, &options, None);
+        let host = body.host_config.as_ref().unwrap();
+        assert_eq!(host.port_bindings, None);
+        assert_eq!(host.network_mode.as_deref(), Some("stratus"));
+        assert_eq!(host.runtime.as_deref(), Some("runsc"));
+        assert_eq!((host.nano_cpus, host.memory), (None, None));
+        let endpoints = body.networking_config.unwrap().endpoints_config.unwrap();
+        assert!(endpoints.contains_key("stratus"));
+    }
+
+    #[test]
+    fn inspect_maps_back_to_a_running_container() {
+        let options = DockerOptions::new("127.0.0.2".parse().unwrap());
+        let body = create_body(&spec(), &options, Some(20002));
+        let mut inspect = ContainerInspectResponse {
+            id: Some("abc".into()),
+            config: Some(ContainerConfig {
+                labels: body.labels.clone(),
+                ..Default::default()
+            }),
+            host_config: body.host_config.clone(),
+            state: Some(bollard::models::ContainerState {
+                status: Some(ContainerStateStatusEnum::RUNNING),
+                exit_code: Some(0),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let running = running_from_inspect(&inspect, &options).unwrap();
+        assert_eq!(running.addr, "127.0.0.2:20002".parse().unwrap());
+        assert_eq!(
+            (running.state, running.exit_code),
+            (ContainerState::Running, None)
+        );
+        assert_eq!(
+            (running.app.as_str(), running.release, running.replica),
+            ("web", 1, 0)
+        );
+
+        if let Some(state) = inspect.state.as_mut() {
+            state.status = Some(ContainerStateStatusEnum::EXITED);
+            state.exit_code = Some(137);
+        }
+        let exited = running_from_inspect(&inspect, &options).unwrap();
+        assert_eq!(
+            (exited.state, exited.exit_code),
+            (ContainerState::Exited, Some(137))
+        );
+
+        inspect.config = None;
+        assert_eq!(
+            running_from_inspect(&inspect, &options),
+            None,
+            "not ours without labels"
+        );
+    }
+}

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Builds the local Docker images Stratus tests and examples run, without any registry:
+# this workplace (and a self-hosted fleet behind a firewall) cannot pull, so the node
+# never pulls either and images come from here.
+#
+#   stratus/busybox:latest  a static busybox (sh, httpd, nc, ...) with its applets in /bin,
+#                           /tmp and a `nobody` user; `busybox httpd -f -p $PORT -h /app` serves
+#                           a bundle mounted at /app
+#
+# Usage: scripts/build-images.sh [--force]
+# Idempotent: an image that already exists is kept unless --force is given. The only
+# network it uses is Debian's package archive, when busybox-static is not installed yet.
+set -euo pipefail
+
+image="stratus/busybox:latest"
+force=0
+for arg in "$@"; do
+  case "$arg" in
+    --force) force=1 ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    *) echo "unknown argument: $arg (expected --force)" >&2; exit 2 ;;
+  esac
+done
+
+command -v docker >/dev/null || { echo "docker not found: install Docker Engine first" >&2; exit 1; }
+
+if [[ $force -eq 0 ]] && docker image inspect "$image" >/dev/null 2>&1; then
+  echo "$image already exists (use --force to rebuild)"
+  exit 0
+fi
+
+# Debian's busybox-static puts a statically linked busybox at /bin/busybox; a dynamic one
+# would need the host's libc inside the image (ldd succeeds only on a dynamic executable).
+busybox=/bin/busybox
+if [[ ! -x $busybox ]] || LC_ALL=C ldd "$busybox" >/dev/null 2>&1; then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "$busybox (static) is missing: run 'apt-get install busybox-static' as root" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq busybox-static >/dev/null
+fi
+"$busybox" --list | grep -qx httpd \
+  || { echo "$busybox has no httpd applet: install Debian's busybox-static" >&2; exit 1; }
+
+rootfs=$(mktemp -d)
+trap 'rm -rf "$rootfs"' EXIT
+
+mkdir -p "$rootfs"/{bin,etc,tmp,app,proc,sys,dev,usr}
+chmod 1777 "$rootfs/tmp"
+cp "$busybox" "$rootfs/bin/busybox"
+for applet in $("$busybox" --list); do
+  [[ $applet == busybox ]] && continue
+  ln -sf busybox "$rootfs/bin/$applet"
+done
+# Programs that look in /usr/bin or /sbin find the same applets.
+ln -s ../bin "$rootfs/usr/bin"
+ln -s bin "$rootfs/sbin"
+cat > "$rootfs/etc/passwd" <<'PASSWD'
+root:x:0:0:root:/root:/bin/sh
+nobody:x:65534:65534:nobody:/nonexistent:/bin/false
+PASSWD
+cat > "$rootfs/etc/group" <<'GROUP'
+root:x:0:
+nogroup:x:65534:
+GROUP
+
+tar --numeric-owner --owner=0 --group=0 -C "$rootfs" -c . \
+  | docker import -c 'CMD ["/bin/sh"]' -c 'ENV PATH=/bin' - "$image" >/dev/null
+echo "built $image"

@@ -1,9 +1,17 @@
-//! Typed client of the API, used by the CLI and the testbed.
+//! Typed client of the API, used by the CLI, by agents calling each other, and the testbed.
 
+use std::path::Path;
 use std::time::Duration;
 
-use proto::api::{ErrorBody, HealthResponse, NodesResponse};
+use proto::api::{
+    AppView, AppsResponse, DeployAccepted, ErrorBody, HealthResponse, NodesResponse,
+    PlacementReply, PlacementRequest,
+};
+use proto::catalog::AppRecord;
 use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+use tokio_stream::StreamExt;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -30,11 +38,36 @@ pub enum ClientError {
     },
     #[error("invalid API URL {0:?}: write http://host:port")]
     BadUrl(String),
+    #[error("cannot read or write {path}: {source}")]
+    File {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "blob from {url} does not match its checksum (expected {expected}, got {actual}): discarded"
+    )]
+    Checksum {
+        url: String,
+        expected: String,
+        actual: String,
+    },
+}
+
+impl ClientError {
+    /// The HTTP status the server answered, if it answered.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
 pub struct Client {
     base: String,
+    token: Option<String>,
     http: reqwest::Client,
 }
 
@@ -52,10 +85,19 @@ impl Client {
         };
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(3))
-            .timeout(Duration::from_secs(30))
             .build()
             .map_err(|_| ClientError::BadUrl(base.clone()))?;
-        Ok(Client { base, http })
+        Ok(Client {
+            base,
+            token: None,
+            http,
+        })
+    }
+
+    /// Sends `token` as a bearer token with every request.
+    pub fn with_token(mut self, token: Option<String>) -> Client {
+        self.token = token.filter(|token| !token.is_empty());
+        self
     }
 
     pub fn base(&self) -> &str {
@@ -63,40 +105,190 @@ impl Client {
     }
 
     pub async fn health(&self) -> Result<HealthResponse, ClientError> {
-        self.get("/v1/health").await
+        self.send(self.request(reqwest::Method::GET, "/v1/health"))
+            .await
     }
 
     pub async fn nodes(&self) -> Result<NodesResponse, ClientError> {
-        self.get("/v1/nodes").await
+        self.send(self.request(reqwest::Method::GET, "/v1/nodes"))
+            .await
     }
 
-    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
-        let url = format!("{}{path}", self.base);
-        let response =
-            self.http
-                .get(&url)
-                .send()
-                .await
-                .map_err(|source| ClientError::Unreachable {
-                    url: url.clone(),
-                    source,
-                })?;
-        let status = response.status();
-        if !status.is_success() {
-            let body: ErrorBody = response.json().await.unwrap_or_else(|_| ErrorBody {
-                error: "unknown".into(),
-                detail: status.canonical_reason().unwrap_or("error").into(),
-            });
-            return Err(ClientError::Api {
+    pub async fn apps(&self) -> Result<AppsResponse, ClientError> {
+        self.send(self.request(reqwest::Method::GET, "/v1/apps"))
+            .await
+    }
+
+    pub async fn app(&self, name: &str) -> Result<AppView, ClientError> {
+        self.send(self.request(reqwest::Method::GET, &format!("/v1/apps/{name}")))
+            .await
+    }
+
+    pub async fn destroy(&self, name: &str) -> Result<AppView, ClientError> {
+        self.send(self.request(reqwest::Method::DELETE, &format!("/v1/apps/{name}")))
+            .await
+    }
+
+    /// Uploads a zipped app folder, streamed from `zip`; `progress` is called with the
+    /// bytes sent so far.
+    pub async fn deploy(
+        &self,
+        app: &str,
+        zip: &Path,
+        progress: impl Fn(u64) + Send + Sync + 'static,
+    ) -> Result<DeployAccepted, ClientError> {
+        let body = file_body(zip, progress).await?;
+        let request = self
+            .request(reqwest::Method::POST, &format!("/v1/apps/{app}/deploys"))
+            .header(reqwest::header::CONTENT_TYPE, "application/zip")
+            .body(body);
+        self.send(request).await
+    }
+
+    /// Node-to-node: sends a bundle copy.
+    pub async fn put_blob(&self, sha256: &str, path: &Path) -> Result<(), ClientError> {
+        let body = file_body(path, |_| {}).await?;
+        let request = self
+            .request(reqwest::Method::PUT, &format!("/v1/blobs/{sha256}"))
+            .body(body);
+        let _: serde_json::Value = self.send(request).await?;
+        Ok(())
+    }
+
+    /// Node-to-node: downloads a bundle to `dest`, verifying its checksum on the way; a
+    /// copy that does not match is deleted and reported.
+    pub async fn get_blob(&self, sha256: &str, dest: &Path) -> Result<u64, ClientError> {
+        let url = format!("{}/v1/blobs/{sha256}", self.base);
+        let response = self
+            .check(
+                url.clone(),
+                self.request(reqwest::Method::GET, &format!("/v1/blobs/{sha256}")),
+            )
+            .await?;
+        let file_err = |source| ClientError::File {
+            path: dest.display().to_string(),
+            source,
+        };
+        let mut file = tokio::fs::File::create(dest).await.map_err(file_err)?;
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        let mut stream = response.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|source| ClientError::Unreachable {
+                url: url.clone(),
+                source,
+            })?;
+            hasher.update(&chunk);
+            size += chunk.len() as u64;
+            file.write_all(&chunk).await.map_err(file_err)?;
+        }
+        file.sync_all().await.map_err(file_err)?;
+        let actual: String = hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        if actual != sha256 {
+            let _ = tokio::fs::remove_file(dest).await;
+            return Err(ClientError::Checksum {
                 url,
-                status: status.as_u16(),
-                error: body.error,
-                detail: body.detail,
+                expected: sha256.to_string(),
+                actual,
             });
         }
+        Ok(size)
+    }
+
+    /// Node-to-node: asks the node to keep an app record.
+    pub async fn hold_record(&self, record: &AppRecord) -> Result<(), ClientError> {
+        let request = self
+            .request(
+                reqwest::Method::PUT,
+                &format!("/v1/internal/apps/{}", record.name),
+            )
+            .json(record);
+        let _: serde_json::Value = self.send(request).await?;
+        Ok(())
+    }
+
+    /// Node-to-node: asks the node to run a replica.
+    pub async fn place(&self, placement: &PlacementRequest) -> Result<PlacementReply, ClientError> {
+        let request = self
+            .request(reqwest::Method::POST, "/v1/internal/placements")
+            .json(placement);
+        self.send(request).await
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let request = self.http.request(method, format!("{}{path}", self.base));
+        match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
+    async fn check(
+        &self,
+        url: String,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, ClientError> {
+        let response = request
+            .send()
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                url: url.clone(),
+                source,
+            })?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let body: ErrorBody = response.json().await.unwrap_or_else(|_| ErrorBody {
+            error: "unknown".into(),
+            detail: status.canonical_reason().unwrap_or("error").into(),
+        });
+        Err(ClientError::Api {
+            url,
+            status: status.as_u16(),
+            error: body.error,
+            detail: body.detail,
+        })
+    }
+
+    async fn send<T: DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<T, ClientError> {
+        let url = request
+            .try_clone()
+            .and_then(|r| r.build().ok())
+            .map(|r| r.url().to_string())
+            .unwrap_or_else(|| self.base.clone());
+        let response = self.check(url.clone(), request).await?;
         response
             .json()
             .await
             .map_err(|source| ClientError::Decode { url, source })
     }
+}
+
+async fn file_body(
+    path: &Path,
+    progress: impl Fn(u64) + Send + Sync + 'static,
+) -> Result<reqwest::Body, ClientError> {
+    let file = tokio::fs::File::open(path)
+        .await
+        .map_err(|source| ClientError::File {
+            path: path.display().to_string(),
+            source,
+        })?;
+    let mut sent = 0u64;
+    let stream = tokio_util::io::ReaderStream::new(file).map(move |chunk| {
+        if let Ok(bytes) = &chunk {
+            sent += bytes.len() as u64;
+            progress(sent);
+        }
+        chunk
+    });
+    Ok(reqwest::Body::wrap_stream(stream))
 }

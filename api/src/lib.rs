@@ -4,13 +4,16 @@
 //! of [`NodeApi`] and it turns HTTP requests into calls on it. It must never depend on
 //! `node` (the dependency goes the other way) nor on the gossip library.
 //!
-//! Layout: [`server`] (routing, one function per endpoint), [`error`] (the one place an
-//! error becomes an HTTP status), [`client`] (typed client).
+//! Layout: [`server`] (authentication and routing), [`upload`] (bodies streamed to disk
+//! with their SHA-256), [`error`] (the one place an error becomes an HTTP status),
+//! [`client`] (typed client).
 
 pub mod client;
 pub mod error;
 pub mod server;
+pub mod upload;
 
 pub use client::{Client, ClientError};
 pub use error::ApiError;
-pub use server::{NodeApi, serve};
+pub use server::{Caller, NodeApi, serve};
+pub use upload::Upload;

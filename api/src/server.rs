@@ -1,29 +1,79 @@
-//! HTTP server: accepts connections, routes requests to [`NodeApi`], answers JSON.
+//! HTTP server: accepts connections, authenticates, routes requests to [`NodeApi`] and
+//! answers JSON (or the raw bytes of a blob).
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::header::{CONTENT_TYPE, HeaderValue};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
-use proto::api::{HealthResponse, NodesResponse};
+use proto::api::{
+    AppView, AppsResponse, DeployAccepted, HealthResponse, NodesResponse, PlacementReply,
+    PlacementRequest,
+};
+use proto::catalog::AppRecord;
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 use tokio::net::TcpListener;
+use tokio_stream::StreamExt as _;
 use tracing::{debug, warn};
 
 use crate::error::ApiError;
+use crate::upload::{Upload, save_body};
 
-/// What the agent provides to the API. Implementations answer from local state only:
-/// every node answers every read from its own gossip view.
+pub type Body = BoxBody<Bytes, std::io::Error>;
+
+/// Who a request comes from, by its bearer token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller {
+    /// A developer or operator with the API token.
+    User,
+    /// Another agent, with the token derived from the cluster key.
+    Node,
+}
+
+/// What the agent provides to the API. Reads are answered from local state: every node
+/// answers every read from its own gossip view and catalog.
 pub trait NodeApi: Send + Sync + 'static {
     fn health(&self) -> impl Future<Output = HealthResponse> + Send;
     fn nodes(&self) -> impl Future<Output = NodesResponse> + Send;
+    /// Who holds `token`, if anyone.
+    fn authenticate(&self, token: &str) -> Option<Caller>;
+    /// Where uploads are written while they stream in.
+    fn upload_dir(&self) -> PathBuf;
+    fn max_upload_bytes(&self) -> u64;
+    fn apps(&self) -> impl Future<Output = AppsResponse> + Send;
+    fn app(&self, name: &str) -> impl Future<Output = Result<AppView, ApiError>> + Send;
+    fn destroy(&self, name: &str) -> impl Future<Output = Result<AppView, ApiError>> + Send;
+    /// A zipped app folder for `app`, already on disk with its SHA-256.
+    fn deploy(
+        &self,
+        app: &str,
+        upload: Upload,
+    ) -> impl Future<Output = Result<DeployAccepted, ApiError>> + Send;
+    /// Node-to-node: a verified local copy of a bundle.
+    fn blob_path(&self, sha256: &str) -> impl Future<Output = Result<PathBuf, ApiError>> + Send;
+    /// Node-to-node: store a bundle copy (checked against `sha256`).
+    fn put_blob(
+        &self,
+        sha256: &str,
+        upload: Upload,
+    ) -> impl Future<Output = Result<(), ApiError>> + Send;
+    /// Node-to-node: keep (persist and publish) an app record.
+    fn hold_record(&self, record: AppRecord) -> impl Future<Output = Result<(), ApiError>> + Send;
+    /// Node-to-node: run one replica here, if it fits.
+    fn place(
+        &self,
+        request: PlacementRequest,
+    ) -> impl Future<Output = Result<PlacementReply, ApiError>> + Send;
 }
 
 /// Serves the API on `listener` until `shutdown` completes, then lets open requests finish.
@@ -49,7 +99,13 @@ pub async fn serve<S: NodeApi>(
                 let api = api.clone();
                 let service = service_fn(move |request| {
                     let api = api.clone();
-                    async move { Ok::<_, Infallible>(route(&*api, request).await) }
+                    async move {
+                        let response = match route(&*api, request).await {
+                            Ok(response) => response,
+                            Err(err) => json(err.status(), &err.body()),
+                        };
+                        Ok::<_, Infallible>(response)
+                    }
                 });
                 let connection = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service);
@@ -67,34 +123,126 @@ pub async fn serve<S: NodeApi>(
     Ok(())
 }
 
-async fn route<S: NodeApi>(api: &S, request: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn route<S: NodeApi>(
+    api: &S,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
     let method = request.method().clone();
     let path = request.uri().path().to_string();
-    let result = match path.as_str() {
-        "/v1/health" => match method {
-            Method::GET => Ok(json(StatusCode::OK, &api.health().await)),
-            _ => Err(not_allowed(&method, &path)),
-        },
-        "/v1/nodes" => match method {
-            Method::GET => Ok(json(StatusCode::OK, &api.nodes().await)),
-            _ => Err(not_allowed(&method, &path)),
-        },
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let caller = request
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .and_then(|token| api.authenticate(token.trim()));
+    let user = || match caller {
+        Some(_) => Ok(()),
+        None => Err(ApiError::Unauthorized),
+    };
+    let node = || match caller {
+        Some(Caller::Node) => Ok(()),
+        _ => Err(ApiError::Unauthorized),
+    };
+    let not_allowed = || ApiError::MethodNotAllowed {
+        method: method.to_string(),
+        path: path.clone(),
+    };
+    match (segments.as_slice(), &method) {
+        (["v1", "health"], &Method::GET) => Ok(json(StatusCode::OK, &api.health().await)),
+        (["v1", "nodes"], &Method::GET) => Ok(json(StatusCode::OK, &api.nodes().await)),
+        (["v1", "apps"], &Method::GET) => {
+            user()?;
+            Ok(json(StatusCode::OK, &api.apps().await))
+        }
+        (["v1", "apps", app], &Method::GET) => {
+            user()?;
+            Ok(json(StatusCode::OK, &api.app(app).await?))
+        }
+        (["v1", "apps", app], &Method::DELETE) => {
+            user()?;
+            Ok(json(StatusCode::OK, &api.destroy(app).await?))
+        }
+        (["v1", "apps", app, "deploys"], &Method::POST) => {
+            user()?;
+            let app = app.to_string();
+            let upload = save_body(
+                request.into_body(),
+                &api.upload_dir(),
+                api.max_upload_bytes(),
+            )
+            .await?;
+            Ok(json(StatusCode::ACCEPTED, &api.deploy(&app, upload).await?))
+        }
+        (["v1", "blobs", sha256], &Method::GET) => {
+            node()?;
+            let path = api.blob_path(sha256).await?;
+            file_response(path).await
+        }
+        (["v1", "blobs", sha256], &Method::PUT) => {
+            node()?;
+            let sha256 = sha256.to_string();
+            let upload = save_body(
+                request.into_body(),
+                &api.upload_dir(),
+                api.max_upload_bytes(),
+            )
+            .await?;
+            api.put_blob(&sha256, upload).await?;
+            Ok(json(
+                StatusCode::CREATED,
+                &serde_json::json!({ "sha256": sha256 }),
+            ))
+        }
+        (["v1", "internal", "apps", _], &Method::PUT) => {
+            node()?;
+            let record: AppRecord = read_json(request.into_body()).await?;
+            api.hold_record(record).await?;
+            Ok(json(StatusCode::OK, &serde_json::json!({ "held": true })))
+        }
+        (["v1", "internal", "placements"], &Method::POST) => {
+            node()?;
+            let placement: PlacementRequest = read_json(request.into_body()).await?;
+            Ok(json(StatusCode::OK, &api.place(placement).await?))
+        }
+        (["v1", "health" | "nodes" | "apps"], _)
+        | (["v1", "apps", _] | ["v1", "blobs", _], _)
+        | (["v1", "apps", _, "deploys"], _) => Err(not_allowed()),
         _ => Err(ApiError::NotFound {
             method: method.to_string(),
             path: path.clone(),
         }),
-    };
-    result.unwrap_or_else(|err| json(err.status(), &err.body()))
-}
-
-fn not_allowed(method: &Method, path: &str) -> ApiError {
-    ApiError::MethodNotAllowed {
-        method: method.to_string(),
-        path: path.to_string(),
     }
 }
 
-fn json<T: Serialize>(status: StatusCode, body: &T) -> Response<Full<Bytes>> {
+/// JSON bodies of internal calls are small; larger ones are refused, not buffered.
+const MAX_JSON_BODY: usize = 1 << 20;
+
+async fn read_json<T: DeserializeOwned>(body: Incoming) -> Result<T, ApiError> {
+    let limited = http_body_util::Limited::new(body, MAX_JSON_BODY);
+    let bytes = limited
+        .collect()
+        .await
+        .map_err(|err| ApiError::BadRequest(format!("cannot read request body: {err}")))?
+        .to_bytes();
+    serde_json::from_slice(&bytes)
+        .map_err(|err| ApiError::BadRequest(format!("invalid JSON body: {err}")))
+}
+
+async fn file_response(path: PathBuf) -> Result<Response<Body>, ApiError> {
+    let file = tokio::fs::File::open(&path)
+        .await
+        .map_err(|err| ApiError::Internal(format!("cannot open {}: {err}", path.display())))?;
+    let stream = tokio_util::io::ReaderStream::new(file).map(|chunk| chunk.map(Frame::data));
+    let mut response = Response::new(BodyExt::boxed(StreamBody::new(stream)));
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    Ok(response)
+}
+
+fn json<T: Serialize>(status: StatusCode, body: &T) -> Response<Body> {
     let (status, bytes) = match serde_json::to_vec(body) {
         Ok(bytes) => (status, bytes),
         Err(err) => {
@@ -103,7 +251,10 @@ fn json<T: Serialize>(status: StatusCode, body: &T) -> Response<Full<Bytes>> {
             (err.status(), bytes)
         }
     };
-    let mut response = Response::new(Full::new(Bytes::from(bytes)));
+    let body = Full::new(Bytes::from(bytes))
+        .map_err(|never| match never {})
+        .boxed();
+    let mut response = Response::new(body);
     *response.status_mut() = status;
     response
         .headers_mut()

@@ -74,6 +74,7 @@ mod tests {
             addr: SocketAddr::from(([127, 0, 0, 2], port)),
             state: ContainerState::Running,
             health,
+            detail: None,
         }
     }
 

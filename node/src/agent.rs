@@ -3,20 +3,36 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
+use api::{ApiError, Caller, Upload};
 use proto::NodeIdentity;
-use proto::api::{HealthResponse, NodesResponse};
+use proto::api::{
+    AppView, AppsResponse, DeployAccepted, HealthResponse, NodesResponse, PlacementReply,
+    PlacementRequest,
+};
+use proto::catalog::AppRecord;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Mutex, Notify, watch};
 use tracing::{error, info, warn};
 
-use crate::config::AgentConfig;
+use crate::bundle::BlobStore;
+use crate::catalog::CatalogStore;
+use crate::config::{AgentConfig, RuntimeChoice};
 use crate::generation::bump_generation;
+use crate::hlc::Hlc;
 use crate::load::LoadSampler;
-use crate::membership::{Membership, MembershipConfig, SealedUdpTransport, TransportStats};
+use crate::membership::{Membership, MembershipConfig, SealedUdpTransport};
+use crate::runtime::{
+    DockerDriver, DockerOptions, PortRange, ProcessDriver, ProcessOptions, RuntimeDriver,
+};
+use crate::scheduler::Admission;
+use crate::seal::constant_time_eq;
 use crate::seeds::{Seed, SeedResolver};
+use crate::state::{AgentState, unix_ms};
+use crate::{catalog_sync, deploy, placement};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -40,6 +56,10 @@ pub enum AgentError {
     },
     #[error(transparent)]
     Membership(#[from] crate::membership::MembershipError),
+    #[error("cannot open the catalog: {0}")]
+    Catalog(String),
+    #[error("cannot start the container runtime: {0}")]
+    Runtime(String),
 }
 
 /// Runs the agent until `shutdown` completes, then leaves the cluster gracefully.
@@ -80,6 +100,7 @@ pub async fn run(
         version: VERSION.to_string(),
         labels: config.labels.clone(),
         started_at_ms: now_ms,
+        runs_workloads: config.runs_workloads,
     };
     let mut sampler = LoadSampler::new();
     let first_load = sampler.sample((0, 0));
@@ -107,23 +128,55 @@ pub async fn run(
         "agent ready"
     );
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let load_task = tokio::spawn(load_loop(
-        membership.clone(),
-        sampler,
-        config.load_interval,
-        stop_rx.clone(),
-    ));
-    let seed_task = tokio::spawn(seed_loop(
-        membership.clone(),
-        resolver,
-        config.seeds.clone(),
-        config.advertise_addr,
-        stop_rx.clone(),
-    ));
-    let api = Arc::new(AgentApi {
+    let runtime = choose_runtime(&config).await?;
+    info!(runtime = runtime.name(), "container runtime ready");
+    let catalog_store = CatalogStore::open(&config.data_dir.join("catalog.redb"))
+        .map_err(|err| AgentError::Catalog(err.to_string()))?;
+    let catalog = catalog_store
+        .load()
+        .map_err(|err| AgentError::Catalog(err.to_string()))?;
+    let blobs =
+        BlobStore::open(&config.data_dir).map_err(|err| AgentError::Catalog(err.to_string()))?;
+    if config.api_token.is_none() {
+        warn!("no --api-token: the app endpoints (deploy, apps, destroy) refuse every request");
+    }
+    let node_token = match &config.keyring {
+        Some(keyring) => keyring.node_token().to_string(),
+        None => format!("insecure-{}", config.cluster_id),
+    };
+    let state = Arc::new(AgentState {
         membership: membership.clone(),
         stats,
+        catalog: Mutex::new(catalog),
+        catalog_store,
+        hlc: Mutex::new(Hlc::new(&config.node_id)),
+        blobs,
+        runtime,
+        admission: Mutex::new(Admission::new(
+            u64::from(first_load.cpu_cores) * 1000,
+            first_load.mem_total_bytes,
+        )),
+        replicas: Mutex::new(Default::default()),
+        catalog_changed: Notify::new(),
+        node_token,
+        config: config.clone(),
+    });
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let tasks = vec![
+        tokio::spawn(load_loop(state.clone(), sampler, stop_rx.clone())),
+        tokio::spawn(seed_loop(
+            membership.clone(),
+            resolver,
+            config.seeds.clone(),
+            config.advertise_addr,
+            stop_rx.clone(),
+        )),
+        tokio::spawn(catalog_sync::run(state.clone(), stop_rx.clone())),
+        tokio::spawn(placement::run(state.clone(), stop_rx.clone())),
+    ];
+    let api = Arc::new(AgentApi {
+        state: state.clone(),
     });
     let mut api_stop = stop_rx.clone();
     let api_task = tokio::spawn(api::serve(listener, api, async move {
@@ -134,7 +187,7 @@ pub async fn run(
     info!("shutting down: leaving the cluster");
     let _ = stop_tx.send(true);
     membership.leave().await;
-    for task in [load_task, seed_task] {
+    for task in tasks {
         let _ = task.await;
     }
     match api_task.await {
@@ -145,22 +198,59 @@ pub async fn run(
     Ok(())
 }
 
+/// Docker where its daemon answers (or when asked for), else plain processes.
+async fn choose_runtime(config: &AgentConfig) -> Result<Arc<dyn RuntimeDriver>, AgentError> {
+    let range = PortRange::new(config.port_range.0, config.port_range.1)
+        .ok_or_else(|| AgentError::Runtime("invalid port range".into()))?;
+    let ip = config.advertise_addr.ip();
+    let docker_options = DockerOptions {
+        port_range: range,
+        network: config.docker_network.clone(),
+        oci_runtime: config.oci_runtime.clone(),
+        node_id: Some(config.node_id.clone()),
+        ..DockerOptions::new(ip)
+    };
+    let process = || -> Result<Arc<dyn RuntimeDriver>, AgentError> {
+        let options = ProcessOptions {
+            port_range: range,
+            ..ProcessOptions::new(ip, config.data_dir.join("logs"))
+        };
+        Ok(Arc::new(
+            ProcessDriver::new(options).map_err(|err| AgentError::Runtime(err.to_string()))?,
+        ))
+    };
+    match config.runtime {
+        RuntimeChoice::Process => process(),
+        RuntimeChoice::Docker => Ok(Arc::new(
+            DockerDriver::connect(docker_options)
+                .await
+                .map_err(|err| AgentError::Runtime(err.to_string()))?,
+        )),
+        RuntimeChoice::Auto => match DockerDriver::connect(docker_options).await {
+            Ok(docker) if docker.is_available().await => Ok(Arc::new(docker)),
+            _ => {
+                warn!("docker does not answer: running apps as plain processes");
+                process()
+            }
+        },
+    }
+}
+
 async fn load_loop(
-    membership: Arc<Membership>,
+    state: Arc<AgentState>,
     mut sampler: LoadSampler,
-    interval: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut ticker = tokio::time::interval(interval);
+    let mut ticker = tokio::time::interval(state.config.load_interval);
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
             _ = stop.wait_for(|stop| *stop) => return,
         }
-        // Reservations are added by the runtime once containers run on this node.
-        let load = sampler.sample((0, 0));
+        let reserved = state.admission.lock().await.reserved();
+        let load = sampler.sample(reserved);
         if let Some(load) = sampler.poll_publish(load) {
-            membership.set_load(&load).await;
+            state.membership.set_load(&load).await;
         }
     }
 }
@@ -197,32 +287,88 @@ async fn seed_loop(
 }
 
 struct AgentApi {
-    membership: Arc<Membership>,
-    stats: Arc<TransportStats>,
+    state: Arc<AgentState>,
 }
 
 impl api::NodeApi for AgentApi {
     async fn health(&self) -> HealthResponse {
         HealthResponse {
             status: "ok".to_string(),
-            node_id: self.membership.self_id().to_string(),
+            node_id: self.state.node_id().to_string(),
             version: VERSION.to_string(),
-            gossip: self.stats.snapshot(),
+            gossip: self.state.stats.snapshot(),
         }
     }
 
     async fn nodes(&self) -> NodesResponse {
-        let view = self.membership.view().await;
+        let view = self.state.view().await;
         NodesResponse {
             self_id: view.self_id,
             nodes: view.nodes,
         }
     }
-}
 
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_millis() as u64)
-        .unwrap_or(0)
+    fn authenticate(&self, token: &str) -> Option<Caller> {
+        let node_token_ok = match &self.state.config.keyring {
+            Some(keyring) => keyring.accepts_node_token(token),
+            None => constant_time_eq(token.as_bytes(), self.state.node_token.as_bytes()),
+        };
+        if node_token_ok {
+            return Some(Caller::Node);
+        }
+        let user_token = self.state.config.api_token.as_deref()?;
+        constant_time_eq(token.as_bytes(), user_token.as_bytes()).then_some(Caller::User)
+    }
+
+    fn upload_dir(&self) -> PathBuf {
+        self.state.uploads_dir()
+    }
+
+    fn max_upload_bytes(&self) -> u64 {
+        self.state.config.max_upload_bytes
+    }
+
+    async fn apps(&self) -> AppsResponse {
+        deploy::apps(&self.state).await
+    }
+
+    async fn app(&self, name: &str) -> Result<AppView, ApiError> {
+        deploy::app_view(&self.state, name, false).await
+    }
+
+    async fn destroy(&self, name: &str) -> Result<AppView, ApiError> {
+        deploy::destroy(&self.state, name).await
+    }
+
+    async fn deploy(&self, app: &str, upload: Upload) -> Result<DeployAccepted, ApiError> {
+        deploy::accept(&self.state, app, upload).await
+    }
+
+    async fn blob_path(&self, sha256: &str) -> Result<PathBuf, ApiError> {
+        let blobs = self.state.blobs.clone();
+        let digest = sha256.to_string();
+        tokio::task::spawn_blocking(move || {
+            blobs
+                .open_verified(&digest)
+                .and_then(|_| blobs.path(&digest))
+        })
+        .await
+        .map_err(|err| ApiError::Internal(err.to_string()))?
+        .map_err(|err| ApiError::NotFound {
+            method: "GET".into(),
+            path: format!("/v1/blobs/{sha256}: {err}"),
+        })
+    }
+
+    async fn put_blob(&self, sha256: &str, upload: Upload) -> Result<(), ApiError> {
+        deploy::put_blob(&self.state, sha256, upload).await
+    }
+
+    async fn hold_record(&self, record: AppRecord) -> Result<(), ApiError> {
+        deploy::hold_record(&self.state, record).await
+    }
+
+    async fn place(&self, request: PlacementRequest) -> Result<PlacementReply, ApiError> {
+        placement::admit(&self.state, request).await
+    }
 }

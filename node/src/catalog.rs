@@ -164,7 +164,8 @@ impl CatalogStore {
         Ok(catalog)
     }
 
-    /// Persists `record` (and its release in the history).
+    /// Persists `record` as the app's current record (and its release in the history).
+    /// Durable when it returns.
     pub fn save(&self, record: &AppRecord) -> Result<(), StoreError> {
         let txn = self.db.begin_write()?;
         {
@@ -174,16 +175,32 @@ impl CatalogStore {
                 serde_json::to_string(record)?.as_str(),
             )?;
             if let Some(release) = &record.release {
-                let mut releases = txn.open_table(RELEASES)?;
-                let key = format!("{}/{:020}", record.name, release.number);
-                if releases.get(key.as_str())?.is_none() {
-                    releases.insert(key.as_str(), serde_json::to_string(release)?.as_str())?;
-                }
+                insert_release(&mut txn.open_table(RELEASES)?, &record.name, release)?;
             }
         }
         txn.commit()?;
         Ok(())
     }
+
+    /// Persists a release in the history only.
+    pub fn save_release(&self, app: &str, release: &Release) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        insert_release(&mut txn.open_table(RELEASES)?, app, release)?;
+        txn.commit()?;
+        Ok(())
+    }
+}
+
+fn insert_release(
+    table: &mut redb::Table<&str, &str>,
+    app: &str,
+    release: &Release,
+) -> Result<(), StoreError> {
+    let key = format!("{app}/{:020}", release.number);
+    if table.get(key.as_str())?.is_none() {
+        table.insert(key.as_str(), serde_json::to_string(release)?.as_str())?;
+    }
+    Ok(())
 }
 
 fn value_key(release: &Release) -> (String, u64) {

@@ -72,6 +72,30 @@ pub struct AgentArgs {
     /// Seconds between load samples [default: 5]
     #[arg(long, env = "STRATUS_LOAD_INTERVAL_SECS")]
     pub load_interval_secs: Option<u64>,
+    /// Bearer token developers must present to the app endpoints (none: they refuse all)
+    #[arg(long, env = "STRATUS_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+    /// Largest bundle upload accepted, in bytes [default: 268435456 (256 MiB)]
+    #[arg(long, env = "STRATUS_MAX_UPLOAD_BYTES")]
+    pub max_upload_bytes: Option<u64>,
+    /// How containers run: docker, process, or auto (docker when its socket answers) [default: auto]
+    #[arg(long, env = "STRATUS_RUNTIME")]
+    pub runtime: Option<String>,
+    /// Attach containers to this Docker network and gossip their network IP (compose clusters)
+    #[arg(long, env = "STRATUS_DOCKER_NETWORK")]
+    pub docker_network: Option<String>,
+    /// OCI runtime for containers, e.g. runsc for gVisor [default: Docker's default]
+    #[arg(long, env = "STRATUS_OCI_RUNTIME")]
+    pub oci_runtime: Option<String>,
+    /// Image for apps whose manifest names none [default: stratus/busybox:latest]
+    #[arg(long, env = "STRATUS_DEFAULT_IMAGE")]
+    pub default_image: Option<String>,
+    /// Join and gossip, but never run app replicas here (e.g. a dedicated ingress host)
+    #[arg(long, env = "STRATUS_NO_WORKLOADS")]
+    pub no_workloads: bool,
+    /// Host ports published for containers, as FIRST-LAST [default: 20000-29999]
+    #[arg(long, env = "STRATUS_PORT_RANGE")]
+    pub port_range: Option<String>,
 }
 
 /// The same settings, as read from a TOML file.
@@ -92,6 +116,14 @@ struct FileConfig {
     gossip_interval_ms: Option<u64>,
     phi_threshold: Option<f64>,
     load_interval_secs: Option<u64>,
+    api_token: Option<String>,
+    max_upload_bytes: Option<u64>,
+    runtime: Option<String>,
+    docker_network: Option<String>,
+    oci_runtime: Option<String>,
+    default_image: Option<String>,
+    port_range: Option<String>,
+    no_workloads: Option<bool>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -126,6 +158,19 @@ pub enum ConfigError {
     Advertise(String),
     #[error("{0} must be greater than zero")]
     Zero(&'static str),
+    #[error("invalid runtime {0:?}: use docker, process or auto")]
+    Runtime(String),
+    #[error("invalid port range {0:?}: write FIRST-LAST, e.g. 20000-29999")]
+    PortRange(String),
+}
+
+/// Which runtime driver runs containers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuntimeChoice {
+    /// Docker when its socket answers, else processes.
+    Auto,
+    Docker,
+    Process,
 }
 
 /// Fully resolved agent settings.
@@ -144,6 +189,14 @@ pub struct AgentConfig {
     pub gossip_interval: Duration,
     pub phi_threshold: f64,
     pub load_interval: Duration,
+    pub api_token: Option<String>,
+    pub max_upload_bytes: u64,
+    pub runtime: RuntimeChoice,
+    pub docker_network: Option<String>,
+    pub oci_runtime: Option<String>,
+    pub default_image: String,
+    pub port_range: (u16, u16),
+    pub runs_workloads: bool,
 }
 
 impl AgentConfig {
@@ -213,7 +266,31 @@ impl AgentConfig {
         if load_interval_secs == 0 {
             return Err(ConfigError::Zero("load_interval_secs"));
         }
+        let runtime = match args.runtime.or(file.runtime).as_deref() {
+            None | Some("auto") => RuntimeChoice::Auto,
+            Some("docker") => RuntimeChoice::Docker,
+            Some("process") => RuntimeChoice::Process,
+            Some(other) => return Err(ConfigError::Runtime(other.to_string())),
+        };
+        let port_range = match args.port_range.or(file.port_range) {
+            None => (20_000, 29_999),
+            Some(text) => parse_port_range(&text)?,
+        };
         Ok(AgentConfig {
+            api_token: args.api_token.or(file.api_token).filter(|t| !t.is_empty()),
+            max_upload_bytes: args
+                .max_upload_bytes
+                .or(file.max_upload_bytes)
+                .unwrap_or(256 << 20),
+            runtime,
+            docker_network: args.docker_network.or(file.docker_network),
+            oci_runtime: args.oci_runtime.or(file.oci_runtime),
+            default_image: args
+                .default_image
+                .or(file.default_image)
+                .unwrap_or_else(|| "stratus/busybox:latest".to_string()),
+            port_range,
+            runs_workloads: !(args.no_workloads || file.no_workloads.unwrap_or(false)),
             node_id,
             cluster_id: args
                 .cluster_id
@@ -277,6 +354,17 @@ fn parse_labels(labels: &[String]) -> Result<BTreeMap<String, String>, ConfigErr
             _ => Err(ConfigError::Label(label.clone())),
         })
         .collect()
+}
+
+fn parse_port_range(text: &str) -> Result<(u16, u16), ConfigError> {
+    let bad = || ConfigError::PortRange(text.to_string());
+    let (first, last) = text.split_once('-').ok_or_else(bad)?;
+    let first: u16 = first.trim().parse().map_err(|_| bad())?;
+    let last: u16 = last.trim().parse().map_err(|_| bad())?;
+    if first == 0 || first > last {
+        return Err(bad());
+    }
+    Ok((first, last))
 }
 
 fn parse_advertise(text: &str, default_port: u16) -> Result<SocketAddr, ConfigError> {

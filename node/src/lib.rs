@@ -20,15 +20,21 @@
 //! - [`cli`]: the `nodes` table.
 
 pub mod agent;
+pub mod bundle;
 pub mod catalog;
+pub mod catalog_sync;
 pub mod cli;
 pub mod config;
+pub mod deploy;
 pub mod generation;
 pub mod health;
 pub mod hlc;
 pub mod load;
 pub mod membership;
+pub mod placement;
 pub mod runtime;
 pub mod scheduler;
 pub mod seal;
 pub mod seeds;
+pub mod state;
+pub mod supervisor;

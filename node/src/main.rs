@@ -1,6 +1,9 @@
 //! `stratus`: the agent daemon and the CLI in one binary. Parses arguments, sets up
 //! logging and signals, and hands over to the `node` library.
 
+use std::path::PathBuf;
+use std::time::Duration;
+
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use node::config::{AgentArgs, AgentConfig};
@@ -29,13 +32,61 @@ enum Command {
     Keygen,
     /// Show the cluster as one node sees it
     Nodes {
-        /// API of any node
-        #[arg(long, env = "STRATUS_API", default_value = "http://127.0.0.1:7070")]
-        api: String,
+        #[command(flatten)]
+        target: Target,
         /// Print the raw JSON answer
         #[arg(long)]
         json: bool,
     },
+    /// Deploy an app folder (with its stratus.toml) to the cluster and follow the rollout
+    Deploy {
+        /// The app folder
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        #[command(flatten)]
+        target: Target,
+        /// Give up following the rollout after this many seconds
+        #[arg(long, default_value_t = 180)]
+        timeout_secs: u64,
+    },
+    /// List the apps
+    Apps {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show an app's release and where every replica runs
+    Status {
+        app: String,
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop every replica of an app and forget it
+    Destroy {
+        app: String,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+/// Which node to ask, and how to prove who we are.
+#[derive(clap::Args)]
+struct Target {
+    /// API of any node
+    #[arg(long, env = "STRATUS_API", default_value = "http://127.0.0.1:7070")]
+    api: String,
+    /// The agents' --api-token
+    #[arg(long, env = "STRATUS_API_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+impl Target {
+    fn client(&self) -> anyhow::Result<api::Client> {
+        Ok(api::Client::new(&self.api)?.with_token(self.token.clone()))
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -54,14 +105,44 @@ fn main() -> anyhow::Result<()> {
             runtime()?.block_on(node::agent::run(config, shutdown_signal()))?;
             Ok(())
         }
-        Command::Nodes { api, json } => runtime()?.block_on(async {
-            let client = api::Client::new(&api)?;
-            let nodes = client.nodes().await?;
+        Command::Nodes { target, json } => runtime()?.block_on(async {
+            let nodes = target.client()?.nodes().await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&nodes)?);
             } else {
                 println!("{}", node::cli::nodes_table(&nodes));
             }
+            Ok(())
+        }),
+        Command::Deploy {
+            dir,
+            target,
+            timeout_secs,
+        } => runtime()?.block_on(async {
+            node::cli::deploy::deploy(&target.client()?, &dir, Duration::from_secs(timeout_secs))
+                .await
+        }),
+        Command::Apps { target, json } => runtime()?.block_on(async {
+            let apps = target.client()?.apps().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&apps)?);
+            } else {
+                println!("{}", node::cli::apps_table(&apps));
+            }
+            Ok(())
+        }),
+        Command::Status { app, target, json } => runtime()?.block_on(async {
+            let view = target.client()?.app(&app).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&view)?);
+            } else {
+                println!("{}", node::cli::app_status(&view));
+            }
+            Ok(())
+        }),
+        Command::Destroy { app, target } => runtime()?.block_on(async {
+            target.client()?.destroy(&app).await?;
+            println!("{app} destroyed: its replicas are stopping on every node");
             Ok(())
         }),
     }

@@ -80,6 +80,7 @@ pub enum SealError {
 pub struct ClusterKey {
     cipher: XChaCha20Poly1305,
     id: [u8; KEY_ID_LEN],
+    node_token: String,
 }
 
 impl std::fmt::Debug for ClusterKey {
@@ -104,9 +105,19 @@ impl ClusterKey {
         let digest = Sha256::digest(&bytes);
         let mut id = [0u8; KEY_ID_LEN];
         id.copy_from_slice(&digest[..KEY_ID_LEN]);
+        // A separate derivation, so the API token reveals nothing about the gossip key.
+        let mut token = Sha256::new();
+        token.update(b"stratus node api token v1\0");
+        token.update(&bytes);
+        let node_token = token
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         Ok(ClusterKey {
             cipher: XChaCha20Poly1305::new(chacha20poly1305::Key::from_slice(&bytes)),
             id,
+            node_token,
         })
     }
 
@@ -148,6 +159,18 @@ impl Keyring {
 
     pub fn primary(&self) -> &ClusterKey {
         &self.primary
+    }
+
+    /// The bearer token agents present to each other's APIs (derived from the primary key).
+    pub fn node_token(&self) -> &str {
+        &self.primary.node_token
+    }
+
+    /// Whether `token` is derived from any key of the ring (so rotation keeps APIs open).
+    pub fn accepts_node_token(&self, token: &str) -> bool {
+        std::iter::once(&self.primary)
+            .chain(&self.extra)
+            .any(|key| constant_time_eq(key.node_token.as_bytes(), token.as_bytes()))
     }
 
     fn find(&self, id: &[u8]) -> Option<&ClusterKey> {
@@ -242,6 +265,11 @@ impl Keyring {
         }
         Ok(fragment)
     }
+}
+
+/// Compares secrets without leaking where they differ through timing.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// An authenticated piece of a message.
@@ -406,6 +434,18 @@ mod tests {
         let from_rotating = rotating.seal(b"b", 2, &mut rng).unwrap().remove(0);
         assert!(new_ring.open(&from_rotating).is_ok());
         assert!(old_ring.open(&from_rotating).is_err());
+    }
+
+    #[test]
+    fn node_tokens_follow_the_keyring() {
+        let (ring_a, key_a) = ring(1);
+        let (ring_b, key_b) = ring(2);
+        assert!(ring_a.accepts_node_token(ring_a.node_token()));
+        assert!(!ring_a.accepts_node_token(ring_b.node_token()));
+        assert!(!ring_a.accepts_node_token(""));
+        assert_ne!(ring_a.node_token(), key_a, "the token must not be the key");
+        let rotating = Keyring::parse(&[key_b, key_a]).unwrap();
+        assert!(rotating.accepts_node_token(ring_a.node_token()));
     }
 
     #[test]

@@ -37,6 +37,7 @@ async fn member(
         version: "test".into(),
         labels: Default::default(),
         started_at_ms: 0,
+        runs_workloads: true,
     };
     Membership::start(config, &identity, NodeLoad::default(), transport)
         .await
@@ -52,6 +53,7 @@ fn record(id: &str, health: ContainerHealth) -> ContainerRecord {
         addr: "127.0.17.2:30000".parse().unwrap(),
         state: ContainerState::Running,
         health,
+        detail: None,
     }
 }
 

@@ -75,3 +75,80 @@ pub struct NodesResponse {
     pub self_id: String,
     pub nodes: Vec<NodeView>,
 }
+
+/// `POST /v1/apps/{app}/deploys` answer (202): the release is recorded and its bundle held
+/// by enough nodes; the replicas start in the background.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployAccepted {
+    pub app: String,
+    pub release: u64,
+    pub sha256: String,
+    pub size: u64,
+    /// Nodes holding the bundle and the release record.
+    pub holders: Vec<String>,
+    /// Where to follow the rollout.
+    pub status_url: String,
+}
+
+/// One replica of an app, as gossiped by the node that runs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaView {
+    pub node_id: String,
+    pub container_id: String,
+    pub release: u64,
+    pub replica: u32,
+    pub addr: SocketAddr,
+    pub state: crate::ContainerState,
+    pub health: crate::ContainerHealth,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// `GET /v1/apps/{app}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AppView {
+    pub name: String,
+    pub replicas_desired: u32,
+    /// The release that should run.
+    pub release: Option<crate::catalog::Release>,
+    /// Numbers of every release this node knows, oldest first.
+    pub releases: Vec<u64>,
+    pub replicas: Vec<ReplicaView>,
+    /// Why the current release cannot run, if it cannot (e.g. no capacity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+}
+
+/// One line of `GET /v1/apps`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppSummary {
+    pub name: String,
+    pub release: Option<u64>,
+    pub replicas_desired: u32,
+    pub replicas_healthy: u32,
+}
+
+/// `GET /v1/apps`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppsResponse {
+    pub apps: Vec<AppSummary>,
+}
+
+/// Node-to-node: asks a node to run one replica. Idempotent by `placement_id`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlacementRequest {
+    pub placement_id: String,
+    pub app: String,
+    pub release: crate::catalog::Release,
+    pub replica: u32,
+    /// API addresses of nodes that hold the bundle.
+    pub holders: Vec<SocketAddr>,
+}
+
+/// Node-to-node answer to a placement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PlacementReply {
+    Admitted,
+    AlreadyAdmitted,
+}

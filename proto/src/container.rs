@@ -34,6 +34,9 @@ pub struct ContainerRecord {
     pub addr: SocketAddr,
     pub state: ContainerState,
     pub health: ContainerHealth,
+    /// Why it is not running or not healthy, when known (shown by `stratus status`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 impl ContainerRecord {

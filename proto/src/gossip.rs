@@ -12,6 +12,7 @@
 //! | `v1:leaving`             | `"1"`                         | on graceful shutdown      |
 //! | `v1:container:{id}`      | [`ContainerRecord`] JSON       | on container change; deleted when it goes |
 //! | `v1:app:{name}`          | [`AppRecord`] JSON             | by the app's keepers (3 nodes), on change |
+//! | `v1:failure:{app}`       | [`RolloutFailure`] JSON        | by the app's scheduler when a release cannot be placed |
 //!
 //! [`NodeIdentity`]: crate::NodeIdentity
 //! [`NodeLoad`]: crate::NodeLoad
@@ -28,6 +29,20 @@ pub const LOAD_KEY: &str = "v1:load";
 pub const LEAVING_KEY: &str = "v1:leaving";
 pub const CONTAINER_KEY_PREFIX: &str = "v1:container:";
 pub const APP_KEY_PREFIX: &str = "v1:app:";
+pub const FAILURE_KEY_PREFIX: &str = "v1:failure:";
+
+/// Why a release of an app cannot run, published by the node that schedules it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RolloutFailure {
+    pub app: String,
+    pub release: u64,
+    pub reason: String,
+}
+
+/// The key a rollout failure is published under.
+pub fn failure_key(app: &str) -> String {
+    format!("{FAILURE_KEY_PREFIX}{app}")
+}
 
 /// The key an app record is published under.
 pub fn app_key(app: &str) -> String {
@@ -79,6 +94,7 @@ mod tests {
             addr: "127.0.0.2:30001".parse().unwrap(),
             state: ContainerState::Running,
             health: ContainerHealth::Healthy,
+            detail: None,
         };
         let key = container_key(&record.id);
         assert_eq!(key, "v1:container:web-3-1");

@@ -22,6 +22,14 @@ pub struct NodeIdentity {
     pub labels: BTreeMap<String, String>,
     /// Wall-clock start time, milliseconds since the Unix epoch.
     pub started_at_ms: u64,
+    /// False for members that only gossip (`--no-workloads`, ingress-only nodes): the
+    /// scheduler never places replicas there.
+    #[serde(default = "yes")]
+    pub runs_workloads: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// A node's capacity and how much of it is used. Republished only on meaningful change.

@@ -71,8 +71,11 @@ impl AgentProcess {
         SocketAddr::new(self.ip.into(), API_PORT)
     }
 
+    /// A client with the user token.
     pub fn client(&self) -> api::Client {
-        api::Client::new(&self.api_addr().to_string()).expect("loopback URL is valid")
+        api::Client::new(&self.api_addr().to_string())
+            .expect("loopback URL is valid")
+            .with_token(Some(API_TOKEN.to_string()))
     }
 
     pub fn is_running(&self) -> bool {
@@ -81,6 +84,46 @@ impl AgentProcess {
 
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+}
+
+/// The API token every testbed agent accepts from users.
+pub const API_TOKEN: &str = "testbed-token";
+
+/// The repository root (the testbed crate's parent folder).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+/// Builds the local `stratus/busybox` image with the project's script if it is missing.
+pub fn ensure_image() -> anyhow::Result<()> {
+    let script = repo_root().join("scripts/build-images.sh");
+    let status = Command::new("bash").arg(&script).status()?;
+    anyhow::ensure!(status.success(), "{} failed", script.display());
+    Ok(())
+}
+
+/// Removes every container the testbed's agents started for `node_prefix` nodes.
+pub fn remove_containers_of(app: &str) {
+    let ids = Command::new("docker")
+        .args(["ps", "-aq", "--filter", &format!("label=stratus.app={app}")])
+        .output()
+        .map(|out| {
+            String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    if !ids.is_empty() {
+        let _ = Command::new("docker")
+            .arg("rm")
+            .arg("-f")
+            .args(&ids)
+            .output();
     }
 }
 
@@ -171,6 +214,7 @@ impl LocalCluster {
             .args(["--seeds", &seed])
             .args(["--data-dir", &data_dir.display().to_string()])
             .args(["--cluster-key", &agent.key])
+            .args(["--api-token", API_TOKEN])
             .args(&self.common_args)
             .args(&agent.extra_args)
             .env("STRATUS_LOG", "info")

@@ -52,6 +52,7 @@ impl SimCluster {
                 version: node::agent::VERSION.to_string(),
                 labels: BTreeMap::from([("zone".to_string(), format!("z{}", index % 3))]),
                 started_at_ms: 0,
+                runs_workloads: true,
             };
             let load = NodeLoad {
                 cpu_cores: 8,
@@ -157,6 +158,7 @@ pub async fn measure_gossip(
         addr: SocketAddr::new(sim_addr(0).ip(), 30_000),
         state: ContainerState::Running,
         health: ContainerHealth::Healthy,
+        detail: None,
     };
     cluster.nodes[0].publish_container(&record).await;
     let key = container_key(&record.id);

@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chitchat::{ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig};
-use proto::gossip::{self, IDENTITY_KEY, LEAVING_KEY, LOAD_KEY};
+use proto::catalog::AppRecord;
+use proto::gossip::{self, IDENTITY_KEY, LEAVING_KEY, LOAD_KEY, RolloutFailure};
 use proto::{ContainerRecord, NodeIdentity, NodeLoad};
 use tokio::sync::{Mutex, watch};
 use tracing::{info, warn};
@@ -194,9 +195,35 @@ impl Membership {
     }
 
     pub async fn remove_container(&self, container_id: &str) {
-        let key = gossip::container_key(container_id);
+        self.delete_key(&gossip::container_key(container_id)).await;
+    }
+
+    pub async fn publish_app(&self, record: &AppRecord) {
+        self.set_key(&gossip::app_key(&record.name), gossip::encode(record))
+            .await;
+    }
+
+    pub async fn unpublish_app(&self, app: &str) {
+        self.delete_key(&gossip::app_key(app)).await;
+    }
+
+    pub async fn publish_failure(&self, failure: &RolloutFailure) {
+        self.set_key(&gossip::failure_key(&failure.app), gossip::encode(failure))
+            .await;
+    }
+
+    pub async fn clear_failure(&self, app: &str) {
+        self.delete_key(&gossip::failure_key(app)).await;
+    }
+
+    async fn delete_key(&self, key: &str) {
         self.handle
-            .with_chitchat(|chitchat| chitchat.self_node_state().delete(&key))
+            .with_chitchat(|chitchat| {
+                let state = chitchat.self_node_state();
+                if state.get(key).is_some() {
+                    state.delete(key);
+                }
+            })
             .await;
     }
 

@@ -4,7 +4,11 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use proto::api::{NodeStatus, NodeView};
-use proto::gossip::{self, CONTAINER_KEY_PREFIX, IDENTITY_KEY, LEAVING_KEY, LOAD_KEY};
+use proto::catalog::AppRecord;
+use proto::gossip::{
+    self, APP_KEY_PREFIX, CONTAINER_KEY_PREFIX, FAILURE_KEY_PREFIX, IDENTITY_KEY, LEAVING_KEY,
+    LOAD_KEY, RolloutFailure,
+};
 use proto::{ContainerRecord, NodeIdentity, NodeLoad};
 use tracing::debug;
 
@@ -37,6 +41,11 @@ pub struct ClusterView {
     pub nodes: Vec<NodeView>,
     /// Containers of live nodes only: a dead or departing node's records vanish at once.
     pub containers: Vec<PlacedContainer>,
+    /// App records published by any member, dead ones included: the catalog is merged
+    /// from all of them (last writer wins), and a dead keeper's copy is still a copy.
+    pub app_records: Vec<AppRecord>,
+    /// Rollout failures published by live nodes.
+    pub failures: Vec<RolloutFailure>,
 }
 
 impl ClusterView {
@@ -54,11 +63,14 @@ impl ClusterView {
         }
         let mut nodes = Vec::with_capacity(newest.len());
         let mut containers = Vec::new();
+        let mut app_records = Vec::new();
+        let mut failures = Vec::new();
         for member in newest.into_values() {
             let mut identity = None;
             let mut load = None;
             let mut leaving = false;
             let mut records = Vec::new();
+            let mut node_failures = Vec::new();
             for (key, value) in &member.key_values {
                 match key.as_str() {
                     IDENTITY_KEY => identity = decode_or_log::<NodeIdentity>(key, value),
@@ -66,6 +78,12 @@ impl ClusterView {
                     LEAVING_KEY => leaving = true,
                     _ if key.starts_with(CONTAINER_KEY_PREFIX) => {
                         records.extend(decode_or_log::<ContainerRecord>(key, value));
+                    }
+                    _ if key.starts_with(APP_KEY_PREFIX) => {
+                        app_records.extend(decode_or_log::<AppRecord>(key, value));
+                    }
+                    _ if key.starts_with(FAILURE_KEY_PREFIX) => {
+                        node_failures.extend(decode_or_log::<RolloutFailure>(key, value));
                     }
                     _ => {}
                 }
@@ -87,6 +105,7 @@ impl ClusterView {
                 containers: if counts { records.len() } else { 0 },
             });
             if counts {
+                failures.extend(node_failures);
                 containers.extend(records.into_iter().map(|record| PlacedContainer {
                     node_id: member.node_id.clone(),
                     record,
@@ -97,6 +116,8 @@ impl ClusterView {
             self_id: self_id.to_string(),
             nodes,
             containers,
+            app_records,
+            failures,
         }
     }
 
@@ -137,6 +158,7 @@ mod tests {
             addr: "127.0.0.9:30000".parse().unwrap(),
             state: ContainerState::Running,
             health: ContainerHealth::Healthy,
+            detail: None,
         };
         (gossip::container_key(id), gossip::encode(&record))
     }

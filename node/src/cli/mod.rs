@@ -1,4 +1,6 @@
-//! Presentation of API answers for people.
+//! The CLI's side: presentation of API answers for people, and `stratus deploy`.
+
+pub mod deploy;
 
 use comfy_table::presets::UTF8_BORDERS_ONLY;
 use comfy_table::{Cell, Table};
@@ -78,6 +80,62 @@ pub fn nodes_table(response: &NodesResponse) -> String {
         response.nodes.len(),
         response.self_id
     )
+}
+
+/// `stratus apps`.
+pub fn apps_table(response: &proto::api::AppsResponse) -> String {
+    let mut table = Table::new();
+    table
+        .load_preset(UTF8_BORDERS_ONLY)
+        .set_header(vec!["APP", "RELEASE", "HEALTHY / DESIRED"]);
+    for app in &response.apps {
+        table.add_row(vec![
+            Cell::new(&app.name),
+            Cell::new(app.release.map_or("-".to_string(), |r| format!("v{r}"))),
+            Cell::new(format!(
+                "{} / {}",
+                app.replicas_healthy, app.replicas_desired
+            )),
+        ]);
+    }
+    table.to_string()
+}
+
+/// `stratus status APP`.
+pub fn app_status(view: &proto::api::AppView) -> String {
+    let mut out = format!(
+        "{}: release {}, {} replicas desired (releases: {})\n",
+        view.name,
+        view.release
+            .as_ref()
+            .map_or("-".to_string(), |r| format!("v{}", r.number)),
+        view.replicas_desired,
+        view.releases
+            .iter()
+            .map(|n| format!("v{n}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    if let Some(failure) = &view.failure {
+        out.push_str(&format!("failing: {failure}\n"));
+    }
+    let mut table = Table::new();
+    table.load_preset(UTF8_BORDERS_ONLY).set_header(vec![
+        "REPLICA", "RELEASE", "NODE", "ADDRESS", "STATE", "HEALTH", "DETAIL",
+    ]);
+    for replica in &view.replicas {
+        table.add_row(vec![
+            Cell::new(replica.replica),
+            Cell::new(format!("v{}", replica.release)),
+            Cell::new(&replica.node_id),
+            Cell::new(replica.addr),
+            Cell::new(format!("{:?}", replica.state).to_lowercase()),
+            Cell::new(format!("{:?}", replica.health).to_lowercase()),
+            Cell::new(replica.detail.as_deref().unwrap_or("")),
+        ]);
+    }
+    out.push_str(&table.to_string());
+    out
 }
 
 fn gib(bytes: u64) -> String {

@@ -1,0 +1,51 @@
+//! Keeps this node's catalog in step with the cluster: merges every app record heard in
+//! gossip (last writer wins), persists what is new, and publishes the records this node
+//! keeps, so a node that was away catches up from whoever keeps them now.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::catalog::{KEEPERS, keepers};
+use crate::state::{AgentState, unix_ms};
+
+/// A node that accepted a change keeps publishing it this long even if it is not a keeper,
+/// so the keepers surely hear it.
+const WRITER_GRACE_MS: u64 = 60_000;
+
+pub async fn run(state: Arc<AgentState>, mut stop: watch::Receiver<bool>) {
+    let mut views = state.membership.subscribe().await;
+    let mut published: BTreeSet<String> = BTreeSet::new();
+    loop {
+        let view = views.borrow_and_update().clone();
+        for record in &view.app_records {
+            state.merge_record(record.clone()).await;
+        }
+        let live: Vec<&str> = view
+            .live_nodes()
+            .map(|node| node.node_id.as_str())
+            .collect();
+        let records: Vec<_> = state.catalog.lock().await.records().cloned().collect();
+        let now = unix_ms();
+        for record in records {
+            let keeper = keepers(&record.name, &live, KEEPERS)
+                .iter()
+                .any(|k| k == state.node_id());
+            let fresh_write = record.stamp.node_id == state.node_id()
+                && now.saturating_sub(record.stamp.wall_ms) < WRITER_GRACE_MS;
+            if keeper || fresh_write {
+                state.membership.publish_app(&record).await;
+                published.insert(record.name.clone());
+            } else if published.remove(&record.name) {
+                state.membership.unpublish_app(&record.name).await;
+            }
+        }
+        tokio::select! {
+            changed = views.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! `stratus deploy`: pack the app folder, upload it with a progress bar, then follow the
+//! rollout until every replica is healthy or the deploy fails.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use proto::api::AppView;
+use proto::{ContainerHealth, ContainerState};
+use tokio::time::Instant;
+
+use crate::bundle::pack_dir;
+
+pub async fn deploy(client: &api::Client, dir: &Path, timeout: Duration) -> anyhow::Result<()> {
+    let zip = tempfile::Builder::new()
+        .prefix("stratus-bundle-")
+        .suffix(".zip")
+        .tempfile()
+        .context("cannot create a temporary file for the bundle")?;
+    let (dir_owned, zip_path) = (dir.to_path_buf(), zip.path().to_path_buf());
+    let summary = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let file = std::fs::File::create(&zip_path)?;
+        Ok(pack_dir(&dir_owned, file)?)
+    })
+    .await??;
+    let app = summary.manifest.name.clone();
+    let size = std::fs::metadata(zip.path())?.len();
+    println!(
+        "Packed {} files ({}) of app {app} from {}",
+        summary.files,
+        human_bytes(size),
+        dir.display()
+    );
+    for skipped in &summary.skipped_symlinks {
+        println!("  skipped symbolic link {}", skipped.display());
+    }
+
+    let bar = ProgressBar::new(size);
+    bar.set_style(
+        ProgressStyle::with_template("Uploading {bar:30} {bytes}/{total_bytes} {bytes_per_sec}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let progress = bar.clone();
+    let accepted = client
+        .deploy(&app, zip.path(), move |sent| progress.set_position(sent))
+        .await;
+    bar.finish_and_clear();
+    let accepted = accepted?;
+    println!(
+        "Release {} of {app} accepted (sha256 {}), held by {}",
+        accepted.release,
+        &accepted.sha256[..12.min(accepted.sha256.len())],
+        accepted.holders.join(", ")
+    );
+    follow(client, &app, accepted.release, timeout).await
+}
+
+/// Polls the app until release `release` has every replica healthy, or fails.
+pub async fn follow(
+    client: &api::Client,
+    app: &str,
+    release: u64,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let spinner = ProgressBar::new_spinner();
+    spinner.enable_steady_tick(Duration::from_millis(120));
+    let start = Instant::now();
+    let mut last_status = String::new();
+    loop {
+        let view = client.app(app).await?;
+        let status = rollout_status(&view, release);
+        if status.line != last_status {
+            spinner.set_message(status.line.clone());
+            last_status = status.line.clone();
+        }
+        if let Some(failure) = status.failure {
+            spinner.finish_and_clear();
+            bail!("deploy of {app} release {release} failed: {failure}");
+        }
+        if status.done {
+            spinner.finish_and_clear();
+            println!("Release {release} of {app} is live: {}", status.line);
+            for replica in view.replicas.iter().filter(|r| r.release == release) {
+                println!(
+                    "  replica {} on {} at http://{}",
+                    replica.replica, replica.node_id, replica.addr
+                );
+            }
+            return Ok(());
+        }
+        if start.elapsed() > timeout {
+            spinner.finish_and_clear();
+            bail!(
+                "release {release} of {app} is not healthy after {}s ({}): see `stratus status {app}`",
+                timeout.as_secs(),
+                status.line
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+struct RolloutStatus {
+    line: String,
+    done: bool,
+    failure: Option<String>,
+}
+
+fn rollout_status(view: &AppView, release: u64) -> RolloutStatus {
+    if let Some(current) = view.release.as_ref().map(|r| r.number)
+        && current > release
+    {
+        return RolloutStatus {
+            line: format!("release {current} replaced it"),
+            done: false,
+            failure: Some(format!(
+                "a newer release ({current}) was deployed meanwhile"
+            )),
+        };
+    }
+    let mine: Vec<_> = view
+        .replicas
+        .iter()
+        .filter(|r| r.release == release)
+        .collect();
+    let healthy = mine
+        .iter()
+        .filter(|r| r.state == ContainerState::Running && r.health == ContainerHealth::Healthy)
+        .count() as u32;
+    let exited: Vec<String> = mine
+        .iter()
+        .filter(|r| r.state == ContainerState::Exited)
+        .map(|r| {
+            format!(
+                "replica {} on {}: {}",
+                r.replica,
+                r.node_id,
+                r.detail.as_deref().unwrap_or("exited")
+            )
+        })
+        .collect();
+    let line = format!(
+        "{healthy}/{} replicas healthy, {} starting",
+        view.replicas_desired,
+        mine.len() as u32 - healthy - exited.len() as u32
+    );
+    let failure = view
+        .failure
+        .clone()
+        .or_else(|| (!exited.is_empty()).then(|| exited.join("; ")));
+    RolloutStatus {
+        done: healthy >= view.replicas_desired && view.replicas_desired > 0,
+        line,
+        failure,
+    }
+}
+
+pub fn human_bytes(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
+        b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
+        b => format!("{b} B"),
+    }
+}

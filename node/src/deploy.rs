@@ -1,0 +1,305 @@
+//! Accepting a deploy on any node: check the bundle, file it under its checksum, copy it
+//! and the new release record to enough nodes, and only then acknowledge.
+//!
+//! A deploy is acknowledged once its release record and its bundle are durably held by
+//! [`KEEPERS`] nodes (all live nodes if fewer), so stopping any two nodes loses no
+//! acknowledged release.
+
+use std::collections::BTreeSet;
+
+use api::{ApiError, Upload};
+use proto::api::{AppSummary, AppView, AppsResponse, DeployAccepted, ReplicaView};
+use proto::catalog::{AppRecord, BlobRef, Release};
+use proto::manifest::validate_app_name;
+use tracing::{info, warn};
+
+use crate::bundle::{BundleError, UnpackLimits, inspect_and_unpack};
+use crate::catalog::{KEEPERS, keepers};
+use crate::membership::ClusterView;
+use crate::state::{AgentState, unix_ms};
+
+pub async fn accept(
+    state: &AgentState,
+    app: &str,
+    upload: Upload,
+) -> Result<DeployAccepted, ApiError> {
+    validate_app_name(app).map_err(ApiError::BadRequest)?;
+    let zip = upload.path().to_path_buf();
+    let manifest = tokio::task::spawn_blocking(move || {
+        inspect_and_unpack(&zip, None, UnpackLimits::default())
+    })
+    .await
+    .map_err(|err| ApiError::Internal(err.to_string()))?
+    .map_err(bundle_error)?;
+    if manifest.name != app {
+        return Err(ApiError::BadRequest(format!(
+            "the bundle's stratus.toml names the app {:?}, not {app:?}: deploy it as {:?} or fix `name`",
+            manifest.name, manifest.name
+        )));
+    }
+    let sha256 = upload.sha256.clone();
+    let size = upload.size;
+    let blob_path = store_blob(state, upload).await?;
+
+    let view = state.view().await;
+    let live: Vec<&str> = view
+        .live_nodes()
+        .map(|node| node.node_id.as_str())
+        .collect();
+    let needed = KEEPERS.min(live.len().max(1));
+    // Keepers first (they will publish the record), then any other live node as fallback.
+    let mut targets: Vec<String> = keepers(app, &live, live.len())
+        .into_iter()
+        .filter(|node| node != state.node_id())
+        .collect();
+    let record = {
+        let catalog = state.catalog.lock().await;
+        let number = catalog.next_release_number(app);
+        drop(catalog);
+        AppRecord {
+            name: app.to_string(),
+            stamp: state.stamp().await,
+            deleted: false,
+            replicas: manifest.replicas,
+            release: Some(Release {
+                number,
+                bundle: BlobRef {
+                    sha256: sha256.clone(),
+                    size,
+                },
+                manifest,
+                created_at_ms: unix_ms(),
+                created_on: state.node_id().to_string(),
+            }),
+        }
+    };
+    let mut holders = vec![state.node_id().to_string()];
+    state.merge_record(record.clone()).await;
+    state.membership.publish_app(&record).await;
+    while holders.len() < needed {
+        let Some(target) = targets.first().cloned() else {
+            break;
+        };
+        targets.remove(0);
+        match replicate_to(state, &view, &target, &record, &blob_path).await {
+            Ok(()) => holders.push(target),
+            Err(err) => warn!(app, node = %target, error = %err, "could not replicate the release"),
+        }
+    }
+    let number = record.release.as_ref().map_or(0, |release| release.number);
+    if holders.len() < needed {
+        return Err(ApiError::Unavailable(format!(
+            "release {number} of {app} is held by only {} of {needed} nodes ({}), so it is not \
+             acknowledged: it may still roll out; check `stratus status {app}` or deploy again",
+            holders.len(),
+            holders.join(", ")
+        )));
+    }
+    info!(app, release = number, %sha256, holders = ?holders, "deploy accepted");
+    Ok(DeployAccepted {
+        app: app.to_string(),
+        release: number,
+        sha256,
+        size,
+        holders,
+        status_url: format!("/v1/apps/{app}"),
+    })
+}
+
+async fn replicate_to(
+    state: &AgentState,
+    view: &ClusterView,
+    node_id: &str,
+    record: &AppRecord,
+    blob: &std::path::Path,
+) -> Result<(), String> {
+    let api_addr = view
+        .node(node_id)
+        .and_then(|node| node.identity.as_ref())
+        .map(|identity| identity.api_addr)
+        .ok_or_else(|| format!("no API address known for {node_id}"))?;
+    let client = state.peer(api_addr).ok_or("invalid peer address")?;
+    let release = record.release.as_ref().ok_or("record without release")?;
+    client
+        .put_blob(&release.bundle.sha256, blob)
+        .await
+        .map_err(|err| err.to_string())?;
+    client
+        .hold_record(record)
+        .await
+        .map_err(|err| err.to_string())
+}
+
+/// Files an uploaded bundle under its digest; returns where it now lives.
+pub async fn store_blob(
+    state: &AgentState,
+    upload: Upload,
+) -> Result<std::path::PathBuf, ApiError> {
+    let sha256 = upload.sha256.clone();
+    let blobs = state.blobs.clone();
+    tokio::task::spawn_blocking(move || {
+        let tmp = upload.keep();
+        let stored = blobs.put_verified(&tmp, &sha256);
+        let _ = std::fs::remove_file(&tmp);
+        stored
+    })
+    .await
+    .map_err(|err| ApiError::Internal(err.to_string()))?
+    .map_err(bundle_error)
+}
+
+/// Node-to-node: store a bundle copy sent by the accepting node.
+pub async fn put_blob(state: &AgentState, sha256: &str, upload: Upload) -> Result<(), ApiError> {
+    if upload.sha256 != sha256 {
+        return Err(ApiError::BadRequest(format!(
+            "bundle checksum mismatch: the URL says {sha256}, the bytes hash to {}; send it again",
+            upload.sha256
+        )));
+    }
+    store_blob(state, upload).await.map(|_| ())
+}
+
+/// Node-to-node: persist an app record, durably, before answering.
+pub async fn hold_record(state: &AgentState, record: AppRecord) -> Result<(), ApiError> {
+    validate_app_name(&record.name).map_err(ApiError::BadRequest)?;
+    if let Some(release) = &record.release
+        && !state.blobs.has(&release.bundle.sha256)
+    {
+        return Err(ApiError::Conflict(format!(
+            "bundle {} of {} is not on this node: send the blob first",
+            release.bundle.sha256, record.name
+        )));
+    }
+    state.merge_record(record.clone()).await;
+    state.membership.publish_app(&record).await;
+    Ok(())
+}
+
+/// `DELETE /v1/apps/{app}`: a tombstone, so every node stops the app's replicas and a node
+/// that was away learns the app is gone.
+pub async fn destroy(state: &AgentState, app: &str) -> Result<AppView, ApiError> {
+    let existing = state.catalog.lock().await.record(app).cloned();
+    let Some(existing) = existing.filter(|record| !record.deleted) else {
+        return Err(ApiError::UnknownApp(app.to_string()));
+    };
+    let tombstone = AppRecord {
+        stamp: state.stamp().await,
+        deleted: true,
+        release: None,
+        replicas: 0,
+        ..existing
+    };
+    state.merge_record(tombstone.clone()).await;
+    state.membership.publish_app(&tombstone).await;
+    let view = state.view().await;
+    let live: Vec<&str> = view
+        .live_nodes()
+        .map(|node| node.node_id.as_str())
+        .collect();
+    for keeper in keepers(app, &live, KEEPERS) {
+        if keeper == state.node_id() {
+            continue;
+        }
+        let Some(addr) = view
+            .node(&keeper)
+            .and_then(|n| n.identity.as_ref())
+            .map(|i| i.api_addr)
+        else {
+            continue;
+        };
+        if let Some(client) = state.peer(addr)
+            && let Err(err) = client.hold_record(&tombstone).await
+        {
+            warn!(app, node = %keeper, error = %err, "could not pass on the destroy; gossip will");
+        }
+    }
+    info!(app, "app destroyed");
+    app_view(state, app, true).await
+}
+
+pub async fn apps(state: &AgentState) -> AppsResponse {
+    let view = state.view().await;
+    let catalog = state.catalog.lock().await;
+    let apps = catalog
+        .apps()
+        .map(|record| {
+            let release = record.release.as_ref().map(|release| release.number);
+            let healthy = view
+                .containers
+                .iter()
+                .filter(|c| {
+                    c.record.app == record.name
+                        && Some(c.record.release) == release
+                        && c.record.is_routable()
+                })
+                .map(|c| c.record.replica)
+                .collect::<BTreeSet<_>>()
+                .len() as u32;
+            AppSummary {
+                name: record.name.clone(),
+                release,
+                replicas_desired: record.replicas,
+                replicas_healthy: healthy,
+            }
+        })
+        .collect();
+    AppsResponse { apps }
+}
+
+/// `GET /v1/apps/{app}`; `allow_deleted` for the answer to a destroy.
+pub async fn app_view(
+    state: &AgentState,
+    app: &str,
+    allow_deleted: bool,
+) -> Result<AppView, ApiError> {
+    let view = state.view().await;
+    let catalog = state.catalog.lock().await;
+    let record = catalog
+        .record(app)
+        .filter(|record| allow_deleted || !record.deleted)
+        .ok_or_else(|| ApiError::UnknownApp(app.to_string()))?;
+    let release_number = record.release.as_ref().map(|release| release.number);
+    let failure = view
+        .failures
+        .iter()
+        .find(|failure| failure.app == app && Some(failure.release) == release_number)
+        .map(|failure| failure.reason.clone());
+    let mut replicas: Vec<ReplicaView> = view
+        .containers
+        .iter()
+        .filter(|c| c.record.app == app)
+        .map(|c| ReplicaView {
+            node_id: c.node_id.clone(),
+            container_id: c.record.id.clone(),
+            release: c.record.release,
+            replica: c.record.replica,
+            addr: c.record.addr,
+            state: c.record.state,
+            health: c.record.health,
+            detail: c.record.detail.clone(),
+        })
+        .collect();
+    replicas.sort_by(|a, b| {
+        (a.release, a.replica, &a.node_id).cmp(&(b.release, b.replica, &b.node_id))
+    });
+    Ok(AppView {
+        name: record.name.clone(),
+        replicas_desired: record.replicas,
+        release: record.release.clone(),
+        releases: catalog
+            .releases(app)
+            .iter()
+            .map(|release| release.number)
+            .collect(),
+        replicas,
+        failure,
+    })
+}
+
+fn bundle_error(err: BundleError) -> ApiError {
+    match err {
+        BundleError::InvalidManifest(errors) => ApiError::InvalidManifest(errors.to_string()),
+        err if err.is_bad_bundle() => ApiError::InvalidBundle(err.to_string()),
+        err => ApiError::Internal(err.to_string()),
+    }
+}

@@ -1,0 +1,113 @@
+//! What the agent's tasks share: the catalog, the blob store, the runtime, the admission
+//! ledger and the membership. Each field has one owner task that writes it; the others
+//! read.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use proto::catalog::{AppRecord, Stamp};
+use tokio::sync::{Mutex, Notify};
+use tracing::warn;
+
+use crate::bundle::BlobStore;
+use crate::catalog::{Catalog, CatalogStore};
+use crate::config::AgentConfig;
+use crate::hlc::Hlc;
+use crate::membership::{ClusterView, Membership, TransportStats};
+use crate::runtime::RuntimeDriver;
+use crate::scheduler::Admission;
+
+pub struct AgentState {
+    pub config: AgentConfig,
+    pub membership: Arc<Membership>,
+    pub stats: Arc<TransportStats>,
+    pub catalog: Mutex<Catalog>,
+    pub catalog_store: CatalogStore,
+    pub hlc: Mutex<Hlc>,
+    pub blobs: BlobStore,
+    pub runtime: Arc<dyn RuntimeDriver>,
+    pub admission: Mutex<Admission>,
+    /// Replicas this node runs, by placement id (owned by the supervisor).
+    pub replicas: Mutex<BTreeMap<String, crate::supervisor::ReplicaHandle>>,
+    /// Woken when the catalog changes, so schedulers and supervisors act at once.
+    pub catalog_changed: Notify,
+    /// Token this node presents to other nodes.
+    pub node_token: String,
+}
+
+impl AgentState {
+    pub fn node_id(&self) -> &str {
+        &self.config.node_id
+    }
+
+    pub fn uploads_dir(&self) -> PathBuf {
+        self.config.data_dir.join("uploads")
+    }
+
+    pub fn releases_dir(&self) -> PathBuf {
+        self.config.data_dir.join("releases")
+    }
+
+    /// A client for another node's API, authenticated as a node.
+    pub fn peer(&self, api_addr: SocketAddr) -> Option<api::Client> {
+        api::Client::new(&api_addr.to_string())
+            .ok()
+            .map(|client| client.with_token(Some(self.node_token.clone())))
+    }
+
+    pub async fn view(&self) -> ClusterView {
+        self.membership.view().await
+    }
+
+    /// A fresh HLC stamp for a local catalog write.
+    pub async fn stamp(&self) -> Stamp {
+        self.hlc.lock().await.tick(unix_ms())
+    }
+
+    /// Merges `record` into the catalog; persists and announces it if it is new. Returns
+    /// whether it changed the catalog.
+    pub async fn merge_record(&self, record: AppRecord) -> bool {
+        self.hlc.lock().await.observe(&record.stamp);
+        let mut catalog = self.catalog.lock().await;
+        let newer = catalog
+            .record(&record.name)
+            .is_none_or(|known| record.supersedes(known));
+        let has_new_release = record.release.as_ref().is_some_and(|release| {
+            !catalog
+                .releases(&record.name)
+                .iter()
+                .any(|r| r.number == release.number)
+        });
+        if !newer && !has_new_release {
+            return false;
+        }
+        let release = record.release.clone();
+        let name = record.name.clone();
+        let saved = if newer {
+            self.catalog_store.save(&record)
+        } else {
+            release.as_ref().map_or(Ok(()), |release| {
+                self.catalog_store.save_release(&name, release)
+            })
+        };
+        if let Err(err) = saved {
+            warn!(app = %name, error = %err, "cannot persist app record");
+        }
+        let changed = catalog.merge(record);
+        drop(catalog);
+        if changed {
+            self.catalog_changed.notify_waiters();
+        }
+        changed
+    }
+}
+
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as u64)
+        .unwrap_or(0)
+}

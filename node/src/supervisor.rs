@@ -1,0 +1,346 @@
+//! Runs the replicas admitted on this node: gets the bundle (locally or from a holder,
+//! checksum verified), unpacks it, starts the container, health-checks it, gossips its
+//! record, restarts it with backoff when it dies, and stops it when the app is destroyed
+//! or its release has been replaced by a healthy newer one.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use proto::api::PlacementRequest;
+use proto::catalog::Release;
+use proto::{ContainerHealth, ContainerRecord, ContainerState};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::bundle::UnpackLimits;
+use crate::health::{HealthTracker, probe};
+use crate::runtime::{ContainerSpec, RunningContainer};
+use crate::state::AgentState;
+
+/// A replica this node runs; dropping the sender stops nothing, sending `true` does.
+pub struct ReplicaHandle {
+    pub app: String,
+    pub release: u64,
+    pub replica: u32,
+    stop: watch::Sender<bool>,
+}
+
+impl ReplicaHandle {
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+pub fn spawn_replica(state: Arc<AgentState>, request: PlacementRequest) {
+    let (stop, stop_rx) = watch::channel(false);
+    let handle = ReplicaHandle {
+        app: request.app.clone(),
+        release: request.release.number,
+        replica: request.replica,
+        stop,
+    };
+    tokio::spawn(async move {
+        state
+            .replicas
+            .lock()
+            .await
+            .insert(request.placement_id.clone(), handle);
+        let id = request.placement_id.clone();
+        run_replica(&state, &request, stop_rx).await;
+        state.replicas.lock().await.remove(&id);
+        state.admission.lock().await.release(&id);
+        state.membership.remove_container(&id).await;
+        info!(placement = %id, "replica gone");
+    });
+}
+
+async fn run_replica(
+    state: &AgentState,
+    request: &PlacementRequest,
+    mut stop: watch::Receiver<bool>,
+) {
+    let release = &request.release;
+    let mut record = ContainerRecord {
+        id: request.placement_id.clone(),
+        app: request.app.clone(),
+        release: release.number,
+        replica: request.replica,
+        addr: SocketAddr::new(advertise_ip(state), 0),
+        state: ContainerState::Starting,
+        health: ContainerHealth::Unknown,
+        detail: None,
+    };
+    state.membership.publish_container(&record).await;
+    let bundle_dir = match prepare_bundle(state, request).await {
+        Ok(dir) => dir,
+        Err(reason) => {
+            fail(state, &mut record, reason).await;
+            let _ = stop.wait_for(|stop| *stop).await;
+            return;
+        }
+    };
+    let spec = ContainerSpec {
+        placement_id: request.placement_id.clone(),
+        app: request.app.clone(),
+        release: release.number,
+        replica: request.replica,
+        node_id: state.node_id().to_string(),
+        bundle_dir,
+        image: release
+            .manifest
+            .image
+            .clone()
+            .unwrap_or_else(|| state.config.default_image.clone()),
+        cmd: release.manifest.cmd.clone(),
+        port: release.manifest.port,
+        env: replica_env(state, request),
+        cpu_millis: release.manifest.resources.cpu_millis,
+        memory_bytes: release.manifest.resources.memory_bytes,
+    };
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let container = match state.runtime.start(&spec).await {
+            Ok(container) => container,
+            Err(err) => {
+                fail(state, &mut record, err.to_string()).await;
+                if wait_or_stop(&mut stop, backoff).await {
+                    return;
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+        };
+        record.addr = container.addr;
+        record.state = ContainerState::Running;
+        record.health = ContainerHealth::Unknown;
+        record.detail = None;
+        state.membership.publish_container(&record).await;
+        info!(placement = %spec.placement_id, addr = %container.addr, "replica started");
+        match watch_container(state, release, &container, &mut record, &mut stop).await {
+            Outcome::Stop => {
+                record.state = ContainerState::Stopping;
+                state.membership.publish_container(&record).await;
+                if let Err(err) = state.runtime.stop(&container.id, STOP_GRACE).await {
+                    warn!(placement = %spec.placement_id, error = %err, "cannot stop replica");
+                }
+                return;
+            }
+            Outcome::Exited(detail) => {
+                let tail = state
+                    .runtime
+                    .logs(&container.id, 5)
+                    .await
+                    .unwrap_or_default();
+                let detail = if tail.is_empty() {
+                    detail
+                } else {
+                    format!("{detail}; last output: {}", tail.join(" | "))
+                };
+                fail(state, &mut record, detail).await;
+                if wait_or_stop(&mut stop, backoff).await {
+                    let _ = state.runtime.stop(&container.id, STOP_GRACE).await;
+                    return;
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+/// The manifest's env plus who the replica is, so an app can tell (and log) where it runs.
+fn replica_env(
+    state: &AgentState,
+    request: &PlacementRequest,
+) -> std::collections::BTreeMap<String, String> {
+    let mut env = request.release.manifest.env.clone();
+    env.insert("STRATUS_APP".into(), request.app.clone());
+    env.insert("STRATUS_RELEASE".into(), request.release.number.to_string());
+    env.insert("STRATUS_REPLICA".into(), request.replica.to_string());
+    env.insert("STRATUS_NODE".into(), state.node_id().to_string());
+    env
+}
+
+enum Outcome {
+    Stop,
+    Exited(String),
+}
+
+/// Probes the replica until it must stop or its container is gone.
+async fn watch_container(
+    state: &AgentState,
+    release: &Release,
+    container: &RunningContainer,
+    record: &mut ContainerRecord,
+    stop: &mut watch::Receiver<bool>,
+) -> Outcome {
+    let health = &release.manifest.health;
+    let interval = Duration::from_millis(health.interval_ms);
+    // Probe fast until the first answer, so a new replica takes traffic quickly.
+    let mut next = Duration::from_millis(200);
+    let mut tracker = HealthTracker::default();
+    loop {
+        if wait_or_stop(stop, next).await || !still_wanted(state, record).await {
+            return Outcome::Stop;
+        }
+        let result = probe(
+            container.addr,
+            health.path.as_deref(),
+            Duration::from_millis(health.timeout_ms),
+        )
+        .await;
+        let healthy = result.is_healthy();
+        if tracker.observe(healthy).is_some() {
+            record.health = tracker.health();
+            record.detail = (!healthy).then(|| result.to_string());
+            state.membership.publish_container(record).await;
+        }
+        if tracker.health() == ContainerHealth::Healthy {
+            next = interval;
+        }
+        if !healthy && let Ok(containers) = state.runtime.list().await {
+            let mine = containers.iter().find(|c| c.id == container.id);
+            match mine {
+                None => return Outcome::Exited("the container disappeared".into()),
+                Some(c) if c.state == ContainerState::Exited => {
+                    return Outcome::Exited(format!(
+                        "exited with code {}",
+                        c.exit_code.unwrap_or(-1)
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+    }
+}
+
+/// A replica stays while its app exists and its release is current, or while the current
+/// release does not yet have all its replicas healthy (so a new release never takes the
+/// app down before it can serve).
+async fn still_wanted(state: &AgentState, record: &ContainerRecord) -> bool {
+    let current = {
+        let catalog = state.catalog.lock().await;
+        match catalog.record(&record.app) {
+            None => return true,
+            Some(app) if app.deleted => return false,
+            Some(app) => app.release.as_ref().map(|r| (r.number, app.replicas)),
+        }
+    };
+    let Some((current_release, desired)) = current else {
+        return false;
+    };
+    if record.release >= current_release {
+        return record.replica < desired;
+    }
+    let view = state.view().await;
+    let healthy_new = view
+        .containers
+        .iter()
+        .filter(|c| {
+            c.record.app == record.app
+                && c.record.release == current_release
+                && c.record.is_routable()
+        })
+        .count() as u32;
+    healthy_new < desired
+}
+
+async fn fail(state: &AgentState, record: &mut ContainerRecord, reason: String) {
+    warn!(placement = %record.id, %reason, "replica failed");
+    record.state = ContainerState::Exited;
+    record.health = ContainerHealth::Unhealthy;
+    record.detail = Some(reason);
+    state.membership.publish_container(record).await;
+}
+
+/// Waits `duration`; true if told to stop meanwhile.
+async fn wait_or_stop(stop: &mut watch::Receiver<bool>, duration: Duration) -> bool {
+    let stopped = tokio::select! {
+        _ = tokio::time::sleep(duration) => None,
+        _ = stop.wait_for(|stop| *stop) => Some(true),
+    };
+    stopped.unwrap_or_else(|| *stop.borrow())
+}
+
+fn advertise_ip(state: &AgentState) -> IpAddr {
+    state.config.advertise_addr.ip()
+}
+
+/// The release's folder on this node, fetching and unpacking the bundle if needed.
+async fn prepare_bundle(state: &AgentState, request: &PlacementRequest) -> Result<PathBuf, String> {
+    let release = &request.release;
+    let sha256 = release.bundle.sha256.clone();
+    let dir = state
+        .releases_dir()
+        .join(&request.app)
+        .join(release.number.to_string());
+    if dir.is_dir() {
+        return Ok(dir);
+    }
+    if !state.blobs.has(&sha256) {
+        fetch_blob(state, request).await?;
+    }
+    let blobs = state.blobs.clone();
+    let target = dir.clone();
+    if let Some(parent) = dir.parent() {
+        tokio::fs::create_dir_all(parent)
+            .await
+            .map_err(|err| format!("cannot create {}: {err}", parent.display()))?;
+    }
+    tokio::task::spawn_blocking(move || {
+        blobs.unpack_release(&sha256, &target, UnpackLimits::default())
+    })
+    .await
+    .map_err(|err| err.to_string())?
+    .map(|_| ())
+    .or_else(|err| {
+        // Another replica of the same release on this node may have unpacked it first.
+        if dir.is_dir() {
+            Ok(())
+        } else {
+            Err(err.to_string())
+        }
+    })?;
+    Ok(dir)
+}
+
+/// Fetches the bundle from any holder, verifying it; a corrupt copy is discarded and the
+/// next holder tried.
+async fn fetch_blob(state: &AgentState, request: &PlacementRequest) -> Result<(), String> {
+    let sha256 = &request.release.bundle.sha256;
+    let tmp_dir = state.uploads_dir();
+    tokio::fs::create_dir_all(&tmp_dir)
+        .await
+        .map_err(|err| format!("cannot create {}: {err}", tmp_dir.display()))?;
+    let tmp = tmp_dir.join(format!("fetch-{}.part", request.placement_id));
+    let mut errors = Vec::new();
+    for holder in &request.holders {
+        let Some(client) = state.peer(*holder) else {
+            continue;
+        };
+        match client.get_blob(sha256, &tmp).await {
+            Ok(_) => {
+                let blobs = state.blobs.clone();
+                let (tmp_path, digest) = (tmp.clone(), sha256.clone());
+                let stored =
+                    tokio::task::spawn_blocking(move || blobs.put_verified(&tmp_path, &digest))
+                        .await
+                        .map_err(|err| err.to_string())?;
+                let _ = tokio::fs::remove_file(&tmp).await;
+                match stored {
+                    Ok(_) => return Ok(()),
+                    Err(err) => errors.push(format!("{holder}: {err}")),
+                }
+            }
+            Err(err) => errors.push(format!("{holder}: {err}")),
+        }
+    }
+    Err(format!(
+        "cannot fetch bundle {sha256} from any holder: {}",
+        errors.join("; ")
+    ))
+}

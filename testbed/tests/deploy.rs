@@ -1,0 +1,280 @@
+//! Deploys on real agents and real Docker: `stratus deploy` sent to a node that runs no
+//! workloads, replicas on two other nodes answering over HTTP, `stratus destroy`, and
+//! every kind of bad input refused with nothing stored.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+use std::io::Write;
+use std::process::Command;
+use std::time::Duration;
+
+use proto::{ContainerHealth, ContainerState};
+use testbed::harness::{API_TOKEN, LocalCluster, ensure_image, remove_containers_of, repo_root};
+
+const CONVERGE: Duration = Duration::from_secs(60);
+
+struct Cleanup(&'static str);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        remove_containers_of(self.0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deploy_runs_replicas_on_two_other_nodes_and_destroy_removes_them() {
+    ensure_image().unwrap();
+    let _cleanup = Cleanup("hello");
+    remove_containers_of("hello");
+    let mut cluster = LocalCluster::start_with(21, 0, Vec::new()).unwrap();
+    cluster
+        .add_agent(None, vec!["--no-workloads".into()])
+        .unwrap();
+    cluster.add_agent(None, Vec::new()).unwrap();
+    cluster.add_agent(None, Vec::new()).unwrap();
+    cluster
+        .wait_for("3 live nodes", CONVERGE, || cluster.converged())
+        .await
+        .unwrap();
+
+    let entry = cluster.agents[0].api_addr().to_string();
+    let output = Command::new(&cluster.bin)
+        .args([
+            "deploy",
+            &repo_root().join("examples/hello").display().to_string(),
+        ])
+        .args([
+            "--api",
+            &entry,
+            "--token",
+            API_TOKEN,
+            "--timeout-secs",
+            "90",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "deploy failed:\n{stdout}\n{stderr}\n{}",
+        cluster.logs_tail(20)
+    );
+    assert!(stdout.contains("Release 1 of hello is live"), "{stdout}");
+
+    let view = cluster.agents[1].client().app("hello").await.unwrap();
+    let replicas: Vec<_> = view.replicas.iter().filter(|r| r.release == 1).collect();
+    assert_eq!(replicas.len(), 2, "{view:?}");
+    assert_ne!(
+        replicas[0].node_id, replicas[1].node_id,
+        "replicas share a node"
+    );
+    for replica in &replicas {
+        assert_ne!(
+            replica.node_id, "node-1",
+            "the no-workloads node runs a replica"
+        );
+        assert_eq!(
+            (replica.state, replica.health),
+            (ContainerState::Running, ContainerHealth::Healthy)
+        );
+        let body = reqwest_get(&format!("http://{}/", replica.addr)).await;
+        assert!(
+            body.contains(&format!(
+                "replica {} on node {}",
+                replica.replica, replica.node_id
+            )),
+            "{body}"
+        );
+    }
+
+    let output = Command::new(&cluster.bin)
+        .args(["destroy", "hello", "--api", &entry, "--token", API_TOKEN])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    cluster
+        .wait_for("every hello container gone", CONVERGE, || async {
+            let listed = Command::new("docker")
+                .args(["ps", "-aq", "--filter", "label=stratus.app=hello"])
+                .output()
+                .unwrap();
+            listed.stdout.is_empty()
+        })
+        .await
+        .unwrap();
+    let apps = cluster.agents[2].client().apps().await.unwrap();
+    assert!(apps.apps.is_empty(), "{apps:?}");
+}
+
+async fn reqwest_get(url: &str) -> String {
+    // The API client's HTTP stack is enough; no need for a second one.
+    let output = tokio::process::Command::new("curl")
+        .args(["-sS", "--max-time", "5", url])
+        .output()
+        .await;
+    match output {
+        Ok(out) => String::from_utf8_lossy(&out.stdout).into_owned(),
+        Err(err) => format!("curl failed: {err}"),
+    }
+}
+
+/// A zip built in memory with the given files.
+fn zip_of(files: &[(&str, &str)]) -> Vec<u8> {
+    let mut buffer = std::io::Cursor::new(Vec::new());
+    {
+        let mut writer = zip::ZipWriter::new(&mut buffer);
+        for (name, content) in files {
+            writer
+                .start_file(*name, zip::write::SimpleFileOptions::default())
+                .unwrap();
+            writer.write_all(content.as_bytes()).unwrap();
+        }
+        writer.finish().unwrap();
+    }
+    buffer.into_inner()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_deploys_are_refused_with_a_clear_error_and_store_nothing() {
+    let cluster =
+        LocalCluster::start_with(22, 1, vec!["--max-upload-bytes".into(), "100000".into()])
+            .unwrap();
+    cluster
+        .wait_for("the agent", CONVERGE, || cluster.converged())
+        .await
+        .unwrap();
+    let agent = &cluster.agents[0];
+    let url = format!("http://{}/v1/apps/web/deploys", agent.api_addr());
+    let good_manifest = "name = \"web\"\ncmd = \"run\"\n";
+    // (what, token, body, expected status, word the error must contain)
+    type Case<'a> = (&'a str, Option<&'a str>, Vec<u8>, u16, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            "no token",
+            None,
+            zip_of(&[("stratus.toml", good_manifest)]),
+            401,
+            "token",
+        ),
+        (
+            "wrong token",
+            Some("nope"),
+            zip_of(&[("stratus.toml", good_manifest)]),
+            401,
+            "token",
+        ),
+        (
+            "not a zip",
+            Some(API_TOKEN),
+            b"hello, not a zip".to_vec(),
+            422,
+            "not a zip",
+        ),
+        (
+            "traversal",
+            Some(API_TOKEN),
+            zip_of(&[("stratus.toml", good_manifest), ("../evil", "x")]),
+            422,
+            "evil",
+        ),
+        (
+            "absolute path",
+            Some(API_TOKEN),
+            zip_of(&[("stratus.toml", good_manifest), ("/etc/evil", "x")]),
+            422,
+            "evil",
+        ),
+        (
+            "no manifest",
+            Some(API_TOKEN),
+            zip_of(&[("index.html", "hi")]),
+            422,
+            "stratus.toml",
+        ),
+        (
+            "bad manifest",
+            Some(API_TOKEN),
+            zip_of(&[("stratus.toml", "name = \"web\"\nreplicas = -1\ncmd = \"x\"")]),
+            422,
+            "replicas",
+        ),
+        (
+            "name mismatch",
+            Some(API_TOKEN),
+            zip_of(&[("stratus.toml", "name = \"other\"\ncmd = \"x\"")]),
+            400,
+            "other",
+        ),
+        (
+            "oversize",
+            Some(API_TOKEN),
+            vec![0u8; 200_000],
+            413,
+            "limit",
+        ),
+    ];
+    for (what, token, body, status, needle) in cases {
+        let mut request = Command::new("curl");
+        request.args([
+            "-sS",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+            "-X",
+            "POST",
+            "--data-binary",
+            "@-",
+            &url,
+        ]);
+        if let Some(token) = token {
+            request.args(["-H", &format!("Authorization: Bearer {token}")]);
+        }
+        let mut child = request
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(&body).unwrap();
+        let output = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap();
+        assert_eq!(code, status.to_string(), "{what}: {body}");
+        let error: proto::api::ErrorBody =
+            serde_json::from_str(body).unwrap_or_else(|_| panic!("{what}: not JSON: {body}"));
+        assert!(
+            error.detail.contains(needle),
+            "{what}: {:?} does not mention {needle:?}",
+            error.detail
+        );
+    }
+    // Nothing was recorded or stored.
+    assert!(agent.client().apps().await.unwrap().apps.is_empty());
+    let unknown = agent.client().app("web").await.unwrap_err();
+    assert_eq!(unknown.status(), Some(404));
+    let blobs = cluster.data_root().join(&agent.node_id).join("blobs");
+    let stored = walk_files(&blobs);
+    assert!(stored.is_empty(), "blobs left behind: {stored:?}");
+    let uploads = walk_files(&cluster.data_root().join(&agent.node_id).join("uploads"));
+    assert!(uploads.is_empty(), "uploads left behind: {uploads:?}");
+}
+
+fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                files.extend(walk_files(&path));
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    files
+}

@@ -15,7 +15,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Start agents on 127.0.0.2, 127.0.0.3, ... and keep them running until Ctrl-C
+    /// Start agents on 127.0.0.2, 127.0.0.3, ..., deploy examples/hello, keep them running until Ctrl-C
     Up {
         #[arg(long, default_value_t = 3)]
         nodes: usize,
@@ -102,24 +102,42 @@ fn main() -> anyhow::Result<()> {
 fn up(nodes: usize) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
+        testbed::harness::ensure_image()?;
         let cluster = LocalCluster::start(0, nodes)?;
         cluster
             .wait_for("the cluster to converge", Duration::from_secs(60), || {
                 cluster.converged()
             })
             .await?;
-        let api = cluster.agents[0].api_addr();
+        let api = format!("http://{}", cluster.agents[0].api_addr());
         let status = std::process::Command::new(&cluster.bin)
-            .args(["nodes", "--api", &format!("http://{api}")])
+            .args(["nodes", "--api", &api])
             .status()?;
         anyhow::ensure!(status.success(), "stratus nodes failed");
+        let example = testbed::harness::repo_root().join("examples/hello");
+        println!("\n$ stratus deploy {} --api {api}", example.display());
+        let status = std::process::Command::new(&cluster.bin)
+            .args(["deploy", &example.display().to_string(), "--api", &api])
+            .args(["--token", testbed::harness::API_TOKEN])
+            .status()?;
+        anyhow::ensure!(status.success(), "stratus deploy failed");
+        let view = cluster.agents[0].client().app("hello").await?;
         println!(
             "\n{nodes} agents running (data and logs in {}).",
             cluster.data_root().display()
         );
-        println!("Try:  {} nodes --api http://{api}", cluster.bin.display());
-        println!("Press Ctrl-C to stop them.");
+        println!("Try:");
+        for replica in &view.replicas {
+            println!("  curl http://{}/", replica.addr);
+        }
+        println!(
+            "  {} status hello --api {api} --token {}",
+            cluster.bin.display(),
+            testbed::harness::API_TOKEN
+        );
+        println!("Press Ctrl-C to stop the agents and the app.");
         tokio::signal::ctrl_c().await?;
+        testbed::harness::remove_containers_of("hello");
         Ok(())
     })
 }

@@ -1,0 +1,194 @@
+//! Deploys when things go wrong: the accepting node dies right after acknowledging, three
+//! nodes take deploys at once, and a release that cannot fit is reported as failed.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use proto::{ContainerHealth, ContainerState};
+use testbed::harness::{LocalCluster, ensure_image, remove_containers_of, repo_root};
+
+const SETTLE: Duration = Duration::from_secs(90);
+
+struct Cleanup(Vec<String>);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for app in &self.0 {
+            remove_containers_of(app);
+        }
+    }
+}
+
+/// An app folder like examples/hello, under another name and with other resources.
+fn app_dir(root: &Path, name: &str, replicas: u32, cpu: f64) -> PathBuf {
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(
+        repo_root().join("examples/hello/start.sh"),
+        dir.join("start.sh"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("stratus.toml"),
+        format!(
+            "name = \"{name}\"\ncmd = \"sh start.sh\"\nreplicas = {replicas}\n[resources]\ncpu = {cpu}\nmemory = \"32MiB\"\n\
+             [env]\nGREETING = \"hi\"\n[health]\npath = \"/\"\ninterval = \"1s\"\n"
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+fn pack(dir: &Path) -> tempfile::NamedTempFile {
+    let zip = tempfile::NamedTempFile::new().unwrap();
+    node::bundle::pack_dir(dir, std::fs::File::create(zip.path()).unwrap()).unwrap();
+    zip
+}
+
+async fn healthy_replicas(
+    client: &api::Client,
+    app: &str,
+    release: u64,
+) -> Vec<proto::api::ReplicaView> {
+    match client.app(app).await {
+        Ok(view) => view
+            .replicas
+            .into_iter()
+            .filter(|r| {
+                r.release == release
+                    && r.state == ContainerState::Running
+                    && r.health == ContainerHealth::Healthy
+            })
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deploy_completes_when_the_accepting_node_dies_right_after_the_ack() {
+    ensure_image().unwrap();
+    let _cleanup = Cleanup(vec!["survivor".into()]);
+    remove_containers_of("survivor");
+    let mut cluster = LocalCluster::start(23, 3).unwrap();
+    cluster
+        .wait_for("3 live nodes", SETTLE, || cluster.converged())
+        .await
+        .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let zip = pack(&app_dir(work.path(), "survivor", 2, 0.1));
+    let accepted = cluster.agents[0]
+        .client()
+        .deploy("survivor", zip.path(), |_| {})
+        .await
+        .unwrap();
+    assert_eq!(accepted.holders.len(), 3, "{accepted:?}");
+    cluster.kill9(0);
+
+    let witness = cluster.agents[1].client();
+    let took = cluster
+        .wait_for(
+            "2 healthy replicas on the surviving nodes",
+            SETTLE,
+            || async {
+                let healthy = healthy_replicas(&witness, "survivor", accepted.release).await;
+                healthy.len() == 2 && healthy.iter().all(|r| r.node_id != "node-1")
+            },
+        )
+        .await
+        .unwrap();
+    println!(
+        "rolled out on the survivors {:.1} s after the accepting node died",
+        took.as_secs_f64()
+    );
+    // The survivors still hold the bundle and serve it to each other.
+    let view = witness.app("survivor").await.unwrap();
+    assert_eq!(view.release.unwrap().bundle.sha256, accepted.sha256);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_deploys_on_three_nodes_never_overcommit_and_misfits_fail_with_a_reason() {
+    ensure_image().unwrap();
+    let apps = ["alpha", "bravo", "charlie"];
+    let _cleanup = Cleanup(
+        apps.iter()
+            .map(|a| a.to_string())
+            .chain(["delta".to_string()])
+            .collect(),
+    );
+    for app in apps.iter().chain(&["delta"]) {
+        remove_containers_of(app);
+    }
+    let cluster = LocalCluster::start(24, 3).unwrap();
+    cluster
+        .wait_for("3 live nodes", SETTLE, || cluster.converged())
+        .await
+        .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    // Each node has 2 cores: at 0.9 core a replica, a node fits exactly 2 replicas, and
+    // 3 apps of 2 replicas fill the cluster only if nothing is overcommitted.
+    let zips: Vec<_> = apps
+        .iter()
+        .map(|app| pack(&app_dir(work.path(), app, 2, 0.9)))
+        .collect();
+    let mut deploys = Vec::new();
+    for (index, app) in apps.iter().enumerate() {
+        let client = cluster.agents[index].client();
+        let path = zips[index].path().to_path_buf();
+        let app = app.to_string();
+        deploys.push(tokio::spawn(async move {
+            client.deploy(&app, &path, |_| {}).await
+        }));
+    }
+    for deploy in deploys {
+        deploy.await.unwrap().unwrap();
+    }
+    let client = cluster.agents[0].client();
+    cluster
+        .wait_for("all 6 replicas healthy", SETTLE, || async {
+            let mut total = 0;
+            for app in apps {
+                total += healthy_replicas(&client, app, 1).await.len();
+            }
+            total == 6
+        })
+        .await
+        .unwrap();
+    let mut per_node = std::collections::BTreeMap::<String, u32>::new();
+    for app in apps {
+        for replica in healthy_replicas(&client, app, 1).await {
+            *per_node.entry(replica.node_id).or_default() += 1;
+        }
+    }
+    assert!(
+        per_node.values().all(|n| *n <= 2),
+        "a node was overcommitted: {per_node:?}"
+    );
+
+    // The cluster is full: one more replica cannot be placed, and the deploy says why.
+    let output = std::process::Command::new(&cluster.bin)
+        .args([
+            "deploy",
+            &app_dir(work.path(), "delta", 1, 0.9).display().to_string(),
+        ])
+        .args([
+            "--api",
+            &cluster.agents[1].api_addr().to_string(),
+            "--token",
+            testbed::harness::API_TOKEN,
+        ])
+        .args(["--timeout-secs", "60"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "a deploy that cannot fit reported success"
+    );
+    assert!(
+        stderr.contains("failed")
+            && (stderr.contains("refuses") || stderr.contains("no live node has room")),
+        "{stderr}"
+    );
+}

@@ -214,3 +214,61 @@ pub fn median(values: &mut [Duration]) -> Duration {
     values.sort_unstable();
     values.get(values.len() / 2).copied().unwrap_or_default()
 }
+
+/// `bench deploy`: time from the first byte of the upload to every replica healthy, for a
+/// bundle of about `bundle_bytes` (examples/hello plus incompressible padding) on a
+/// 3-agent cluster with the image present. One fresh app per run.
+pub async fn deploy(net: u8, runs: usize, bundle_bytes: usize) -> anyhow::Result<Vec<Duration>> {
+    crate::harness::ensure_image()?;
+    let cluster = LocalCluster::start(net, 3)?;
+    cluster
+        .wait_for("the cluster to converge", Duration::from_secs(60), || cluster.converged())
+        .await?;
+    let work = tempfile::tempdir()?;
+    let client = cluster.agents[0].client();
+    let mut timings = Vec::new();
+    for run in 0..runs {
+        let app = format!("bench-{run}");
+        let dir = work.path().join(&app);
+        std::fs::create_dir_all(&dir)?;
+        let hello = crate::harness::repo_root().join("examples/hello");
+        std::fs::copy(hello.join("start.sh"), dir.join("start.sh"))?;
+        let manifest = std::fs::read_to_string(hello.join("stratus.toml"))?.replace("name = \"hello\"", &format!("name = \"{app}\""));
+        std::fs::write(dir.join("stratus.toml"), manifest)?;
+        let mut padding = vec![0u8; bundle_bytes];
+        rand::RngCore::fill_bytes(&mut rand::rng(), &mut padding);
+        std::fs::write(dir.join("padding.bin"), padding)?;
+        let zip = tempfile::NamedTempFile::new()?;
+        node::bundle::pack_dir(&dir, std::fs::File::create(zip.path())?)?;
+        let size = std::fs::metadata(zip.path())?.len();
+
+        let start = Instant::now();
+        let accepted = client.deploy(&app, zip.path(), |_| {}).await?;
+        let acked = start.elapsed();
+        loop {
+            let view = client.app(&app).await?;
+            let healthy = view
+                .replicas
+                .iter()
+                .filter(|r| r.release == accepted.release && r.health == proto::ContainerHealth::Healthy)
+                .count() as u32;
+            if healthy >= view.replicas_desired {
+                break;
+            }
+            anyhow::ensure!(start.elapsed() < Duration::from_secs(60), "{app} not healthy after 60 s");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let total = start.elapsed();
+        println!(
+            "run {}: {} KiB bundle acknowledged after {:.0} ms, all replicas healthy after {:.0} ms",
+            run + 1,
+            size / 1024,
+            acked.as_secs_f64() * 1000.0,
+            total.as_secs_f64() * 1000.0
+        );
+        timings.push(total);
+        client.destroy(&app).await?;
+        crate::harness::remove_containers_of(&app);
+    }
+    Ok(timings)
+}

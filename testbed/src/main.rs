@@ -40,6 +40,14 @@ enum Bench {
     },
     /// Cost of sealing and opening gossip datagrams
     Seal,
+    /// Time from the first byte of an upload to every replica healthy, on 3 real agents
+    Deploy {
+        #[arg(long, default_value_t = 7)]
+        runs: usize,
+        /// Approximate bundle size
+        #[arg(long, default_value_t = 1 << 20)]
+        bundle_bytes: usize,
+    },
     /// Time from kill -9 of an agent to every peer reporting it dead, on real agents
     Detect {
         #[arg(long, default_value_t = 5)]
@@ -70,6 +78,22 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench { which: Bench::Seal } => bench::seal(),
+        Command::Bench {
+            which: Bench::Deploy { runs, bundle_bytes },
+        } => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            let mut timings = runtime.block_on(bench::deploy(251, runs, bundle_bytes))?;
+            let max = timings.iter().max().copied().unwrap_or_default();
+            let median = bench::median(&mut timings);
+            println!(
+                "first byte -> every replica healthy: median {:.0} ms, max {:.0} ms over {} runs (3 agents, 2 replicas, {} KiB of padding)",
+                median.as_secs_f64() * 1000.0,
+                max.as_secs_f64() * 1000.0,
+                timings.len(),
+                bundle_bytes / 1024
+            );
+            Ok(())
+        }
         Command::Bench {
             which:
                 Bench::Detect {

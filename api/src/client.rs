@@ -3,6 +3,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use proto::api::{
     AppView, AppsResponse, DeployAccepted, ErrorBody, HealthResponse, NodesResponse,
     PlacementReply, PlacementRequest,
@@ -11,7 +12,6 @@ use proto::catalog::AppRecord;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
-use tokio_stream::StreamExt;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -197,6 +197,53 @@ impl Client {
             });
         }
         Ok(size)
+    }
+
+    /// Output of every replica of `app`, a line at a time; with `follow`, until dropped.
+    pub async fn logs(
+        &self,
+        app: &str,
+        follow: bool,
+        tail: usize,
+    ) -> Result<crate::LineStream, ClientError> {
+        self.lines(&format!("/v1/apps/{app}/logs?follow={follow}&tail={tail}"))
+            .await
+    }
+
+    /// Node-to-node: output of one replica the node runs.
+    pub async fn replica_logs(
+        &self,
+        placement_id: &str,
+        follow: bool,
+        tail: usize,
+    ) -> Result<crate::LineStream, ClientError> {
+        self.lines(&format!(
+            "/v1/internal/replicas/{placement_id}/logs?follow={follow}&tail={tail}"
+        ))
+        .await
+    }
+
+    async fn lines(&self, path: &str) -> Result<crate::LineStream, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let response = self
+            .check(url, self.request(reqwest::Method::GET, path))
+            .await?;
+        let mut partial: Vec<u8> = Vec::new();
+        let lines = response
+            .bytes_stream()
+            .take_while(|chunk| futures_util::future::ready(chunk.is_ok()))
+            .map(move |chunk| {
+                let bytes = chunk.unwrap_or_default();
+                partial.extend_from_slice(&bytes);
+                let mut lines = Vec::new();
+                while let Some(end) = partial.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = partial.drain(..=end).collect();
+                    lines.push(String::from_utf8_lossy(&line[..line.len() - 1]).into_owned());
+                }
+                futures_util::stream::iter(lines)
+            })
+            .flatten();
+        Ok(Box::pin(lines))
     }
 
     /// Node-to-node: asks the node to keep an app record.

@@ -15,5 +15,5 @@ pub mod upload;
 
 pub use client::{Client, ClientError};
 pub use error::ApiError;
-pub use server::{Caller, NodeApi, serve};
+pub use server::{Caller, LineStream, LogQuery, NodeApi, serve};
 pub use upload::Upload;

@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
+use futures_util::StreamExt as _;
+use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
@@ -23,13 +24,12 @@ use proto::catalog::AppRecord;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::net::TcpListener;
-use tokio_stream::StreamExt as _;
 use tracing::{debug, warn};
 
 use crate::error::ApiError;
 use crate::upload::{Upload, save_body};
 
-pub type Body = BoxBody<Bytes, std::io::Error>;
+pub type Body = UnsyncBoxBody<Bytes, std::io::Error>;
 
 /// Who a request comes from, by its bearer token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +74,56 @@ pub trait NodeApi: Send + Sync + 'static {
         &self,
         request: PlacementRequest,
     ) -> impl Future<Output = Result<PlacementReply, ApiError>> + Send;
+    /// Output of every replica of `app`, each line prefixed with its replica.
+    fn app_logs(
+        &self,
+        app: &str,
+        query: LogQuery,
+    ) -> impl Future<Output = Result<LineStream, ApiError>> + Send;
+    /// Node-to-node: output of one replica this node runs.
+    fn replica_logs(
+        &self,
+        placement_id: &str,
+        query: LogQuery,
+    ) -> impl Future<Output = Result<LineStream, ApiError>> + Send;
+}
+
+/// Lines streamed to the client as they come.
+pub type LineStream = std::pin::Pin<Box<dyn futures_util::Stream<Item = String> + Send>>;
+
+/// `?follow=true&tail=N` of the log endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogQuery {
+    pub follow: bool,
+    pub tail: usize,
+}
+
+impl LogQuery {
+    pub const DEFAULT_TAIL: usize = 100;
+    pub const MAX_TAIL: usize = 10_000;
+
+    fn parse(query: Option<&str>) -> Result<LogQuery, ApiError> {
+        let mut parsed = LogQuery {
+            follow: false,
+            tail: LogQuery::DEFAULT_TAIL,
+        };
+        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, "true"));
+            match key {
+                "follow" => parsed.follow = matches!(value, "true" | "1" | "yes"),
+                "tail" => {
+                    parsed.tail = value
+                        .parse::<usize>()
+                        .map_err(|_| {
+                            ApiError::BadRequest(format!("tail={value} is not a number of lines"))
+                        })?
+                        .min(LogQuery::MAX_TAIL)
+                }
+                _ => {}
+            }
+        }
+        Ok(parsed)
+    }
 }
 
 /// Serves the API on `listener` until `shutdown` completes, then lets open requests finish.
@@ -200,6 +250,16 @@ async fn route<S: NodeApi>(
             api.hold_record(record).await?;
             Ok(json(StatusCode::OK, &serde_json::json!({ "held": true })))
         }
+        (["v1", "apps", app, "logs"], &Method::GET) => {
+            user()?;
+            let query = LogQuery::parse(request.uri().query())?;
+            Ok(lines_response(api.app_logs(app, query).await?))
+        }
+        (["v1", "internal", "replicas", id, "logs"], &Method::GET) => {
+            node()?;
+            let query = LogQuery::parse(request.uri().query())?;
+            Ok(lines_response(api.replica_logs(id, query).await?))
+        }
         (["v1", "internal", "placements"], &Method::POST) => {
             node()?;
             let placement: PlacementRequest = read_json(request.into_body()).await?;
@@ -234,12 +294,23 @@ async fn file_response(path: PathBuf) -> Result<Response<Body>, ApiError> {
         .await
         .map_err(|err| ApiError::Internal(format!("cannot open {}: {err}", path.display())))?;
     let stream = tokio_util::io::ReaderStream::new(file).map(|chunk| chunk.map(Frame::data));
-    let mut response = Response::new(BodyExt::boxed(StreamBody::new(stream)));
+    let mut response = Response::new(BodyExt::boxed_unsync(StreamBody::new(stream)));
     response.headers_mut().insert(
         CONTENT_TYPE,
         HeaderValue::from_static("application/octet-stream"),
     );
     Ok(response)
+}
+
+/// Streams lines as a chunked `text/plain` body, each sent as soon as it exists.
+fn lines_response(lines: LineStream) -> Response<Body> {
+    let frames = lines.map(|line| Ok::<_, std::io::Error>(Frame::data(Bytes::from(line + "\n"))));
+    let mut response = Response::new(BodyExt::boxed_unsync(StreamBody::new(frames)));
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
 }
 
 fn json<T: Serialize>(status: StatusCode, body: &T) -> Response<Body> {
@@ -253,7 +324,7 @@ fn json<T: Serialize>(status: StatusCode, body: &T) -> Response<Body> {
     };
     let body = Full::new(Bytes::from(bytes))
         .map_err(|never| match never {})
-        .boxed();
+        .boxed_unsync();
     let mut response = Response::new(body);
     *response.status_mut() = status;
     response

@@ -5,4 +5,6 @@ set -eu
 www="${TMPDIR:-/tmp}/hello-$$"
 mkdir -p "$www"
 echo "$GREETING from $STRATUS_APP release $STRATUS_RELEASE replica $STRATUS_REPLICA on node $STRATUS_NODE" > "$www/index.html"
-exec busybox httpd -f -p "$PORT" -h "$www"
+echo "replica $STRATUS_REPLICA of $STRATUS_APP serving on port $PORT"
+# -vv logs every request (URL and status) to stderr, which `stratus logs` shows.
+exec busybox httpd -f -vv -p "$PORT" -h "$www"

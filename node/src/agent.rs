@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use api::{ApiError, Caller, Upload};
+use api::{ApiError, Caller, LineStream, LogQuery, Upload};
 use proto::NodeIdentity;
 use proto::api::{
     AppView, AppsResponse, DeployAccepted, HealthResponse, NodesResponse, PlacementReply,
@@ -32,7 +32,7 @@ use crate::scheduler::Admission;
 use crate::seal::constant_time_eq;
 use crate::seeds::{Seed, SeedResolver};
 use crate::state::{AgentState, unix_ms};
-use crate::{catalog_sync, deploy, placement};
+use crate::{catalog_sync, deploy, logs, placement};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -370,5 +370,17 @@ impl api::NodeApi for AgentApi {
 
     async fn place(&self, request: PlacementRequest) -> Result<PlacementReply, ApiError> {
         placement::admit(&self.state, request).await
+    }
+
+    async fn app_logs(&self, app: &str, query: LogQuery) -> Result<LineStream, ApiError> {
+        logs::app_logs(&self.state, app, query).await
+    }
+
+    async fn replica_logs(
+        &self,
+        placement_id: &str,
+        query: LogQuery,
+    ) -> Result<LineStream, ApiError> {
+        logs::replica_logs(&self.state, placement_id, query).await
     }
 }

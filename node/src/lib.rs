@@ -30,6 +30,7 @@ pub mod generation;
 pub mod health;
 pub mod hlc;
 pub mod load;
+pub mod logs;
 pub mod membership;
 pub mod placement;
 pub mod runtime;

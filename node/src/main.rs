@@ -64,6 +64,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the output of every replica of an app, each line prefixed with its replica
+    Logs {
+        app: String,
+        #[command(flatten)]
+        target: Target,
+        /// Keep printing new lines as they are written
+        #[arg(short, long)]
+        follow: bool,
+        /// Lines of history per replica
+        #[arg(long, default_value_t = 100)]
+        tail: usize,
+    },
     /// Stop every replica of an app and forget it
     Destroy {
         app: String,
@@ -137,6 +149,19 @@ fn main() -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&view)?);
             } else {
                 println!("{}", node::cli::app_status(&view));
+            }
+            Ok(())
+        }),
+        Command::Logs {
+            app,
+            target,
+            follow,
+            tail,
+        } => runtime()?.block_on(async {
+            use futures_util::StreamExt as _;
+            let mut lines = target.client()?.logs(&app, follow, tail).await?;
+            while let Some(line) = lines.next().await {
+                println!("{line}");
             }
             Ok(())
         }),

@@ -222,7 +222,9 @@ pub async fn deploy(net: u8, runs: usize, bundle_bytes: usize) -> anyhow::Result
     crate::harness::ensure_image()?;
     let cluster = LocalCluster::start(net, 3)?;
     cluster
-        .wait_for("the cluster to converge", Duration::from_secs(60), || cluster.converged())
+        .wait_for("the cluster to converge", Duration::from_secs(60), || {
+            cluster.converged()
+        })
         .await?;
     let work = tempfile::tempdir()?;
     let client = cluster.agents[0].client();
@@ -233,7 +235,8 @@ pub async fn deploy(net: u8, runs: usize, bundle_bytes: usize) -> anyhow::Result
         std::fs::create_dir_all(&dir)?;
         let hello = crate::harness::repo_root().join("examples/hello");
         std::fs::copy(hello.join("start.sh"), dir.join("start.sh"))?;
-        let manifest = std::fs::read_to_string(hello.join("stratus.toml"))?.replace("name = \"hello\"", &format!("name = \"{app}\""));
+        let manifest = std::fs::read_to_string(hello.join("stratus.toml"))?
+            .replace("name = \"hello\"", &format!("name = \"{app}\""));
         std::fs::write(dir.join("stratus.toml"), manifest)?;
         let mut padding = vec![0u8; bundle_bytes];
         rand::RngCore::fill_bytes(&mut rand::rng(), &mut padding);
@@ -250,12 +253,17 @@ pub async fn deploy(net: u8, runs: usize, bundle_bytes: usize) -> anyhow::Result
             let healthy = view
                 .replicas
                 .iter()
-                .filter(|r| r.release == accepted.release && r.health == proto::ContainerHealth::Healthy)
+                .filter(|r| {
+                    r.release == accepted.release && r.health == proto::ContainerHealth::Healthy
+                })
                 .count() as u32;
             if healthy >= view.replicas_desired {
                 break;
             }
-            anyhow::ensure!(start.elapsed() < Duration::from_secs(60), "{app} not healthy after 60 s");
+            anyhow::ensure!(
+                start.elapsed() < Duration::from_secs(60),
+                "{app} not healthy after 60 s"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let total = start.elapsed();

@@ -88,6 +88,51 @@ async fn deploy_runs_replicas_on_two_other_nodes_and_destroy_removes_them() {
         );
     }
 
+    // Logs of both replicas come through the node that runs none of them.
+    let output = Command::new(&cluster.bin)
+        .args(["logs", "hello", "--api", &entry, "--token", API_TOKEN])
+        .output()
+        .unwrap();
+    let logs = String::from_utf8_lossy(&output.stdout);
+    for replica in &replicas {
+        let line = format!(
+            "[v1/{} {}] replica {} of hello serving",
+            replica.replica, replica.node_id, replica.replica
+        );
+        assert!(logs.contains(&line), "missing {line:?} in:\n{logs}");
+    }
+    // Following shows a request as it is served.
+    let mut follow = tokio::process::Command::new(&cluster.bin)
+        .args([
+            "logs", "hello", "-f", "--tail", "0", "--api", &entry, "--token", API_TOKEN,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _ = reqwest_get(&format!("http://{}/followed", replicas[0].addr)).await;
+    let seen = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("/followed") {
+                return line;
+            }
+        }
+        String::new()
+    })
+    .await
+    .expect("the request never showed up in `stratus logs -f`");
+    assert!(
+        seen.starts_with(&format!(
+            "[v1/{} {}]",
+            replicas[0].replica, replicas[0].node_id
+        )),
+        "{seen}"
+    );
+    drop(follow);
+
     let output = Command::new(&cluster.bin)
         .args(["destroy", "hello", "--api", &entry, "--token", API_TOKEN])
         .output()

@@ -38,8 +38,8 @@ use tracing::{debug, info, warn};
 
 use super::ports::{PortAllocator, PortRange, bind_test};
 use super::{
-    ContainerSpec, RunningContainer, RuntimeDriver, RuntimeError, container_name, labels,
-    last_lines,
+    ContainerSpec, LogStream, RunningContainer, RuntimeDriver, RuntimeError, container_name,
+    labels, last_lines,
 };
 
 /// How many host ports `start` tries when Docker reports the one it chose as taken (another
@@ -365,6 +365,33 @@ impl RuntimeDriver for DockerDriver {
             }
         }
         Ok(last_lines(&bytes, tail))
+    }
+
+    async fn follow_logs(&self, id: &str, tail: usize) -> Result<LogStream, RuntimeError> {
+        let options = LogsOptionsBuilder::new()
+            .stdout(true)
+            .stderr(true)
+            .follow(true)
+            .tail(&tail.to_string())
+            .build();
+        // Fail now, not mid-stream, for an unknown container; but never wait for a first
+        // line here: a quiet container would hold the whole answer back.
+        if self.inspect(id).await?.is_none() {
+            return Err(RuntimeError::NotFound { id: id.to_string() });
+        }
+        let mut splitter = super::LineSplitter::default();
+        let lines = self
+            .docker
+            .logs(id, Some(options))
+            .take_while(|frame| futures_util::future::ready(frame.is_ok()))
+            .flat_map(move |frame| {
+                let lines = match frame {
+                    Ok(output) => splitter.push(output.as_ref()),
+                    Err(_) => Vec::new(),
+                };
+                futures_util::stream::iter(lines)
+            });
+        Ok(Box::pin(lines))
     }
 }
 

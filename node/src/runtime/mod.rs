@@ -157,6 +157,35 @@ pub trait RuntimeDriver: Send + Sync + 'static {
     /// The last `tail` lines of the container's stdout and stderr, interleaved as written,
     /// oldest first.
     async fn logs(&self, id: &str, tail: usize) -> Result<Vec<String>, RuntimeError>;
+
+    /// The last `tail` lines, then every new line as it is written, until the container
+    /// is removed or the stream is dropped.
+    async fn follow_logs(&self, id: &str, tail: usize) -> Result<LogStream, RuntimeError>;
+}
+
+/// Lines of a container's output, as they come.
+pub type LogStream = std::pin::Pin<Box<dyn futures_util::Stream<Item = String> + Send>>;
+
+/// Splits a byte stream into lines, keeping a partial last line for the next chunk.
+#[derive(Debug, Default)]
+pub(crate) struct LineSplitter {
+    partial: Vec<u8>,
+}
+
+impl LineSplitter {
+    pub(crate) fn push(&mut self, bytes: &[u8]) -> Vec<String> {
+        self.partial.extend_from_slice(bytes);
+        let mut lines = Vec::new();
+        while let Some(end) = self.partial.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.partial.drain(..=end).collect();
+            lines.push(
+                String::from_utf8_lossy(&line[..line.len() - 1])
+                    .trim_end_matches('\r')
+                    .to_string(),
+            );
+        }
+        lines
+    }
 }
 
 /// The container (or process) name for a placement: `stratus-` and the placement id.
@@ -205,6 +234,14 @@ mod tests {
         assert_ne!(slash, colon, "different ids must not share a name");
         assert!(!container_name("../x").contains('/'));
         assert_ne!(container_name(""), "stratus-");
+    }
+
+    #[test]
+    fn line_splitter_keeps_partial_lines_for_the_next_chunk() {
+        let mut splitter = LineSplitter::default();
+        assert_eq!(splitter.push(b"a\nb"), ["a"]);
+        assert_eq!(splitter.push(b"c\r\nd\n"), ["bc", "d"]);
+        assert!(splitter.push(b"").is_empty());
     }
 
     #[test]

@@ -35,8 +35,12 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
+use futures_util::StreamExt as _;
+
 use super::ports::{PortAllocator, PortRange, bind_test};
-use super::{ContainerSpec, RunningContainer, RuntimeDriver, RuntimeError, container_name};
+use super::{
+    ContainerSpec, LogStream, RunningContainer, RuntimeDriver, RuntimeError, container_name,
+};
 
 /// Variables of the agent's environment an app also gets: enough to find programs and
 /// behave like a login shell would, nothing that could carry the agent's configuration.
@@ -341,6 +345,47 @@ impl RuntimeDriver for ProcessDriver {
             bytes.drain(..first_newline);
         }
         Ok(super::last_lines(&bytes, tail))
+    }
+
+    async fn follow_logs(&self, id: &str, tail: usize) -> Result<LogStream, RuntimeError> {
+        let initial = self.logs(id, tail).await?;
+        let path = self.log_path(id);
+        let start = tokio::fs::metadata(&path)
+            .await
+            .map(|m| m.len())
+            .unwrap_or(0);
+        // Poll the file for growth: a log file has no change notification that works
+        // everywhere, and 200 ms is well within what a person watching logs notices.
+        let tail_stream = futures_util::stream::unfold(
+            (path, start, super::LineSplitter::default()),
+            |(path, mut offset, mut splitter)| async move {
+                loop {
+                    let len = tokio::fs::metadata(&path).await.ok()?.len();
+                    if len < offset {
+                        offset = 0; // truncated or replaced: start over
+                    }
+                    if len > offset {
+                        let mut file = tokio::fs::File::open(&path).await.ok()?;
+                        file.seek(SeekFrom::Start(offset)).await.ok()?;
+                        let mut bytes = Vec::new();
+                        file.read_to_end(&mut bytes).await.ok()?;
+                        offset += bytes.len() as u64;
+                        let lines = splitter.push(&bytes);
+                        if !lines.is_empty() {
+                            return Some((
+                                futures_util::stream::iter(lines),
+                                (path, offset, splitter),
+                            ));
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            },
+        )
+        .flatten();
+        Ok(Box::pin(
+            futures_util::stream::iter(initial).chain(tail_stream),
+        ))
     }
 }
 

@@ -215,6 +215,9 @@ impl LocalCluster {
             .args(["--data-dir", &data_dir.display().to_string()])
             .args(["--cluster-key", &agent.key])
             .args(["--api-token", API_TOKEN])
+            // Agents share this host: with the process runtime, apps listen on every
+            // interface, so each agent gets ports of its own.
+            .args(["--port-range", &agent_port_range(self.net, index)])
             .args(&self.common_args)
             .args(&agent.extra_args)
             .env("STRATUS_LOG", "info")
@@ -347,6 +350,12 @@ impl Drop for LocalCluster {
             self.kill9(index);
         }
     }
+}
+
+/// 40 ports per agent (10 agents per test), distinct for every (net, agent) a test uses.
+fn agent_port_range(net: u8, index: usize) -> String {
+    let first = 20_000 + (usize::from(net) % 100) * 400 + index * 40;
+    format!("{first}-{}", first + 39)
 }
 
 pub fn live_ids(view: &NodesResponse) -> Vec<&str> {

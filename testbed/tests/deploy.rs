@@ -196,6 +196,44 @@ async fn bad_deploys_are_refused_with_a_clear_error_and_store_nothing() {
     let agent = &cluster.agents[0];
     let url = format!("http://{}/v1/apps/web/deploys", agent.api_addr());
     let good_manifest = "name = \"web\"\ncmd = \"run\"\n";
+    let valid = zip_of(&[
+        ("stratus.toml", good_manifest),
+        ("index.html", &"x".repeat(4000)),
+    ]);
+    let truncated = valid[..valid.len() / 2].to_vec();
+    let symlink = {
+        let mut buffer = std::io::Cursor::new(Vec::new());
+        let mut writer = zip::ZipWriter::new(&mut buffer);
+        writer
+            .start_file("stratus.toml", zip::write::SimpleFileOptions::default())
+            .unwrap();
+        writer.write_all(good_manifest.as_bytes()).unwrap();
+        writer
+            .add_symlink(
+                "passwd",
+                "/etc/passwd",
+                zip::write::SimpleFileOptions::default(),
+            )
+            .unwrap();
+        writer.finish().unwrap();
+        buffer.into_inner()
+    };
+    // 8 MiB of zeros deflate to a few KiB: a ratio far beyond any real file.
+    let bomb = {
+        let mut buffer = std::io::Cursor::new(Vec::new());
+        let mut writer = zip::ZipWriter::new(&mut buffer);
+        let options = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated);
+        writer.start_file("stratus.toml", options).unwrap();
+        writer.write_all(good_manifest.as_bytes()).unwrap();
+        writer.start_file("zeros.bin", options).unwrap();
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..8 {
+            writer.write_all(&zeros).unwrap();
+        }
+        writer.finish().unwrap();
+        buffer.into_inner()
+    };
     // (what, token, body, expected status, word the error must contain)
     type Case<'a> = (&'a str, Option<&'a str>, Vec<u8>, u16, &'a str);
     let cases: Vec<Case> = vec![
@@ -220,6 +258,9 @@ async fn bad_deploys_are_refused_with_a_clear_error_and_store_nothing() {
             422,
             "not a zip",
         ),
+        ("truncated", Some(API_TOKEN), truncated, 422, "zip"),
+        ("symlink", Some(API_TOKEN), symlink, 422, "symbolic link"),
+        ("zip bomb", Some(API_TOKEN), bomb, 422, "zip bomb"),
         (
             "traversal",
             Some(API_TOKEN),

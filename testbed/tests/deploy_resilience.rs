@@ -192,3 +192,91 @@ async fn concurrent_deploys_on_three_nodes_never_overcommit_and_misfits_fail_wit
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crashing_app_fails_the_deploy_with_its_last_output() {
+    ensure_image().unwrap();
+    let _cleanup = Cleanup(vec!["crasher".into()]);
+    remove_containers_of("crasher");
+    let cluster = LocalCluster::start(25, 2).unwrap();
+    cluster
+        .wait_for("2 live nodes", SETTLE, || cluster.converged())
+        .await
+        .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("crasher");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("stratus.toml"),
+        "name = \"crasher\"\ncmd = \"echo missing DATABASE_URL, giving up; exit 3\"\n[health]\ninterval = \"300ms\"\n",
+    )
+    .unwrap();
+    let output = std::process::Command::new(&cluster.bin)
+        .args(["deploy", &dir.display().to_string()])
+        .args([
+            "--api",
+            &cluster.agents[0].api_addr().to_string(),
+            "--token",
+            testbed::harness::API_TOKEN,
+        ])
+        .args(["--timeout-secs", "60"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "a crashing app was reported live");
+    assert!(stderr.contains("exited with code 3"), "{stderr}");
+    assert!(
+        stderr.contains("missing DATABASE_URL"),
+        "the app's last output is not shown: {stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_example_runs_with_the_process_runtime_too() {
+    let cluster =
+        LocalCluster::start_with(26, 2, vec!["--runtime".into(), "process".into()]).unwrap();
+    cluster
+        .wait_for("2 live nodes", SETTLE, || cluster.converged())
+        .await
+        .unwrap();
+    let zip = pack(&repo_root().join("examples/hello"));
+    let client = cluster.agents[0].client();
+    let accepted = client.deploy("hello", zip.path(), |_| {}).await.unwrap();
+    cluster
+        .wait_for("2 healthy process replicas", SETTLE, || async {
+            healthy_replicas(&client, "hello", accepted.release)
+                .await
+                .len()
+                == 2
+        })
+        .await
+        .unwrap();
+    for replica in healthy_replicas(&client, "hello", accepted.release).await {
+        let body = std::process::Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "5",
+                &format!("http://{}/", replica.addr),
+            ])
+            .output()
+            .unwrap();
+        let body = String::from_utf8_lossy(&body.stdout);
+        assert!(
+            body.contains(&format!("on node {}", replica.node_id)),
+            "{body}"
+        );
+    }
+    client.destroy("hello").await.unwrap();
+    cluster
+        .wait_for("the replicas gone", SETTLE, || async {
+            client.app("hello").await.is_err()
+                && cluster.views().await.is_ok_and(|views| {
+                    views
+                        .iter()
+                        .all(|(_, v)| v.nodes.iter().all(|n| n.containers == 0))
+                })
+        })
+        .await
+        .unwrap();
+}

@@ -220,9 +220,13 @@ impl RuntimeDriver for ProcessDriver {
             .values()
             .map(|managed| managed.running.addr.port())
             .collect();
+        // Apps usually listen on every interface (0.0.0.0:$PORT), not on the advertise IP,
+        // so the port must be free host-wide, not just on that address.
         let port = state
             .allocator
-            .allocate(&in_use, |port| bind_test(ip, port))
+            .allocate(&in_use, |port| {
+                bind_test(ip, port) && bind_test(std::net::Ipv4Addr::UNSPECIFIED.into(), port)
+            })
             .ok_or(RuntimeError::NoFreePort {
                 range: self.options.port_range,
                 ip,

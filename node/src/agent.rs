@@ -208,6 +208,7 @@ async fn choose_runtime(config: &AgentConfig) -> Result<Arc<dyn RuntimeDriver>, 
         network: config.docker_network.clone(),
         oci_runtime: config.oci_runtime.clone(),
         node_id: Some(config.node_id.clone()),
+        cluster_id: Some(config.cluster_id.clone()),
         ..DockerOptions::new(ip)
     };
     let process = || -> Result<Arc<dyn RuntimeDriver>, AgentError> {

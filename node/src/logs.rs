@@ -4,7 +4,6 @@
 use api::{ApiError, LineStream, LogQuery};
 use futures_util::StreamExt as _;
 
-use crate::runtime::container_name;
 use crate::state::AgentState;
 
 /// Every replica's lines, each prefixed with `[release/replica node]`, merged as they come.
@@ -76,7 +75,7 @@ pub async fn replica_logs(
             path: format!("replica {placement_id} on {}", state.node_id()),
         });
     }
-    let id = container_name(placement_id);
+    let id = state.runtime.id_for(placement_id);
     if query.follow {
         let stream = state
             .runtime

@@ -29,6 +29,10 @@ use crate::state::AgentState;
 /// tried again (pulling the bundle, unpacking, starting the container).
 const PLACEMENT_PATIENCE: Duration = Duration::from_secs(60);
 const SCHEDULE_EVERY: Duration = Duration::from_secs(2);
+/// Gossip rounds a node must have heard peers for before it schedules.
+const SETTLE_ROUNDS: u32 = 6;
+/// A node with seeds but no peer schedules anyway after this: it may be the only one.
+const ALONE_PATIENCE: Duration = Duration::from_secs(10);
 
 pub fn placement_id(app: &str, release: u64, replica: u32) -> String {
     format!("{app}-r{release}-{replica}")
@@ -36,6 +40,9 @@ pub fn placement_id(app: &str, release: u64, replica: u32) -> String {
 
 /// The scheduler loop of this node: acts for the apps it is the scheduler of.
 pub async fn run(state: Arc<AgentState>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    if !wait_until_settled(&state, &mut stop).await {
+        return;
+    }
     let mut rng = StdRng::from_os_rng();
     let mut in_flight: BTreeMap<String, (Instant, String)> = BTreeMap::new();
     let mut failing: BTreeSet<String> = BTreeSet::new();
@@ -77,6 +84,38 @@ pub async fn run(state: Arc<AgentState>, mut stop: tokio::sync::watch::Receiver<
             _ = tokio::time::sleep(SCHEDULE_EVERY) => {}
             _ = state.catalog_changed.notified() => {}
             _ = stop.wait_for(|stop| *stop) => return,
+        }
+    }
+}
+
+/// A node that just started sees only itself: it would believe it is every app's scheduler
+/// and that no replica runs anywhere. Wait until it has heard the cluster for a few rounds
+/// (or, alone, for long enough to be sure it is alone). Returns false if told to stop.
+async fn wait_until_settled(
+    state: &AgentState,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) -> bool {
+    let interval = state.config.gossip_interval;
+    let started = Instant::now();
+    let mut peers_since: Option<Instant> = None;
+    loop {
+        let has_peers = !state.membership.live_peer_addrs().await.is_empty();
+        peers_since = match (has_peers, peers_since) {
+            (true, None) => Some(Instant::now()),
+            (true, since) => since,
+            (false, _) => None,
+        };
+        let heard_enough =
+            peers_since.is_some_and(|since| since.elapsed() >= interval * SETTLE_ROUNDS);
+        let alone_long_enough = state.config.seeds.is_empty()
+            && started.elapsed() >= interval * SETTLE_ROUNDS
+            || started.elapsed() >= ALONE_PATIENCE;
+        if heard_enough || alone_long_enough {
+            return true;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.wait_for(|stop| *stop) => return false,
         }
     }
 }

@@ -17,7 +17,6 @@ use std::time::Duration;
 use node::health::probe;
 use node::runtime::{
     ContainerSpec, DockerDriver, DockerOptions, RunningContainer, RuntimeDriver, RuntimeError,
-    container_name,
 };
 use proto::ContainerState;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -49,17 +48,38 @@ struct Cleanup(Vec<String>);
 
 impl Cleanup {
     fn new(placements: &[&str]) -> Cleanup {
-        let cleanup = Cleanup(placements.iter().map(|p| container_name(p)).collect());
+        let cleanup = Cleanup(placements.iter().map(|p| p.to_string()).collect());
         // Leftovers of an earlier run that was killed before its guard ran.
         cleanup.remove_all();
         cleanup
     }
 
+    /// Removes every container of these placements, whatever node or cluster named it.
     fn remove_all(&self) {
-        let _ = Command::new("docker")
-            .args(["rm", "-f"])
-            .args(&self.0)
-            .output();
+        for placement in &self.0 {
+            let listed = Command::new("docker")
+                .args([
+                    "ps",
+                    "-aq",
+                    "--filter",
+                    &format!("label=stratus.placement={placement}"),
+                ])
+                .output();
+            let ids: Vec<String> = listed
+                .map(|out| {
+                    String::from_utf8_lossy(&out.stdout)
+                        .split_whitespace()
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default();
+            if !ids.is_empty() {
+                let _ = Command::new("docker")
+                    .args(["rm", "-f"])
+                    .args(&ids)
+                    .output();
+            }
+        }
     }
 }
 
@@ -175,7 +195,7 @@ async fn serves_the_bundle_and_lists_it_with_labels() {
     let listed = driver.list().await.unwrap();
     assert_eq!(listed.len(), 1, "only this node's containers: {listed:?}");
     assert_eq!(listed[0], running);
-    let name = container_name(placement);
+    let name = driver.id_for(placement);
     for (label, value) in [
         ("stratus.app", "web"),
         ("stratus.release", "7"),
@@ -276,7 +296,7 @@ async fn stop_removes_the_container_and_is_idempotent() {
         started.elapsed()
     );
     assert!(driver.list().await.unwrap().is_empty());
-    assert_eq!(docker_inspect(&container_name(placement), "{{.Id}}"), None);
+    assert_eq!(docker_inspect(&driver.id_for(placement), "{{.Id}}"), None);
     assert!(
         !probe(running.addr, None, Duration::from_secs(1))
             .await
@@ -333,7 +353,7 @@ async fn cpu_and_memory_limits_are_applied() {
     spec.memory_bytes = 48 << 20;
 
     let running = driver.start(&spec).await.unwrap();
-    let name = container_name(placement);
+    let name = driver.id_for(placement);
     assert_eq!(
         docker_inspect(&name, "{{.HostConfig.NanoCpus}}").as_deref(),
         Some("250000000")
@@ -388,7 +408,7 @@ async fn on_a_network_the_address_is_the_container_ip() {
         .start(&spec(placement, "node-net", dir.path()))
         .await
         .unwrap();
-    let name = container_name(placement);
+    let name = driver.id_for(placement);
     let container_ip = docker_inspect(
         &name,
         &format!("{{{{(index .NetworkSettings.Networks \"{network}\").IPAddress}}}}"),

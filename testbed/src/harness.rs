@@ -215,6 +215,8 @@ impl LocalCluster {
             .args(["--data-dir", &data_dir.display().to_string()])
             .args(["--cluster-key", &agent.key])
             .args(["--api-token", API_TOKEN])
+            // A cluster id of its own, so clusters of parallel tests never share containers.
+            .args(["--cluster-id", &format!("testbed-{}", self.net)])
             // Agents share this host: with the process runtime, apps listen on every
             // interface, so each agent gets ports of its own.
             .args(["--port-range", &agent_port_range(self.net, index)])

@@ -68,6 +68,9 @@ pub struct DockerOptions {
     /// List only containers labelled with this node. Set it when several agents share one
     /// Docker daemon (as in the testbed), so one agent never adopts another's containers.
     pub node_id: Option<String>,
+    /// Label containers with this cluster and list only those: two clusters sharing one
+    /// Docker daemon (a compose cluster beside the testbed) never touch each other's.
+    pub cluster_id: Option<String>,
 }
 
 impl DockerOptions {
@@ -80,6 +83,7 @@ impl DockerOptions {
             network: None,
             oci_runtime: None,
             node_id: None,
+            cluster_id: None,
         }
     }
 }
@@ -151,11 +155,16 @@ impl DockerDriver {
         &self,
         node_id: Option<&str>,
     ) -> Result<Vec<ContainerInspectResponse>, RuntimeError> {
-        let label = match node_id {
-            Some(node_id) => format!("{}={node_id}", labels::NODE),
-            None => labels::PLACEMENT.to_string(),
-        };
-        let filters = HashMap::from([("label".to_string(), vec![label])]);
+        let mut wanted = vec![labels::PLACEMENT.to_string()];
+        wanted.extend(node_id.map(|node_id| format!("{}={node_id}", labels::NODE)));
+        wanted.extend(
+            self.options
+                .cluster_id
+                .as_ref()
+                .map(|cluster| format!("{}={cluster}", labels::CLUSTER)),
+        );
+        // Docker requires every label filter to match.
+        let filters = HashMap::from([("label".to_string(), wanted)]);
         let options = ListContainersOptionsBuilder::new()
             .all(true)
             .filters(&filters)
@@ -253,8 +262,21 @@ impl RuntimeDriver for DockerDriver {
         "docker"
     }
 
+    fn id_for(&self, placement_id: &str) -> String {
+        // Cluster and node in the name: agents sharing a daemon never collide on a name.
+        let scoped: Vec<&str> = [
+            self.options.cluster_id.as_deref(),
+            self.options.node_id.as_deref(),
+            Some(placement_id),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        container_name(&scoped.join("."))
+    }
+
     async fn start(&self, spec: &ContainerSpec) -> Result<RunningContainer, RuntimeError> {
-        let name = container_name(&spec.placement_id);
+        let name = self.id_for(&spec.placement_id);
         let mut allocator = self.start_lock.lock().await;
 
         if let Some(existing) = self.inspect(&name).await? {
@@ -420,6 +442,10 @@ fn create_body(
         (labels::PLACEMENT.to_string(), spec.placement_id.clone()),
         (labels::PORT.to_string(), spec.port.to_string()),
     ]);
+    let mut container_labels = container_labels;
+    if let Some(cluster) = &options.cluster_id {
+        container_labels.insert(labels::CLUSTER.to_string(), cluster.clone());
+    }
 
     let port_bindings = host_port.map(|host_port| {
         HashMap::from([(

@@ -35,6 +35,7 @@ pub mod labels {
     pub const REPLICA: &str = "stratus.replica";
     pub const NODE: &str = "stratus.node";
     pub const PLACEMENT: &str = "stratus.placement";
+    pub const CLUSTER: &str = "stratus.cluster";
     /// The port the app listens on inside the container; needed to rebuild its address.
     pub const PORT: &str = "stratus.port";
 }
@@ -133,6 +134,9 @@ pub enum RuntimeError {
 pub trait RuntimeDriver: Send + Sync + 'static {
     /// A short name for logs and `GET /v1/health`: `"docker"`, `"process"`.
     fn name(&self) -> &'static str;
+
+    /// The driver id the container of `placement_id` has (or will have) on this node.
+    fn id_for(&self, placement_id: &str) -> String;
 
     /// Starts `spec` and returns it once the runtime reports it started (not once the app
     /// answers: that is the health check's job).

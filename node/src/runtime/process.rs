@@ -199,8 +199,12 @@ impl RuntimeDriver for ProcessDriver {
         "process"
     }
 
+    fn id_for(&self, placement_id: &str) -> String {
+        container_name(placement_id)
+    }
+
     async fn start(&self, spec: &ContainerSpec) -> Result<RunningContainer, RuntimeError> {
-        let id = container_name(&spec.placement_id);
+        let id = self.id_for(&spec.placement_id);
         let mut state = self.state.lock().await;
 
         if let Some(existing) = state.managed.get_mut(&id) {

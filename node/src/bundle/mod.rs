@@ -10,16 +10,20 @@
 //! 4. when a release starts, the node unpacks it ([`BlobStore::unpack_release`]), checking
 //!    the checksum again and every limit again.
 //!
+//! [`S3Store`] is the alternative to steps 3 and 4's copies between nodes: bundles kept in an
+//! S3-protocol bucket (`--store s3://bucket`), hashed again after every transfer.
+//!
 //! A received bundle is hostile until proven otherwise: paths that climb out of the folder,
 //! links, duplicate names, zip bombs and lying headers are each refused with their own
 //! [`BundleError`], and a refused bundle leaves nothing on disk.
 //!
-//! Everything here is blocking file I/O: async callers run it in
+//! Everything here but [`S3Store`] (async, tokio) is blocking file I/O: async callers run it in
 //! `tokio::task::spawn_blocking`. Unix only (file modes are part of a bundle), like the
 //! daemon and the CLI.
 
 mod hash;
 mod pack;
+mod s3;
 mod store;
 mod unpack;
 
@@ -30,6 +34,7 @@ use proto::manifest::ManifestErrors;
 
 pub use hash::{Checksum, Sha256Writer, is_valid_digest, sha256_file, sha256_reader};
 pub use pack::{PackSummary, pack_dir};
+pub use s3::{DEFAULT_PREFIX, DEFAULT_REGION, S3Config, S3Error, S3Store};
 pub use store::BlobStore;
 pub use unpack::{
     PathProblem, UnpackLimits, check_entry_name, inspect_and_unpack, inspect_and_unpack_file,

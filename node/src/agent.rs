@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Mutex, Notify, watch};
 use tracing::{error, info, warn};
 
-use crate::bundle::BlobStore;
+use crate::bundle::{BlobStore, S3Store};
 use crate::catalog::CatalogStore;
 use crate::config::{AgentConfig, RuntimeChoice};
 use crate::generation::bump_generation;
@@ -60,6 +60,8 @@ pub enum AgentError {
     Catalog(String),
     #[error("cannot start the container runtime: {0}")]
     Runtime(String),
+    #[error("cannot use the S3 store: {0}")]
+    Store(String),
 }
 
 /// Runs the agent until `shutdown` completes, then leaves the cluster gracefully.
@@ -137,6 +139,20 @@ pub async fn run(
         .map_err(|err| AgentError::Catalog(err.to_string()))?;
     let blobs =
         BlobStore::open(&config.data_dir).map_err(|err| AgentError::Catalog(err.to_string()))?;
+    let s3 = match &config.s3 {
+        None => None,
+        Some(s3_config) => {
+            let store = S3Store::new(s3_config.clone())
+                .map_err(|err| AgentError::Store(err.to_string()))?;
+            // Bad credentials or endpoint stop the agent now, not at the first deploy.
+            store
+                .ensure_bucket()
+                .await
+                .map_err(|err| AgentError::Store(err.to_string()))?;
+            info!(store = %s3_config.url(), "bundles are kept in S3");
+            Some(store)
+        }
+    };
     if config.api_token.is_none() {
         warn!("no --api-token: the app endpoints (deploy, apps, destroy) refuse every request");
     }
@@ -151,6 +167,7 @@ pub async fn run(
         catalog_store,
         hlc: Mutex::new(Hlc::new(&config.node_id)),
         blobs,
+        s3,
         runtime,
         admission: Mutex::new(Admission::new(
             u64::from(first_load.cpu_cores) * 1000,

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::bundle::{S3Config, S3Error};
 use crate::seal::{KeyError, Keyring};
 use crate::seeds::{Seed, SeedError};
 
@@ -90,6 +91,21 @@ pub struct AgentArgs {
     /// Image for apps whose manifest names none [default: stratus/busybox:latest]
     #[arg(long, env = "STRATUS_DEFAULT_IMAGE")]
     pub default_image: Option<String>,
+    /// Where bundles live: `local` (on the nodes, copied to 3) or `s3://bucket[/prefix]` [default: local]
+    #[arg(long, env = "STRATUS_STORE")]
+    pub store: Option<String>,
+    /// S3 endpoint URL, e.g. http://minio:9000 (path-style addressing)
+    #[arg(long, env = "STRATUS_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    /// S3 region [default: us-east-1]
+    #[arg(long, env = "STRATUS_S3_REGION")]
+    pub s3_region: Option<String>,
+    /// S3 access key
+    #[arg(long, env = "STRATUS_S3_ACCESS_KEY", hide_env_values = true)]
+    pub s3_access_key: Option<String>,
+    /// S3 secret key
+    #[arg(long, env = "STRATUS_S3_SECRET_KEY", hide_env_values = true)]
+    pub s3_secret_key: Option<String>,
     /// Join and gossip, but never run app replicas here (e.g. a dedicated ingress host)
     #[arg(long, env = "STRATUS_NO_WORKLOADS")]
     pub no_workloads: bool,
@@ -124,6 +140,11 @@ struct FileConfig {
     default_image: Option<String>,
     port_range: Option<String>,
     no_workloads: Option<bool>,
+    store: Option<String>,
+    s3_endpoint: Option<String>,
+    s3_region: Option<String>,
+    s3_access_key: Option<String>,
+    s3_secret_key: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -162,6 +183,10 @@ pub enum ConfigError {
     Runtime(String),
     #[error("invalid port range {0:?}: write FIRST-LAST, e.g. 20000-29999")]
     PortRange(String),
+    #[error("invalid S3 store: {0}")]
+    Store(#[from] S3Error),
+    #[error("{0} is set but --store is not an s3:// URL: add --store s3://bucket or drop it")]
+    S3WithoutStore(&'static str),
 }
 
 /// Which runtime driver runs containers.
@@ -197,6 +222,8 @@ pub struct AgentConfig {
     pub default_image: String,
     pub port_range: (u16, u16),
     pub runs_workloads: bool,
+    /// `None`: bundles are stored on the nodes themselves.
+    pub s3: Option<S3Config>,
 }
 
 impl AgentConfig {
@@ -276,7 +303,15 @@ impl AgentConfig {
             None => (20_000, 29_999),
             Some(text) => parse_port_range(&text)?,
         };
+        let s3 = resolve_store(
+            args.store.or(file.store),
+            args.s3_endpoint.or(file.s3_endpoint),
+            args.s3_region.or(file.s3_region),
+            args.s3_access_key.or(file.s3_access_key),
+            args.s3_secret_key.or(file.s3_secret_key),
+        )?;
         Ok(AgentConfig {
+            s3,
             api_token: args.api_token.or(file.api_token).filter(|t| !t.is_empty()),
             max_upload_bytes: args
                 .max_upload_bytes
@@ -354,6 +389,44 @@ fn parse_labels(labels: &[String]) -> Result<BTreeMap<String, String>, ConfigErr
             _ => Err(ConfigError::Label(label.clone())),
         })
         .collect()
+}
+
+fn resolve_store(
+    store: Option<String>,
+    endpoint: Option<String>,
+    region: Option<String>,
+    access_key: Option<String>,
+    secret_key: Option<String>,
+) -> Result<Option<S3Config>, ConfigError> {
+    let url = match store.as_deref() {
+        None | Some("local") => {
+            for (flag, value) in [
+                ("--s3-endpoint", &endpoint),
+                ("--s3-region", &region),
+                ("--s3-access-key", &access_key),
+                ("--s3-secret-key", &secret_key),
+            ] {
+                if value.is_some() {
+                    return Err(ConfigError::S3WithoutStore(flag));
+                }
+            }
+            return Ok(None);
+        }
+        Some(url) => url,
+    };
+    let mut config = S3Config::from_url(url)?;
+    if let Some(endpoint) = endpoint {
+        config = config.with_endpoint(endpoint);
+    }
+    if let Some(region) = region {
+        config = config.with_region(region);
+    }
+    config = config.with_credentials(
+        access_key.unwrap_or_default(),
+        secret_key.unwrap_or_default(),
+    );
+    config.validate()?;
+    Ok(Some(config))
 }
 
 fn parse_port_range(text: &str) -> Result<(u16, u16), ConfigError> {
@@ -484,6 +557,32 @@ mod tests {
         })
         .unwrap();
         assert!(config.keyring.is_some());
+    }
+
+    #[test]
+    fn the_s3_store_is_resolved_and_stray_s3_flags_are_refused() {
+        let config = AgentConfig::resolve(AgentArgs {
+            store: Some("s3://bundles/prod".into()),
+            s3_endpoint: Some("http://127.0.0.1:9000".into()),
+            s3_access_key: Some("a".into()),
+            s3_secret_key: Some("b".into()),
+            ..args()
+        })
+        .unwrap();
+        let s3 = config.s3.unwrap();
+        assert_eq!(
+            (s3.bucket.as_str(), s3.prefix.as_str()),
+            ("bundles", "prod/")
+        );
+        let stray = AgentConfig::resolve(AgentArgs {
+            s3_endpoint: Some("http://127.0.0.1:9000".into()),
+            ..args()
+        });
+        assert!(matches!(
+            stray,
+            Err(ConfigError::S3WithoutStore("--s3-endpoint"))
+        ));
+        assert!(AgentConfig::resolve(args()).unwrap().s3.is_none());
     }
 
     #[test]

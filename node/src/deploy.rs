@@ -40,6 +40,15 @@ pub async fn accept(
     let sha256 = upload.sha256.clone();
     let size = upload.size;
     let blob_path = store_blob(state, upload).await?;
+    if let Some(s3) = &state.s3 {
+        // In S3 mode the bucket is the durable copy; peers then need only the record.
+        s3.put_file(&blob_path, &sha256).await.map_err(|err| {
+            ApiError::Unavailable(format!(
+                "cannot store the bundle in {}: {err}",
+                s3.config().url()
+            ))
+        })?;
+    }
 
     let view = state.view().await;
     let live: Vec<&str> = view
@@ -120,10 +129,12 @@ async fn replicate_to(
         .ok_or_else(|| format!("no API address known for {node_id}"))?;
     let client = state.peer(api_addr).ok_or("invalid peer address")?;
     let release = record.release.as_ref().ok_or("record without release")?;
-    client
-        .put_blob(&release.bundle.sha256, blob)
-        .await
-        .map_err(|err| err.to_string())?;
+    if state.s3.is_none() {
+        client
+            .put_blob(&release.bundle.sha256, blob)
+            .await
+            .map_err(|err| err.to_string())?;
+    }
     client
         .hold_record(record)
         .await
@@ -162,8 +173,13 @@ pub async fn put_blob(state: &AgentState, sha256: &str, upload: Upload) -> Resul
 /// Node-to-node: persist an app record, durably, before answering.
 pub async fn hold_record(state: &AgentState, record: AppRecord) -> Result<(), ApiError> {
     validate_app_name(&record.name).map_err(ApiError::BadRequest)?;
+    let bundle_held = match (&record.release, &state.s3) {
+        (None, _) => true,
+        (Some(release), None) => state.blobs.has(&release.bundle.sha256),
+        (Some(release), Some(s3)) => s3.has(&release.bundle.sha256).await.unwrap_or(false),
+    };
     if let Some(release) = &record.release
-        && !state.blobs.has(&release.bundle.sha256)
+        && !bundle_held
     {
         return Err(ApiError::Conflict(format!(
             "bundle {} of {} is not on this node: send the blob first",

@@ -12,7 +12,7 @@ use proto::catalog::{AppRecord, Stamp};
 use tokio::sync::{Mutex, Notify};
 use tracing::warn;
 
-use crate::bundle::BlobStore;
+use crate::bundle::{BlobStore, S3Store};
 use crate::catalog::{Catalog, CatalogStore};
 use crate::config::AgentConfig;
 use crate::hlc::Hlc;
@@ -28,6 +28,8 @@ pub struct AgentState {
     pub catalog_store: CatalogStore,
     pub hlc: Mutex<Hlc>,
     pub blobs: BlobStore,
+    /// With `--store s3://...`, the bucket every bundle is kept in (local copies are caches).
+    pub s3: Option<S3Store>,
     pub runtime: Arc<dyn RuntimeDriver>,
     pub admission: Mutex<Admission>,
     /// Replicas this node runs, by placement id (owned by the supervisor).

@@ -318,6 +318,15 @@ async fn fetch_blob(state: &AgentState, request: &PlacementRequest) -> Result<()
         .map_err(|err| format!("cannot create {}: {err}", tmp_dir.display()))?;
     let tmp = tmp_dir.join(format!("fetch-{}.part", request.placement_id));
     let mut errors = Vec::new();
+    if let Some(s3) = &state.s3 {
+        match s3.fetch_verified(sha256, &tmp).await {
+            Ok(_) => match store_fetched(state, &tmp, sha256).await {
+                Ok(()) => return Ok(()),
+                Err(err) => errors.push(format!("{}: {err}", s3.config().url())),
+            },
+            Err(err) => errors.push(format!("{}: {err}", s3.config().url())),
+        }
+    }
     for holder in &request.holders {
         let Some(client) = state.peer(*holder) else {
             continue;
@@ -343,4 +352,19 @@ async fn fetch_blob(state: &AgentState, request: &PlacementRequest) -> Result<()
         "cannot fetch bundle {sha256} from any holder: {}",
         errors.join("; ")
     ))
+}
+
+/// Files a fetched bundle in the local store (checksum verified again) and drops the temp.
+async fn store_fetched(
+    state: &AgentState,
+    tmp: &std::path::Path,
+    sha256: &str,
+) -> Result<(), String> {
+    let blobs = state.blobs.clone();
+    let (tmp_path, digest) = (tmp.to_path_buf(), sha256.to_string());
+    let stored = tokio::task::spawn_blocking(move || blobs.put_verified(&tmp_path, &digest))
+        .await
+        .map_err(|err| err.to_string())?;
+    let _ = tokio::fs::remove_file(tmp).await;
+    stored.map(|_| ()).map_err(|err| err.to_string())
 }

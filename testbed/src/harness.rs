@@ -223,6 +223,8 @@ impl LocalCluster {
             .args(&self.common_args)
             .args(&agent.extra_args)
             .env("STRATUS_LOG", "info")
+            // Errors, not backtraces, in the logs a failing test prints.
+            .env("RUST_LIB_BACKTRACE", "0")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -308,7 +310,19 @@ impl LocalCluster {
         for agent in &self.agents {
             let path = self.dir.path().join(format!("{}.log", agent.node_id));
             let text = std::fs::read_to_string(&path).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(lines).collect();
+            // Backtrace frames say little here and push the error out of view.
+            let tail: Vec<&str> = text
+                .lines()
+                .filter(|line| {
+                    let trimmed = line.trim_start();
+                    !(trimmed.starts_with("at ")
+                        || trimmed.split(':').next().is_some_and(|n| {
+                            n.chars().all(|c| c.is_ascii_digit()) && !n.is_empty()
+                        }))
+                })
+                .rev()
+                .take(lines)
+                .collect();
             out.push_str(&format!("--- {} ---\n", agent.node_id));
             for line in tail.into_iter().rev() {
                 out.push_str(line);

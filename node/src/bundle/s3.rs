@@ -36,7 +36,7 @@ use s3::request::tokio_backend::ReqwestRequest;
 use s3::{Bucket, BucketConfiguration, Region};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncWriteExt as _, ReadBuf};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{is_valid_digest, sha256_reader};
 
@@ -424,6 +424,27 @@ impl S3Store {
     /// Creates the bucket if it does not exist; returns whether it did. Also the first
     /// check that the endpoint answers and accepts the credentials, so call it at start.
     pub async fn ensure_bucket(&self) -> Result<bool, S3Error> {
+        // Nodes starting together race to create the bucket, and the losers may hear
+        // "already exists" or even a 500 from some servers: look again before failing.
+        const ATTEMPTS: u32 = 5;
+        let mut attempt = 1;
+        loop {
+            match self.try_ensure_bucket().await {
+                Ok(created) => return Ok(created),
+                Err(err @ (S3Error::Denied { .. } | S3Error::Unreachable { .. })) => {
+                    return Err(err);
+                }
+                Err(err) if attempt >= ATTEMPTS => return Err(err),
+                Err(err) => {
+                    debug!(error = %err, attempt, "bucket not ready, looking again");
+                    attempt += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+
+    async fn try_ensure_bucket(&self) -> Result<bool, S3Error> {
         // Listing one key proves the bucket exists and that the key may use it; creating
         // first would need s3:CreateBucket, which a key scoped to one bucket often lacks.
         let probe = self

@@ -355,14 +355,8 @@ fn parse_size(size: toml_size::Size) -> Result<u64, String> {
         }
         toml_size::Size::Text(text) => text,
     };
-    let trimmed = text.trim();
-    let split = trimmed
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(trimmed.len());
-    let (number, unit) = trimmed.split_at(split);
-    let number: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a size: use e.g. \"256MiB\" or \"1GiB\""))?;
+    let (number, unit) = number_and_unit(&text)
+        .ok_or_else(|| format!("{text:?} is not a size: use e.g. \"256MiB\" or \"1GiB\""))?;
     let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1 << 10,
@@ -377,17 +371,21 @@ fn parse_size(size: toml_size::Size) -> Result<u64, String> {
     Ok((number * multiplier as f64) as u64)
 }
 
-/// `"500ms"`, `"2s"`, `"1m"`, or a bare number of seconds.
-pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
+/// `"256 MiB"` → `(256.0, "MiB")`; `None` if it does not start with a number.
+fn number_and_unit(text: &str) -> Option<(f64, &str)> {
     let trimmed = text.trim();
     let split = trimmed
         .find(|c: char| !c.is_ascii_digit() && c != '.')
         .unwrap_or(trimmed.len());
     let (number, unit) = trimmed.split_at(split);
-    let number: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration: use e.g. \"2s\" or \"500ms\""))?;
-    let ms = match unit.trim() {
+    Some((number.parse().ok()?, unit.trim()))
+}
+
+/// `"500ms"`, `"2s"`, `"1m"`, or a bare number of seconds.
+pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
+    let (number, unit) = number_and_unit(text)
+        .ok_or_else(|| format!("{text:?} is not a duration: use e.g. \"2s\" or \"500ms\""))?;
+    let ms = match unit {
         "ms" => number,
         "" | "s" => number * 1000.0,
         "m" => number * 60_000.0,

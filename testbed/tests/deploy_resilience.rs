@@ -280,3 +280,47 @@ async fn the_example_runs_with_the_process_runtime_too() {
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stopping_the_whole_cluster_loses_no_acknowledged_release() {
+    ensure_image().unwrap();
+    let _cleanup = Cleanup(vec!["durable".into()]);
+    remove_containers_of("durable");
+    let mut cluster = LocalCluster::start(28, 3).unwrap();
+    cluster
+        .wait_for("3 live nodes", SETTLE, || cluster.converged())
+        .await
+        .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let zip = pack(&app_dir(work.path(), "durable", 2, 0.1));
+    let accepted = cluster.agents[1]
+        .client()
+        .deploy("durable", zip.path(), |_| {})
+        .await
+        .unwrap();
+
+    // Everyone goes down at once, before anything could settle.
+    for index in 0..3 {
+        cluster.kill9(index);
+    }
+    for index in 0..3 {
+        cluster.restart(index).unwrap();
+    }
+    cluster
+        .wait_for("3 live nodes again", SETTLE, || cluster.converged())
+        .await
+        .unwrap();
+    let client = cluster.agents[2].client();
+    cluster
+        .wait_for("the release served again", SETTLE, || async {
+            healthy_replicas(&client, "durable", accepted.release)
+                .await
+                .len()
+                == 2
+        })
+        .await
+        .unwrap();
+    let view = client.app("durable").await.unwrap();
+    assert_eq!(view.release.unwrap().bundle.sha256, accepted.sha256);
+    assert_eq!(view.releases, vec![accepted.release]);
+}

@@ -258,6 +258,20 @@ impl Client {
         Ok(())
     }
 
+    /// Node-to-node: asks an app's keeper for the app's next release number.
+    pub async fn reserve_release_number(&self, app: &str) -> Result<u64, ClientError> {
+        #[derive(serde::Deserialize)]
+        struct Reserved {
+            number: u64,
+        }
+        let request = self.request(
+            reqwest::Method::POST,
+            &format!("/v1/internal/apps/{app}/numbers"),
+        );
+        let reserved: Reserved = self.send(request).await?;
+        Ok(reserved.number)
+    }
+
     /// Node-to-node: asks the node to run a replica.
     pub async fn place(&self, placement: &PlacementRequest) -> Result<PlacementReply, ClientError> {
         let request = self

@@ -74,6 +74,11 @@ pub trait NodeApi: Send + Sync + 'static {
         &self,
         request: PlacementRequest,
     ) -> impl Future<Output = Result<PlacementReply, ApiError>> + Send;
+    /// Node-to-node: the next release number of `app`, reserved (this node is its keeper).
+    fn reserve_release_number(
+        &self,
+        app: &str,
+    ) -> impl Future<Output = Result<u64, ApiError>> + Send;
     /// Output of every replica of `app`, each line prefixed with its replica.
     fn app_logs(
         &self,
@@ -259,6 +264,14 @@ async fn route<S: NodeApi>(
             node()?;
             let query = LogQuery::parse(request.uri().query())?;
             Ok(lines_response(api.replica_logs(id, query).await?))
+        }
+        (["v1", "internal", "apps", app, "numbers"], &Method::POST) => {
+            node()?;
+            let number = api.reserve_release_number(app).await?;
+            Ok(json(
+                StatusCode::OK,
+                &serde_json::json!({ "number": number }),
+            ))
         }
         (["v1", "internal", "placements"], &Method::POST) => {
             node()?;

@@ -174,6 +174,7 @@ pub async fn run(
             first_load.mem_total_bytes,
         )),
         replicas: Mutex::new(Default::default()),
+        reserved_numbers: Mutex::new(Default::default()),
         catalog_changed: Notify::new(),
         node_token,
         config: config.clone(),
@@ -388,6 +389,11 @@ impl api::NodeApi for AgentApi {
 
     async fn place(&self, request: PlacementRequest) -> Result<PlacementReply, ApiError> {
         placement::admit(&self.state, request).await
+    }
+
+    async fn reserve_release_number(&self, app: &str) -> Result<u64, ApiError> {
+        proto::manifest::validate_app_name(app).map_err(ApiError::BadRequest)?;
+        Ok(self.state.reserve_release_number(app).await)
     }
 
     async fn app_logs(&self, app: &str, query: LogQuery) -> Result<LineStream, ApiError> {

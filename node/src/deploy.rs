@@ -61,10 +61,8 @@ pub async fn accept(
         .into_iter()
         .filter(|node| node != state.node_id())
         .collect();
+    let number = release_number(state, &view, app, &live).await;
     let record = {
-        let catalog = state.catalog.lock().await;
-        let number = catalog.next_release_number(app);
-        drop(catalog);
         AppRecord {
             name: app.to_string(),
             stamp: state.stamp().await,
@@ -113,6 +111,31 @@ pub async fn accept(
         holders,
         status_url: format!("/v1/apps/{app}"),
     })
+}
+
+/// Asks the app's first keeper for the next number (so two nodes deploying the same app at
+/// once get different ones); falls back to this node's own count if the keeper is away.
+async fn release_number(state: &AgentState, view: &ClusterView, app: &str, live: &[&str]) -> u64 {
+    let keeper = keepers(app, live, 1).into_iter().next();
+    let peer = keeper
+        .as_deref()
+        .filter(|keeper| *keeper != state.node_id())
+        .and_then(|keeper| view.node(keeper))
+        .and_then(|node| node.identity.as_ref())
+        .and_then(|identity| state.peer(identity.api_addr));
+    if let Some(client) = peer {
+        match client.reserve_release_number(app).await {
+            Ok(number) => {
+                // Keep our own counter ahead too, in case we become the keeper.
+                let mine = state.reserve_release_number(app).await;
+                return number.max(mine);
+            }
+            Err(err) => {
+                warn!(app, error = %err, "the app's keeper did not answer: numbering locally")
+            }
+        }
+    }
+    state.reserve_release_number(app).await
 }
 
 async fn replicate_to(

@@ -36,6 +36,8 @@ pub struct AgentState {
     pub replicas: Mutex<BTreeMap<String, crate::supervisor::ReplicaHandle>>,
     /// Woken when the catalog changes, so schedulers and supervisors act at once.
     pub catalog_changed: Notify,
+    /// Highest release number this node handed out per app, as the app's first keeper.
+    pub reserved_numbers: Mutex<BTreeMap<String, u64>>,
     /// Token this node presents to other nodes.
     pub node_token: String,
 }
@@ -62,6 +64,19 @@ impl AgentState {
 
     pub async fn view(&self) -> ClusterView {
         self.membership.view().await
+    }
+
+    /// The next release number of `app`, never handed out twice by this node: the app's
+    /// first keeper answers for everyone, so concurrent deploys on different nodes get
+    /// different numbers.
+    pub async fn reserve_release_number(&self, app: &str) -> u64 {
+        let from_catalog = self.catalog.lock().await.next_release_number(app);
+        let mut reserved = self.reserved_numbers.lock().await;
+        let number = reserved
+            .get(app)
+            .map_or(from_catalog, |last| from_catalog.max(last + 1));
+        reserved.insert(app.to_string(), number);
+        number
     }
 
     /// A fresh HLC stamp for a local catalog write.

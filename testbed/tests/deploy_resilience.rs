@@ -324,3 +324,47 @@ async fn stopping_the_whole_cluster_loses_no_acknowledged_release() {
     assert_eq!(view.release.unwrap().bundle.sha256, accepted.sha256);
     assert_eq!(view.releases, vec![accepted.release]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_deploys_of_one_app_get_distinct_numbers_and_one_winner_everywhere() {
+    ensure_image().unwrap();
+    let _cleanup = Cleanup(vec!["twin".into()]);
+    remove_containers_of("twin");
+    let cluster = LocalCluster::start(29, 3).unwrap();
+    cluster
+        .wait_for("3 live nodes", SETTLE, || cluster.converged())
+        .await
+        .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let zip = pack(&app_dir(work.path(), "twin", 1, 0.1));
+    let mut deploys = Vec::new();
+    for agent in &cluster.agents {
+        let client = agent.client();
+        let path = zip.path().to_path_buf();
+        deploys.push(tokio::spawn(async move {
+            client.deploy("twin", &path, |_| {}).await
+        }));
+    }
+    let mut numbers = Vec::new();
+    for deploy in deploys {
+        numbers.push(deploy.await.unwrap().unwrap().release);
+    }
+    numbers.sort_unstable();
+    numbers.dedup();
+    assert_eq!(numbers.len(), 3, "release numbers were reused: {numbers:?}");
+    cluster
+        .wait_for("every node on the same current release", SETTLE, || async {
+            let mut current = Vec::new();
+            for agent in &cluster.agents {
+                match agent.client().app("twin").await {
+                    Ok(view) => current.push((view.release.map(|r| r.number), view.releases.len())),
+                    Err(_) => return false,
+                }
+            }
+            current
+                .iter()
+                .all(|c| *c == current[0] && c.0.is_some() && c.1 == 3)
+        })
+        .await
+        .unwrap();
+}

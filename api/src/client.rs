@@ -64,6 +64,9 @@ impl ClientError {
     }
 }
 
+/// Longest a JSON call may take, connection included.
+const JSON_TIMEOUT: Duration = Duration::from_secs(30);
+
 #[derive(Debug, Clone)]
 pub struct Client {
     base: String,
@@ -105,27 +108,26 @@ impl Client {
     }
 
     pub async fn health(&self) -> Result<HealthResponse, ClientError> {
-        self.send(self.request(reqwest::Method::GET, "/v1/health"))
+        self.send(self.call(reqwest::Method::GET, "/v1/health"))
             .await
     }
 
     pub async fn nodes(&self) -> Result<NodesResponse, ClientError> {
-        self.send(self.request(reqwest::Method::GET, "/v1/nodes"))
+        self.send(self.call(reqwest::Method::GET, "/v1/nodes"))
             .await
     }
 
     pub async fn apps(&self) -> Result<AppsResponse, ClientError> {
-        self.send(self.request(reqwest::Method::GET, "/v1/apps"))
-            .await
+        self.send(self.call(reqwest::Method::GET, "/v1/apps")).await
     }
 
     pub async fn app(&self, name: &str) -> Result<AppView, ClientError> {
-        self.send(self.request(reqwest::Method::GET, &format!("/v1/apps/{name}")))
+        self.send(self.call(reqwest::Method::GET, &format!("/v1/apps/{name}")))
             .await
     }
 
     pub async fn destroy(&self, name: &str) -> Result<AppView, ClientError> {
-        self.send(self.request(reqwest::Method::DELETE, &format!("/v1/apps/{name}")))
+        self.send(self.call(reqwest::Method::DELETE, &format!("/v1/apps/{name}")))
             .await
     }
 
@@ -249,7 +251,7 @@ impl Client {
     /// Node-to-node: asks the node to keep an app record.
     pub async fn hold_record(&self, record: &AppRecord) -> Result<(), ClientError> {
         let request = self
-            .request(
+            .call(
                 reqwest::Method::PUT,
                 &format!("/v1/internal/apps/{}", record.name),
             )
@@ -264,7 +266,7 @@ impl Client {
         struct Reserved {
             number: u64,
         }
-        let request = self.request(
+        let request = self.call(
             reqwest::Method::POST,
             &format!("/v1/internal/apps/{app}/numbers"),
         );
@@ -275,9 +277,15 @@ impl Client {
     /// Node-to-node: asks the node to run a replica.
     pub async fn place(&self, placement: &PlacementRequest) -> Result<PlacementReply, ClientError> {
         let request = self
-            .request(reqwest::Method::POST, "/v1/internal/placements")
+            .call(reqwest::Method::POST, "/v1/internal/placements")
             .json(placement);
         self.send(request).await
+    }
+
+    /// A JSON call (not an upload or a stream): a peer that accepts the connection and
+    /// never answers must not stall the caller forever.
+    fn call(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.request(method, path).timeout(JSON_TIMEOUT)
     }
 
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {

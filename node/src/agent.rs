@@ -32,7 +32,7 @@ use crate::scheduler::Admission;
 use crate::seal::constant_time_eq;
 use crate::seeds::{Seed, SeedResolver};
 use crate::state::{AgentState, unix_ms};
-use crate::{catalog_sync, deploy, logs, placement};
+use crate::{catalog_sync, deploy, logs, placement, supervisor};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -180,6 +180,8 @@ pub async fn run(
         config: config.clone(),
     });
 
+    // Before anything schedules: containers left running by a previous agent are ours.
+    supervisor::adopt_existing(state.clone()).await;
     let (stop_tx, stop_rx) = watch::channel(false);
     let tasks = vec![
         tokio::spawn(load_loop(state.clone(), sampler, stop_rx.clone())),

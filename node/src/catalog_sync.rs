@@ -21,7 +21,8 @@ pub async fn run(state: Arc<AgentState>, mut stop: watch::Receiver<bool>) {
     loop {
         let view = views.borrow_and_update().clone();
         for record in &view.app_records {
-            state.merge_record(record.clone()).await;
+            // A failed write is retried with the next view: the record is still in gossip.
+            let _ = state.merge_record(record.clone()).await;
         }
         let live: Vec<&str> = view
             .live_nodes()

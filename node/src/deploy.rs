@@ -81,7 +81,10 @@ pub async fn accept(
         }
     };
     let mut holders = vec![state.node_id().to_string()];
-    state.merge_record(record.clone()).await;
+    state
+        .merge_record(record.clone())
+        .await
+        .map_err(store_unavailable)?;
     state.membership.publish_app(&record).await;
     while holders.len() < needed {
         let Some(target) = targets.first().cloned() else {
@@ -209,9 +212,29 @@ pub async fn hold_record(state: &AgentState, record: AppRecord) -> Result<(), Ap
             release.bundle.sha256, record.name
         )));
     }
-    state.merge_record(record.clone()).await;
-    state.membership.publish_app(&record).await;
+    state
+        .merge_record(record.clone())
+        .await
+        .map_err(store_unavailable)?;
+    // Keepers publish; a fallback holder only stores (catalog_sync publishes what it keeps).
+    let view = state.view().await;
+    let live: Vec<&str> = view
+        .live_nodes()
+        .map(|node| node.node_id.as_str())
+        .collect();
+    if keepers(&record.name, &live, KEEPERS)
+        .iter()
+        .any(|k| k == state.node_id())
+    {
+        state.membership.publish_app(&record).await;
+    }
     Ok(())
+}
+
+fn store_unavailable(err: crate::catalog::StoreError) -> ApiError {
+    ApiError::Unavailable(format!(
+        "this node cannot write its catalog ({err}): try another node"
+    ))
 }
 
 /// `DELETE /v1/apps/{app}`: a tombstone, so every node stops the app's replicas and a node
@@ -228,7 +251,10 @@ pub async fn destroy(state: &AgentState, app: &str) -> Result<AppView, ApiError>
         replicas: 0,
         ..existing
     };
-    state.merge_record(tombstone.clone()).await;
+    state
+        .merge_record(tombstone.clone())
+        .await
+        .map_err(store_unavailable)?;
     state.membership.publish_app(&tombstone).await;
     let view = state.view().await;
     let live: Vec<&str> = view

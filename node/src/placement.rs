@@ -130,11 +130,12 @@ async fn schedule_app(
     let Some(release) = &record.release else {
         return Ok(());
     };
+    // Any record on a live node counts, even a crashed one restarting with backoff there:
+    // placing it again elsewhere would leave two copies once it comes back.
     let running: BTreeSet<u32> = view
         .containers
         .iter()
         .filter(|c| c.record.app == record.name && c.record.release == release.number)
-        .filter(|c| c.record.state != proto::ContainerState::Exited)
         .map(|c| c.record.replica)
         .collect();
     let missing: Vec<u32> = (0..record.replicas)

@@ -13,7 +13,7 @@ use tokio::sync::{Mutex, Notify};
 use tracing::warn;
 
 use crate::bundle::{BlobStore, S3Store};
-use crate::catalog::{Catalog, CatalogStore};
+use crate::catalog::{Catalog, CatalogStore, StoreError};
 use crate::config::AgentConfig;
 use crate::hlc::Hlc;
 use crate::membership::{ClusterView, Membership, TransportStats};
@@ -84,9 +84,10 @@ impl AgentState {
         self.hlc.lock().await.tick(unix_ms())
     }
 
-    /// Merges `record` into the catalog; persists and announces it if it is new. Returns
-    /// whether it changed the catalog.
-    pub async fn merge_record(&self, record: AppRecord) -> bool {
+    /// Merges `record` into the catalog, on disk first (durable when this returns Ok),
+    /// then in memory. Returns whether it changed the catalog; an error leaves both as
+    /// they were, so a retry of the same record is not mistaken for a duplicate.
+    pub async fn merge_record(&self, record: AppRecord) -> Result<bool, StoreError> {
         self.hlc.lock().await.observe(&record.stamp);
         let mut catalog = self.catalog.lock().await;
         let newer = catalog
@@ -99,7 +100,7 @@ impl AgentState {
                 .any(|r| r.number == release.number)
         });
         if !newer && !has_new_release {
-            return false;
+            return Ok(false);
         }
         let release = record.release.clone();
         let name = record.name.clone();
@@ -112,13 +113,15 @@ impl AgentState {
         };
         if let Err(err) = saved {
             warn!(app = %name, error = %err, "cannot persist app record");
+            return Err(err);
         }
         let changed = catalog.merge(record);
         drop(catalog);
         if changed {
-            self.catalog_changed.notify_waiters();
+            // One waiter (the scheduler); a stored permit is not lost if it is busy.
+            self.catalog_changed.notify_one();
         }
-        changed
+        Ok(changed)
     }
 }
 

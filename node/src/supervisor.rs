@@ -52,9 +52,11 @@ pub fn spawn_replica(state: Arc<AgentState>, request: PlacementRequest) {
             .insert(request.placement_id.clone(), handle);
         let id = request.placement_id.clone();
         run_replica(&state, &request, stop_rx).await;
+        // Record first, then the reservation: once the reservation is free the same
+        // placement may be admitted again, and its new record must not be deleted.
+        state.membership.remove_container(&id).await;
         state.replicas.lock().await.remove(&id);
         state.admission.lock().await.release(&id);
-        state.membership.remove_container(&id).await;
         info!(placement = %id, "replica gone");
     });
 }
@@ -76,12 +78,17 @@ async fn run_replica(
         detail: None,
     };
     state.membership.publish_container(&record).await;
-    let bundle_dir = match prepare_bundle(state, request).await {
-        Ok(dir) => dir,
-        Err(reason) => {
-            fail(state, &mut record, reason).await;
-            let _ = stop.wait_for(|stop| *stop).await;
-            return;
+    let mut backoff = Duration::from_secs(1);
+    let bundle_dir = loop {
+        match prepare_bundle(state, request).await {
+            Ok(dir) => break dir,
+            Err(reason) => {
+                fail(state, &mut record, reason).await;
+                if wait_or_stop(&mut stop, backoff).await || !still_wanted(state, &record).await {
+                    return;
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
         }
     };
     let spec = ContainerSpec {
@@ -108,7 +115,7 @@ async fn run_replica(
             Ok(container) => container,
             Err(err) => {
                 fail(state, &mut record, err.to_string()).await;
-                if wait_or_stop(&mut stop, backoff).await {
+                if wait_or_stop(&mut stop, backoff).await || !still_wanted(state, &record).await {
                     return;
                 }
                 backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -142,7 +149,7 @@ async fn run_replica(
                     format!("{detail}; last output: {}", tail.join(" | "))
                 };
                 fail(state, &mut record, detail).await;
-                if wait_or_stop(&mut stop, backoff).await {
+                if wait_or_stop(&mut stop, backoff).await || !still_wanted(state, &record).await {
                     let _ = state.runtime.stop(&container.id, STOP_GRACE).await;
                     return;
                 }
@@ -274,10 +281,12 @@ fn advertise_ip(state: &AgentState) -> IpAddr {
 async fn prepare_bundle(state: &AgentState, request: &PlacementRequest) -> Result<PathBuf, String> {
     let release = &request.release;
     let sha256 = release.bundle.sha256.clone();
+    // Keyed by digest too: a release number must never reuse another bundle's folder.
+    let short: String = release.bundle.sha256.chars().take(16).collect();
     let dir = state
         .releases_dir()
         .join(&request.app)
-        .join(release.number.to_string());
+        .join(format!("{}-{short}", release.number));
     if dir.is_dir() {
         return Ok(dir);
     }
@@ -367,4 +376,62 @@ async fn store_fetched(
         .map_err(|err| err.to_string())?;
     let _ = tokio::fs::remove_file(tmp).await;
     stored.map(|_| ()).map_err(|err| err.to_string())
+}
+
+/// After an agent restart: takes back the containers its predecessor left running (found
+/// by their labels) instead of letting the cluster start duplicates, and removes those of
+/// apps or releases this node does not know.
+pub async fn adopt_existing(state: Arc<AgentState>) {
+    let containers = match state.runtime.list().await {
+        Ok(containers) => containers,
+        Err(err) => {
+            warn!(error = %err, "cannot list containers to adopt");
+            return;
+        }
+    };
+    for container in containers {
+        let release = {
+            let catalog = state.catalog.lock().await;
+            catalog
+                .record(&container.app)
+                .filter(|record| !record.deleted)
+                .and_then(|_| {
+                    catalog
+                        .releases(&container.app)
+                        .into_iter()
+                        .find(|release| release.number == container.release)
+                        .cloned()
+                })
+        };
+        let Some(release) = release else {
+            info!(container = %container.id, app = %container.app, "removing a container of an unknown app or release");
+            if let Err(err) = state.runtime.stop(&container.id, STOP_GRACE).await {
+                warn!(container = %container.id, error = %err, "cannot remove container");
+            }
+            continue;
+        };
+        let needs = crate::scheduler::Needs {
+            cpu_millis: release.manifest.resources.cpu_millis,
+            mem_bytes: release.manifest.resources.memory_bytes,
+        };
+        let admitted = state
+            .admission
+            .lock()
+            .await
+            .admit(&container.placement_id, needs);
+        if admitted != crate::scheduler::AdmitDecision::Admitted {
+            continue;
+        }
+        info!(placement = %container.placement_id, "adopting a container left by the previous agent");
+        spawn_replica(
+            state.clone(),
+            PlacementRequest {
+                placement_id: container.placement_id.clone(),
+                app: container.app.clone(),
+                release,
+                replica: container.replica,
+                holders: Vec::new(),
+            },
+        );
+    }
 }

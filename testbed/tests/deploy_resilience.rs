@@ -323,6 +323,21 @@ async fn stopping_the_whole_cluster_loses_no_acknowledged_release() {
     let view = client.app("durable").await.unwrap();
     assert_eq!(view.release.unwrap().bundle.sha256, accepted.sha256);
     assert_eq!(view.releases, vec![accepted.release]);
+    // The restarted agents adopted the containers they left running: no orphan, no double.
+    cluster
+        .wait_for(
+            "exactly 2 durable containers on the host",
+            SETTLE,
+            || async {
+                let listed = std::process::Command::new("docker")
+                    .args(["ps", "-q", "--filter", "label=stratus.app=durable"])
+                    .output()
+                    .unwrap();
+                String::from_utf8_lossy(&listed.stdout).lines().count() == 2
+            },
+        )
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]

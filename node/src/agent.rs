@@ -79,8 +79,10 @@ pub async fn run(
         Some(keyring) => info!(key = %keyring.primary().fingerprint(), "gossip is encrypted"),
         None => error!(
             "GOSSIP IS NOT ENCRYPTED (--insecure-no-encryption): anyone who can send UDP to {} \
-             can read the cluster state and join it",
-            config.gossip_addr
+             can read the cluster state and join it, and anyone who can reach the API on {} \
+             can call the node-to-node endpoints (their token derives from the cluster id)",
+            config.gossip_addr,
+            config.api_addr
         ),
     }
     let listener =

@@ -1,9 +1,37 @@
-//! The Stratus ingress: turns the cluster's gossiped container records into routes.
+//! The Stratus ingress: routes public HTTP traffic to healthy app replicas.
 //!
-//! It owns routing decisions only and is fed route updates from outside; it must never
-//! depend on `node` or the gossip library (the binary wires gossip into it). For now it
-//! holds the pure route table; the Pingora proxy that serves it is built on top of this.
+//! This crate owns the ingress's *decisions*: which app a request is for, which replica
+//! serves it, when a replica is ejected and readmitted, and whether a failed request is
+//! tried again. It is sans-I/O: every input takes `now` (tokio's `Instant`, never read
+//! here) and, where chance is involved, an RNG; outputs are plain data, queued events and
+//! next deadlines. Nothing here sleeps, spawns, awaits or opens a socket. The Pingora proxy
+//! that serves traffic is a thin driver on top: it reads the clock, feeds route updates,
+//! calls [`Balancer::pick`] and the outcome hooks, and acts on the answers.
+//!
+//! It is fed route updates from outside and must never depend on `node` or the gossip
+//! library (chitchat): the binary turns gossip into [`RouteApp`]s and
+//! [`proto::ContainerRecord`]s and hands them over.
+//!
+//! Layout:
+//! - [`routes`]: the route table (Host and path prefix → app → routable backends) and the
+//!   diff between two tables;
+//! - [`ewma`]: a peak-sensitive latency EWMA that takes the time as an argument;
+//! - [`balancer`]: per-app backend choice (power of two choices by load × latency, or
+//!   round-robin), with per-backend state kept across route updates;
+//! - [`breaker`]: per-backend passive outlier detection (Closed → Open → HalfOpen);
+//! - [`retry`]: the retry decision and the proxy's timeouts;
+//! - [`error`]: the crate's error type.
 
+pub mod balancer;
+pub mod breaker;
+pub mod error;
+pub mod ewma;
+pub mod retry;
 pub mod routes;
 
-pub use routes::{Backend, RouteTable};
+pub use balancer::{Balancer, BalancerConfig, BreakerEvent, Outcome, Strategy};
+pub use breaker::{Breaker, BreakerConfig, BreakerState, Transition};
+pub use error::Error;
+pub use ewma::{Ewma, EwmaConfig};
+pub use retry::{RetryDecision, Timeouts};
+pub use routes::{Backend, BackendId, Lookup, RouteApp, RouteTable, diff};

@@ -81,8 +81,7 @@ pub async fn run(
             "GOSSIP IS NOT ENCRYPTED (--insecure-no-encryption): anyone who can send UDP to {} \
              can read the cluster state and join it, and anyone who can reach the API on {} \
              can call the node-to-node endpoints (their token derives from the cluster id)",
-            config.gossip_addr,
-            config.api_addr
+            config.gossip_addr, config.api_addr
         ),
     }
     let listener =

@@ -66,16 +66,25 @@ async fn healthy_replicas(
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_deploy_completes_when_the_accepting_node_dies_right_after_the_ack() {
+/// The image, a clean slate for `apps`, and `count` converged agents on `127.0.<net>.x`.
+/// The returned guard removes the apps' containers when the test ends, pass or fail.
+async fn converged_cluster(net: u8, count: usize, apps: &[&str]) -> (Cleanup, LocalCluster) {
     ensure_image().unwrap();
-    let _cleanup = Cleanup(vec!["survivor".into()]);
-    remove_containers_of("survivor");
-    let mut cluster = LocalCluster::start(23, 3).unwrap();
+    for app in apps {
+        remove_containers_of(app);
+    }
+    let cleanup = Cleanup(apps.iter().map(|app| app.to_string()).collect());
+    let cluster = LocalCluster::start(net, count).unwrap();
     cluster
-        .wait_for("3 live nodes", SETTLE, || cluster.converged())
+        .wait_for("every agent live", SETTLE, || cluster.converged())
         .await
         .unwrap();
+    (cleanup, cluster)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deploy_completes_when_the_accepting_node_dies_right_after_the_ack() {
+    let (_cleanup, mut cluster) = converged_cluster(23, 3, &["survivor"]).await;
     let work = tempfile::tempdir().unwrap();
     let zip = pack(&app_dir(work.path(), "survivor", 2, 0.1));
     let accepted = cluster.agents[0]
@@ -195,14 +204,7 @@ async fn concurrent_deploys_on_three_nodes_never_overcommit_and_misfits_fail_wit
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_crashing_app_fails_the_deploy_with_its_last_output() {
-    ensure_image().unwrap();
-    let _cleanup = Cleanup(vec!["crasher".into()]);
-    remove_containers_of("crasher");
-    let cluster = LocalCluster::start(25, 2).unwrap();
-    cluster
-        .wait_for("2 live nodes", SETTLE, || cluster.converged())
-        .await
-        .unwrap();
+    let (_cleanup, cluster) = converged_cluster(25, 2, &["crasher"]).await;
     let work = tempfile::tempdir().unwrap();
     let dir = work.path().join("crasher");
     std::fs::create_dir_all(&dir).unwrap();
@@ -283,14 +285,7 @@ async fn the_example_runs_with_the_process_runtime_too() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn stopping_the_whole_cluster_loses_no_acknowledged_release() {
-    ensure_image().unwrap();
-    let _cleanup = Cleanup(vec!["durable".into()]);
-    remove_containers_of("durable");
-    let mut cluster = LocalCluster::start(28, 3).unwrap();
-    cluster
-        .wait_for("3 live nodes", SETTLE, || cluster.converged())
-        .await
-        .unwrap();
+    let (_cleanup, mut cluster) = converged_cluster(28, 3, &["durable"]).await;
     let work = tempfile::tempdir().unwrap();
     let zip = pack(&app_dir(work.path(), "durable", 2, 0.1));
     let accepted = cluster.agents[1]
@@ -342,14 +337,7 @@ async fn stopping_the_whole_cluster_loses_no_acknowledged_release() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_deploys_of_one_app_get_distinct_numbers_and_one_winner_everywhere() {
-    ensure_image().unwrap();
-    let _cleanup = Cleanup(vec!["twin".into()]);
-    remove_containers_of("twin");
-    let cluster = LocalCluster::start(29, 3).unwrap();
-    cluster
-        .wait_for("3 live nodes", SETTLE, || cluster.converged())
-        .await
-        .unwrap();
+    let (_cleanup, cluster) = converged_cluster(29, 3, &["twin"]).await;
     let work = tempfile::tempdir().unwrap();
     let zip = pack(&app_dir(work.path(), "twin", 1, 0.1));
     let mut deploys = Vec::new();

@@ -57,28 +57,26 @@ pub async fn accept(
         .collect();
     let needed = KEEPERS.min(live.len().max(1));
     // Keepers first (they will publish the record), then any other live node as fallback.
-    let mut targets: Vec<String> = keepers(app, &live, live.len())
+    let targets: Vec<String> = keepers(app, &live, live.len())
         .into_iter()
         .filter(|node| node != state.node_id())
         .collect();
     let number = release_number(state, &view, app, &live).await;
-    let record = {
-        AppRecord {
-            name: app.to_string(),
-            stamp: state.stamp().await,
-            deleted: false,
-            replicas: manifest.replicas,
-            release: Some(Release {
-                number,
-                bundle: BlobRef {
-                    sha256: sha256.clone(),
-                    size,
-                },
-                manifest,
-                created_at_ms: unix_ms(),
-                created_on: state.node_id().to_string(),
-            }),
-        }
+    let record = AppRecord {
+        name: app.to_string(),
+        stamp: state.stamp().await,
+        deleted: false,
+        replicas: manifest.replicas,
+        release: Some(Release {
+            number,
+            bundle: BlobRef {
+                sha256: sha256.clone(),
+                size,
+            },
+            manifest,
+            created_at_ms: unix_ms(),
+            created_on: state.node_id().to_string(),
+        }),
     };
     let mut holders = vec![state.node_id().to_string()];
     state
@@ -86,11 +84,10 @@ pub async fn accept(
         .await
         .map_err(store_unavailable)?;
     state.membership.publish_app(&record).await;
-    while holders.len() < needed {
-        let Some(target) = targets.first().cloned() else {
+    for target in targets {
+        if holders.len() >= needed {
             break;
-        };
-        targets.remove(0);
+        }
         match replicate_to(state, &view, &target, &record, &blob_path).await {
             Ok(()) => holders.push(target),
             Err(err) => warn!(app, node = %target, error = %err, "could not replicate the release"),

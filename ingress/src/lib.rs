@@ -6,7 +6,9 @@
 //! here) and, where chance is involved, an RNG; outputs are plain data, queued events and
 //! next deadlines. Nothing here sleeps, spawns, awaits or opens a socket. The Pingora proxy
 //! that serves traffic is a thin driver on top: it reads the clock, feeds route updates,
-//! calls [`Balancer::pick`] and the outcome hooks, and acts on the answers.
+//! calls [`Balancer::pick`] and the outcome hooks, and acts on the answers. It lives in
+//! [`proxy`] (the `ProxyHttp` hooks and the swappable [`RouteState`]) and [`server`] (the
+//! Pingora server, run on a thread of its own): the only modules that do I/O.
 //!
 //! It is fed route updates from outside and must never depend on `node` or the gossip
 //! library (chitchat): the binary turns gossip into [`RouteApp`]s and
@@ -20,18 +22,24 @@
 //!   round-robin), with per-backend state kept across route updates;
 //! - [`breaker`]: per-backend passive outlier detection (Closed → Open → HalfOpen);
 //! - [`retry`]: the retry decision and the proxy's timeouts;
-//! - [`error`]: the crate's error type.
+//! - [`error`]: the crate's error type;
+//! - [`proxy`]: the Pingora `ProxyHttp` driver and the route state it reads;
+//! - [`server`]: [`run`], the Pingora server around the proxy, and its stop handle.
 
 pub mod balancer;
 pub mod breaker;
 pub mod error;
 pub mod ewma;
+pub mod proxy;
 pub mod retry;
 pub mod routes;
+pub mod server;
 
 pub use balancer::{Balancer, BalancerConfig, BreakerEvent, Outcome, Strategy};
 pub use breaker::{Breaker, BreakerConfig, BreakerState, Transition};
 pub use error::Error;
 pub use ewma::{Ewma, EwmaConfig};
+pub use proxy::{Proxy, ProxyConfig, RouteState};
 pub use retry::{RetryDecision, Timeouts};
 pub use routes::{Backend, BackendId, Lookup, RouteApp, RouteTable, diff};
+pub use server::{Ingress, IngressHandle, Stop, run};

@@ -282,6 +282,12 @@ impl Balancer {
 
     fn cost(&self, i: usize, now: Instant) -> f64 {
         let slot = &self.slots[i];
+        if !slot.ewma.is_measured() {
+            // A backend never measured costs nothing until it has a request out: on a fast
+            // network the prior would otherwise price it out of ever being tried (the
+            // ingress would never learn how fast it is, nor that it is dead).
+            return f64::from(slot.outstanding) * slot.ewma.get_secs(now);
+        }
         (f64::from(slot.outstanding) + 1.0) * slot.ewma.get_secs(now)
     }
 
@@ -560,6 +566,30 @@ mod tests {
         balancer.on_end(&a, t0, ms(1), Outcome::Failure);
         assert_eq!(balancer.len(), 1);
         assert!(balancer.backend(&a).is_none());
+    }
+
+    #[test]
+    fn a_new_backend_is_tried_even_when_the_others_are_much_faster_than_the_prior() {
+        let t0 = Instant::now();
+        let mut rng = StdRng::seed_from_u64(11);
+        let mut balancer = Balancer::new(BalancerConfig::default(), &backends("web", &["a", "b"]));
+        for name in ["a", "b"] {
+            for _ in 0..20 {
+                balancer.on_start(&id("web", name));
+                balancer.on_end(&id("web", name), t0, ms(1), Outcome::Success);
+            }
+        }
+        balancer.update(&backends("web", &["a", "b", "c"]));
+        let c = id("web", "c");
+        let picked_c = (0..20).any(|_| {
+            let picked = balancer.pick(t0, &mut rng, &[]);
+            if let Some(picked) = &picked {
+                balancer.on_start(picked);
+                balancer.on_end(picked, t0, ms(1), Outcome::Success);
+            }
+            picked == Some(c.clone())
+        });
+        assert!(picked_c, "a new backend was never tried");
     }
 
     #[test]

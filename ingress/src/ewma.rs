@@ -81,6 +81,11 @@ impl Ewma {
         Duration::from_secs_f64(self.get_secs(now))
     }
 
+    /// Whether any latency was observed yet (otherwise [`Ewma::get`] is the prior).
+    pub fn is_measured(&self) -> bool {
+        self.updated_at.is_some()
+    }
+
     /// [`Ewma::get`] in seconds, for scoring.
     pub fn get_secs(&self, now: Instant) -> f64 {
         let prior = self.config.prior.as_secs_f64();

@@ -163,9 +163,8 @@ where
     }
 }
 
-/// Round-robin: peak-EWMA sends sequential requests on loopback to whichever backend
-/// measured fastest, and never to one still at the 30 ms prior (see the report on issue 4),
-/// so these tests would not see both backends.
+/// Round-robin: peak-EWMA sends sequential requests on loopback mostly to whichever
+/// backend measured fastest, so a handful of requests would not reliably see both.
 fn round_robin() -> BalancerConfig {
     BalancerConfig {
         strategy: Strategy::RoundRobin,

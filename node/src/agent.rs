@@ -64,10 +64,28 @@ pub enum AgentError {
     Store(String),
 }
 
+/// What an embedded ingress needs to route: the cluster view (live replicas) and the
+/// catalog (apps and their domains). Sent on every change.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteFeed {
+    pub view: Arc<crate::membership::ClusterView>,
+    pub apps: Vec<AppRecord>,
+}
+
 /// Runs the agent until `shutdown` completes, then leaves the cluster gracefully.
 pub async fn run(
     config: AgentConfig,
     shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
+    run_with_routes(config, shutdown, None).await
+}
+
+/// [`run`], also sending a [`RouteFeed`] to `routes` whenever the cluster or the catalog
+/// changes (the binary wires it into the ingress; this crate never depends on it).
+pub async fn run_with_routes(
+    config: AgentConfig,
+    shutdown: impl Future<Output = ()>,
+    routes: Option<watch::Sender<Option<RouteFeed>>>,
 ) -> Result<(), AgentError> {
     let now_ms = unix_ms();
     let generation =
@@ -99,7 +117,7 @@ pub async fn run(
         node_id: config.node_id.clone(),
         gossip_addr: config.advertise_addr,
         api_addr: config.advertised_api_addr(),
-        ingress_addr: None,
+        ingress_addr: config.ingress_addr,
         version: VERSION.to_string(),
         labels: config.labels.clone(),
         started_at_ms: now_ms,
@@ -184,7 +202,7 @@ pub async fn run(
     // Before anything schedules: containers left running by a previous agent are ours.
     supervisor::adopt_existing(state.clone()).await;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let tasks = vec![
+    let mut tasks = vec![
         tokio::spawn(load_loop(state.clone(), sampler, stop_rx.clone())),
         tokio::spawn(seed_loop(
             membership.clone(),
@@ -196,6 +214,13 @@ pub async fn run(
         tokio::spawn(catalog_sync::run(state.clone(), stop_rx.clone())),
         tokio::spawn(placement::run(state.clone(), stop_rx.clone())),
     ];
+    if let Some(routes) = routes {
+        tasks.push(tokio::spawn(route_feed(
+            state.clone(),
+            routes,
+            stop_rx.clone(),
+        )));
+    }
     let api = Arc::new(AgentApi {
         state: state.clone(),
     });
@@ -255,6 +280,34 @@ async fn choose_runtime(config: &AgentConfig) -> Result<Arc<dyn RuntimeDriver>, 
                 process()
             }
         },
+    }
+}
+
+/// Sends the view and the catalog whenever either changes (a view change is also how app
+/// records arrive).
+async fn route_feed(
+    state: Arc<AgentState>,
+    routes: watch::Sender<Option<RouteFeed>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut views = state.membership.subscribe().await;
+    loop {
+        let view = views.borrow_and_update().clone();
+        let apps: Vec<AppRecord> = state.catalog.lock().await.records().cloned().collect();
+        let feed = Some(RouteFeed { view, apps });
+        routes.send_if_modified(|current| {
+            let changed = *current != feed;
+            if changed {
+                *current = feed;
+            }
+            changed
+        });
+        tokio::select! {
+            changed = views.changed() => if changed.is_err() { return },
+            // The catalog merges app records a moment after the view brings them.
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
     }
 }
 

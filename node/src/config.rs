@@ -106,6 +106,12 @@ pub struct AgentArgs {
     /// S3 secret key
     #[arg(long, env = "STRATUS_S3_SECRET_KEY", hide_env_values = true)]
     pub s3_secret_key: Option<String>,
+    /// Also serve public HTTP traffic for every app here (the embedded ingress), e.g. 0.0.0.0:8080
+    #[arg(long, env = "STRATUS_INGRESS_ADDR")]
+    pub ingress_addr: Option<SocketAddr>,
+    /// Apps answer at APP.<base domain> on the ingress [default: localhost]
+    #[arg(long, env = "STRATUS_BASE_DOMAIN")]
+    pub base_domain: Option<String>,
     /// Join and gossip, but never run app replicas here (e.g. a dedicated ingress host)
     #[arg(long, env = "STRATUS_NO_WORKLOADS")]
     pub no_workloads: bool,
@@ -140,6 +146,8 @@ struct FileConfig {
     default_image: Option<String>,
     port_range: Option<String>,
     no_workloads: Option<bool>,
+    ingress_addr: Option<SocketAddr>,
+    base_domain: Option<String>,
     store: Option<String>,
     s3_endpoint: Option<String>,
     s3_region: Option<String>,
@@ -222,6 +230,9 @@ pub struct AgentConfig {
     pub default_image: String,
     pub port_range: (u16, u16),
     pub runs_workloads: bool,
+    /// Where the embedded ingress listens, if this node runs one.
+    pub ingress_addr: Option<SocketAddr>,
+    pub base_domain: String,
     /// `None`: bundles are stored on the nodes themselves.
     pub s3: Option<S3Config>,
 }
@@ -326,6 +337,11 @@ impl AgentConfig {
                 .unwrap_or_else(|| "stratus/busybox:latest".to_string()),
             port_range,
             runs_workloads: !(args.no_workloads || file.no_workloads.unwrap_or(false)),
+            ingress_addr: args.ingress_addr.or(file.ingress_addr),
+            base_domain: args
+                .base_domain
+                .or(file.base_domain)
+                .unwrap_or_else(|| "localhost".to_string()),
             node_id,
             cluster_id: args
                 .cluster_id

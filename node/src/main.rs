@@ -2,6 +2,7 @@
 //! logging and signals, and hands over to the `node` library.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -28,6 +29,15 @@ struct Cli {
 enum Command {
     /// Run the daemon on this host: join the cluster, gossip, serve the API
     Agent(AgentArgs),
+    /// Join the cluster as a member that runs no workloads and serve public HTTP traffic
+    /// for every app (an agent with --no-workloads and --ingress-addr)
+    Ingress {
+        /// Address the ingress listens on
+        #[arg(long, env = "STRATUS_INGRESS_LISTEN", default_value = "0.0.0.0:8080")]
+        listen: std::net::SocketAddr,
+        #[command(flatten)]
+        agent: AgentArgs,
+    },
     /// Print a new random cluster key for --cluster-key
     Keygen,
     /// Show the cluster as one node sees it
@@ -113,9 +123,13 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Agent(args) => {
             init_logging();
-            let config = AgentConfig::resolve(args)?;
-            runtime()?.block_on(node::agent::run(config, shutdown_signal()))?;
-            Ok(())
+            run_agent(AgentConfig::resolve(args)?)
+        }
+        Command::Ingress { listen, mut agent } => {
+            init_logging();
+            agent.no_workloads = true;
+            agent.ingress_addr = Some(listen);
+            run_agent(AgentConfig::resolve(agent)?)
         }
         Command::Nodes { target, json } => runtime()?.block_on(async {
             let nodes = target.client()?.nodes().await?;
@@ -171,6 +185,51 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }),
     }
+}
+
+/// Runs the agent, with the ingress beside it when `--ingress-addr` is set: the Pingora
+/// server on its own threads (it must not run inside tokio), fed with route tables built
+/// from the agent's view and catalog.
+fn run_agent(config: AgentConfig) -> anyhow::Result<()> {
+    let runtime = runtime()?;
+    let Some(listen) = config.ingress_addr else {
+        runtime.block_on(node::agent::run(config, shutdown_signal()))?;
+        return Ok(());
+    };
+    let routes = Arc::new(ingress::proxy::RouteState::new(Default::default()));
+    let proxy = ingress::run(listen, routes.clone(), Default::default(), 2)
+        .spawn()
+        .with_context(|| format!("cannot start the ingress on {listen}"))?;
+    tracing::info!(%listen, base_domain = %config.base_domain, "ingress ready");
+    let (feed_tx, mut feed_rx) =
+        tokio::sync::watch::channel::<Option<node::agent::RouteFeed>>(None);
+    let base_domain = config.base_domain.clone();
+    runtime.spawn(async move {
+        while feed_rx.changed().await.is_ok() {
+            let Some(feed) = feed_rx.borrow_and_update().clone() else {
+                continue;
+            };
+            let table = ingress::RouteTable::build(
+                &base_domain,
+                feed.apps
+                    .iter()
+                    .filter_map(ingress::routes::RouteApp::from_record),
+                feed.view
+                    .containers
+                    .iter()
+                    .map(|c| (c.node_id.as_str(), &c.record)),
+            );
+            routes.update(table).await;
+        }
+    });
+    let result = runtime.block_on(node::agent::run_with_routes(
+        config,
+        shutdown_signal(),
+        Some(feed_tx),
+    ));
+    proxy.stop(ingress::server::Stop::Graceful);
+    result?;
+    Ok(())
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

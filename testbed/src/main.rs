@@ -123,11 +123,44 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+/// Where `testbed up` runs the ingress (embedded in the first agent).
+const INGRESS: &str = "127.0.0.2:8080";
+
+/// The ingress learns routes from gossip: wait until hello answers there.
+async fn wait_for_ingress(cluster: &LocalCluster) -> anyhow::Result<()> {
+    cluster
+        .wait_for(
+            "hello through the ingress",
+            Duration::from_secs(60),
+            || async {
+                tokio::process::Command::new("curl")
+                    .args([
+                        "-sf",
+                        "--max-time",
+                        "2",
+                        "-H",
+                        "Host: hello.localhost",
+                        &format!("http://{INGRESS}/"),
+                    ])
+                    .output()
+                    .await
+                    .is_ok_and(|out| out.status.success())
+            },
+        )
+        .await?;
+    Ok(())
+}
+
 fn up(nodes: usize) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         testbed::harness::ensure_image()?;
-        let cluster = LocalCluster::start(0, nodes)?;
+        let mut cluster = LocalCluster::start_with(0, 0, Vec::new())?;
+        // The first agent also runs the ingress.
+        cluster.add_agent(None, vec!["--ingress-addr".into(), INGRESS.into()])?;
+        for _ in 1..nodes {
+            cluster.add_agent(None, Vec::new())?;
+        }
         cluster
             .wait_for("the cluster to converge", Duration::from_secs(60), || {
                 cluster.converged()
@@ -150,7 +183,10 @@ fn up(nodes: usize) -> anyhow::Result<()> {
             "\n{nodes} agents running (data and logs in {}).",
             cluster.data_root().display()
         );
-        println!("Try:");
+        wait_for_ingress(&cluster).await?;
+        println!("Try, through the ingress (any app answers at APP.localhost there):");
+        println!("  curl -H 'Host: hello.localhost' http://{INGRESS}/");
+        println!("or a replica directly:");
         for replica in &view.replicas {
             println!("  curl http://{}/", replica.addr);
         }

@@ -5,7 +5,8 @@
 //! ([`seeds`]), sampling load ([`load`]), running replicas ([`runtime`]), checking their
 //! health ([`health`]) and wiring it all into the agent ([`agent`]).
 //! Decisions are pure functions over data (the cluster view, the seal codec, the load
-//! change rule); the I/O shells around them stay thin. It must never depend on `ingress`.
+//! change rule); the I/O shells around them stay thin. The library never uses `ingress`: only the
+//! binary (`main.rs`) wires the agent's route feed into it.
 //!
 //! Layout:
 //! - [`agent`]: `run(config, shutdown)`, the daemon's main loop;

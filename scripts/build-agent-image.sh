@@ -48,18 +48,7 @@ if [[ $force -eq 0 ]] \
   exit 0
 fi
 
-# Debian's busybox-static puts a statically linked busybox at /bin/busybox; a dynamic one
-# would need more libraries in the image (ldd succeeds only on a dynamic executable).
-busybox=/bin/busybox
-if [[ ! -x $busybox ]] || LC_ALL=C ldd "$busybox" >/dev/null 2>&1; then
-  if [[ $(id -u) -ne 0 ]]; then
-    echo "$busybox (static) is missing: run 'apt-get install busybox-static' as root" >&2
-    exit 1
-  fi
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq busybox-static >/dev/null
-fi
+busybox=$(bash "$(dirname "$0")/static-busybox.sh")
 
 rootfs=$(mktemp -d)
 trap 'rm -rf "$rootfs"' EXIT

@@ -23,23 +23,30 @@
 //! - [`breaker`]: per-backend passive outlier detection (Closed → Open → HalfOpen);
 //! - [`retry`]: the retry decision and the proxy's timeouts;
 //! - [`error`]: the crate's error type;
+//! - [`metrics`]: the Prometheus metrics of one ingress, in a registry of its own;
+//! - [`tls`]: certificate files and the SNI choice between them;
 //! - [`proxy`]: the Pingora `ProxyHttp` driver and the route state it reads;
-//! - [`server`]: [`run`], the Pingora server around the proxy, and its stop handle.
+//! - [`server`]: [`build`] and [`run`], the Pingora server around the proxy (plain, TLS
+//!   and admin listeners), and its stop handle.
 
 pub mod balancer;
 pub mod breaker;
 pub mod error;
 pub mod ewma;
+pub mod metrics;
 pub mod proxy;
 pub mod retry;
 pub mod routes;
 pub mod server;
+pub mod tls;
 
 pub use balancer::{Balancer, BalancerConfig, BreakerEvent, Outcome, Strategy};
 pub use breaker::{Breaker, BreakerConfig, BreakerState, Transition};
 pub use error::Error;
 pub use ewma::{Ewma, EwmaConfig};
+pub use metrics::Metrics;
 pub use proxy::{Proxy, ProxyConfig, RouteState};
 pub use retry::{RetryDecision, Timeouts};
 pub use routes::{Backend, BackendId, Lookup, RouteApp, RouteTable, diff};
-pub use server::{Ingress, IngressHandle, Stop, run};
+pub use server::{Ingress, IngressHandle, Listeners, Stop, TlsListener, build, run};
+pub use tls::CertSpec;

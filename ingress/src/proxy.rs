@@ -2,11 +2,15 @@
 //! [`crate::balancer`] and [`crate::retry`].
 //!
 //! Per request: `request_filter` looks the Host and path up in the current route table
-//! (unknown → 404, no routable replica → 503 with `Retry-After`); `upstream_peer` picks a
-//! backend (excluding those already tried) and reports the previous attempt's failure
-//! first when it is called again for a retry; `fail_to_connect` and `error_while_proxy`
-//! mark the attempt failed and ask [`retry::decide`]; `logging` reports the last attempt and
-//! writes one access-log line. Every pick thus gets exactly one `on_end`.
+//! (unknown → 404, no routable replica → 503 with `Retry-After`) and refuses a declared
+//! body over the limit (413); `request_body_filter` counts the body as it streams and
+//! stops it with 413 once it passes the limit (chunked bodies, HTTP/2 data frames);
+//! `upstream_peer` picks a backend (excluding those already tried) and reports the previous
+//! attempt's outcome first when it is called again for a retry; `fail_to_connect` and
+//! `error_while_proxy` judge the failed attempt (the backend's fault, a stale pooled
+//! connection, or the client's) and ask [`retry::decide`]; `logging` reports the last
+//! attempt, counts the request in [`Metrics`] and writes one access-log line. Every pick
+//! thus gets exactly one `on_end`.
 //!
 //! All balancer calls happen in the `async` hooks under a `tokio` mutex held for
 //! microseconds; the synchronous error hooks only record the failure in the context.
@@ -19,13 +23,15 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora_core::upstreams::peer::HttpPeer;
-use pingora_error::{Error, ErrorSource, ErrorType, Result};
+use pingora_error::{Error, ErrorSource, ErrorType, Result, RetryType};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use crate::balancer::{Balancer, BalancerConfig, Outcome};
+use crate::breaker::BreakerState;
+use crate::metrics::{Metrics, RouteSummary, UpstreamError};
 use crate::retry::{self, Attempt, Failure, RetryDecision, Timeouts};
 use crate::routes::{BackendId, Lookup, RouteTable};
 
@@ -35,6 +41,10 @@ pub const REQUEST_ID: &str = "x-request-id";
 
 /// Seconds a client is told to wait when an app has no routable replica.
 pub const RETRY_AFTER_SECS: u32 = 5;
+
+/// The default request body limit: 10 MiB, ten times nginx's 1 MiB `client_max_body_size`
+/// (apps here take form posts and JSON, rarely uploads; those can raise it).
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 10 << 20;
 
 type SharedBalancer = Arc<Mutex<Balancer>>;
 
@@ -98,6 +108,45 @@ impl RouteState {
         let guard = balancer.lock().await;
         Some(f(&guard))
     }
+
+    /// The table's size and the breakers not closed at `now`, for metrics. Moves breakers
+    /// whose backoff ended to HalfOpen first (reporting those transitions to `metrics`), so
+    /// an idle app's breaker does not read as open forever.
+    pub async fn summary(&self, now: Instant, metrics: &Metrics) -> RouteSummary {
+        let snapshot = self.current.load_full();
+        let mut summary = RouteSummary {
+            apps: snapshot.table.len(),
+            ..RouteSummary::default()
+        };
+        for (app, balancer) in &snapshot.balancers {
+            let mut guard = balancer.lock().await;
+            guard.handle_timeout(now);
+            drain_events(app, &mut guard, metrics);
+            summary.backends += guard.len();
+            for stats in guard.stats(now) {
+                match stats.breaker {
+                    BreakerState::Open => summary.open_breakers += 1,
+                    BreakerState::HalfOpen => summary.half_open_breakers += 1,
+                    BreakerState::Closed => {}
+                }
+            }
+        }
+        summary
+    }
+}
+
+/// Logs and counts the balancer's pending breaker transitions.
+fn drain_events(app: &str, balancer: &mut Balancer, metrics: &Metrics) {
+    while let Some(event) = balancer.poll_event() {
+        tracing::info!(
+            app,
+            backend = %event.backend,
+            from = ?event.transition.from,
+            to = ?event.transition.to,
+            "breaker transition"
+        );
+        metrics.breaker_transition(app, event.transition);
+    }
 }
 
 /// How the proxy answers on its own.
@@ -108,6 +157,9 @@ pub struct ProxyConfig {
     pub unavailable_page: String,
     /// HTML body of the 404 answer for an unknown host or path.
     pub not_found_page: String,
+    /// Largest request body passed on, in bytes; a larger one gets 413 (whether declared
+    /// by `Content-Length` or found out while streaming a chunked body).
+    pub max_body_bytes: u64,
 }
 
 impl Default for ProxyConfig {
@@ -121,6 +173,7 @@ impl Default for ProxyConfig {
             not_found_page: "<!doctype html><title>404 Not Found</title>\
                 <h1>Not found</h1><p>No app answers on this address.</p>\n"
                 .to_string(),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
         }
     }
 }
@@ -130,7 +183,9 @@ impl Default for ProxyConfig {
 struct InFlight {
     backend: BackendId,
     started: Instant,
-    failed: bool,
+    /// Set when the attempt failed: `Failure` if the backend is to blame, `Cancelled` if
+    /// not (a stale pooled connection, the client, our own body limit).
+    failed: Option<Outcome>,
 }
 
 /// Per-request state.
@@ -141,19 +196,42 @@ pub struct RequestCtx {
     current: Option<InFlight>,
     tried: Vec<BackendId>,
     retries: u32,
+    stale_retries: u32,
     request_id: String,
     host: String,
+    /// The client connection is TLS.
+    tls: bool,
+    /// Request body bytes seen so far.
+    body_bytes: u64,
+    /// The body passed the limit: the answer is our 413.
+    too_large: bool,
 }
 
 /// The [`ProxyHttp`] implementation.
 pub struct Proxy {
     routes: Arc<RouteState>,
     config: ProxyConfig,
+    metrics: Arc<Metrics>,
 }
 
 impl Proxy {
-    pub fn new(routes: Arc<RouteState>, config: ProxyConfig) -> Proxy {
-        Proxy { routes, config }
+    pub fn new(routes: Arc<RouteState>, config: ProxyConfig, metrics: Arc<Metrics>) -> Proxy {
+        Proxy {
+            routes,
+            config,
+            metrics,
+        }
+    }
+
+    fn app_label(ctx: &RequestCtx) -> &str {
+        ctx.app.as_deref().unwrap_or(crate::metrics::NO_APP)
+    }
+
+    /// Marks the attempt in flight as failed with `outcome` for its backend.
+    fn mark_failed(ctx: &mut RequestCtx, outcome: Outcome) {
+        if let Some(current) = ctx.current.as_mut() {
+            current.failed = Some(outcome);
+        }
     }
 
     /// Reports the attempt in flight, if any, to its balancer.
@@ -169,26 +247,57 @@ impl Proxy {
             now.saturating_duration_since(attempt.started),
             outcome,
         );
-        while let Some(event) = guard.poll_event() {
-            tracing::info!(
-                app = ctx.app.as_deref().unwrap_or("-"),
-                backend = %event.backend,
-                from = ?event.transition.from,
-                to = ?event.transition.to,
-                "breaker transition"
-            );
-        }
+        drain_events(Self::app_label(ctx), &mut guard, &self.metrics);
     }
 
     /// Whether the failed attempt is retried; counts the retry.
     fn retry(&self, ctx: &mut RequestCtx, attempt: Attempt<'_>) -> bool {
-        let decision = retry::decide(&attempt, &self.config.timeouts, ctx.started, Instant::now());
-        if decision == RetryDecision::RetryElsewhere {
-            ctx.retries += 1;
-            true
-        } else {
-            false
+        match retry::decide(&attempt, &self.config.timeouts, ctx.started, Instant::now()) {
+            RetryDecision::RetryElsewhere => {
+                ctx.retries += 1;
+                self.metrics.retry(Self::app_label(ctx));
+                true
+            }
+            RetryDecision::RetryFresh => {
+                // The backend is not to blame: it may be picked again.
+                ctx.stale_retries += 1;
+                if let Some(current) = ctx.current.as_ref() {
+                    ctx.tried.retain(|tried| *tried != current.backend);
+                }
+                true
+            }
+            RetryDecision::GiveUp(_) => false,
         }
+    }
+
+    fn too_large_page(&self) -> String {
+        format!(
+            "<!doctype html><title>413 Content Too Large</title>\
+             <h1>Request body too large</h1><p>This ingress accepts request bodies of at \
+             most {} bytes.</p>\n",
+            self.config.max_body_bytes
+        )
+    }
+}
+
+/// The declared body length, if any and well-formed.
+fn content_length(header: &RequestHeader) -> Option<u64> {
+    header
+        .headers
+        .get("content-length")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn upstream_error_kind(error: &Error) -> UpstreamError {
+    match error.etype() {
+        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
+            UpstreamError::Timeout
+        }
+        _ => UpstreamError::Broken,
     }
 }
 
@@ -237,8 +346,12 @@ impl ProxyHttp for Proxy {
             current: None,
             tried: Vec::new(),
             retries: 0,
+            stale_retries: 0,
             request_id: String::new(),
             host: String::new(),
+            tls: false,
+            body_bytes: 0,
+            too_large: false,
         }
     }
 
@@ -251,6 +364,9 @@ impl ProxyHttp for Proxy {
             .filter(|value| !value.is_empty() && value.len() <= 200)
             .map_or_else(new_request_id, str::to_string);
         ctx.host = request_host(header);
+        ctx.tls = session
+            .digest()
+            .is_some_and(|digest| digest.ssl_digest.is_some());
         let path = header.uri.path().to_string();
         let snapshot = self.routes.current.load();
         match snapshot.table.lookup(&ctx.host, &path) {
@@ -271,6 +387,13 @@ impl ProxyHttp for Proxy {
             }
             Lookup::Backends { app, .. } => {
                 ctx.app = Some(app.to_string());
+                if content_length(session.req_header())
+                    .is_some_and(|length| length > self.config.max_body_bytes)
+                {
+                    ctx.too_large = true;
+                    respond_page(session, 413, &self.too_large_page(), None).await?;
+                    return Ok(true);
+                }
                 ctx.balancer = snapshot.balancers.get(app).cloned();
                 Ok(false)
             }
@@ -283,7 +406,12 @@ impl ProxyHttp for Proxy {
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         // Called again only for a retry: the attempt in flight failed.
-        self.end_attempt(ctx, Outcome::Failure).await;
+        let outcome = ctx
+            .current
+            .as_ref()
+            .and_then(|attempt| attempt.failed)
+            .unwrap_or(Outcome::Failure);
+        self.end_attempt(ctx, outcome).await;
         let Some(balancer) = ctx.balancer.clone() else {
             return Error::e_explain(ErrorType::HTTPStatus(503), "no balancer for the app");
         };
@@ -303,7 +431,7 @@ impl ProxyHttp for Proxy {
         ctx.current = Some(InFlight {
             backend,
             started: now,
-            failed: false,
+            failed: None,
         });
         let timeouts = &self.config.timeouts;
         let mut peer = HttpPeer::new(addr, false, String::new());
@@ -311,8 +439,36 @@ impl ProxyHttp for Proxy {
         let connect = timeouts.connect_for(ctx.started, now);
         peer.options.connection_timeout = Some(connect);
         peer.options.total_connection_timeout = Some(connect);
-        peer.options.read_timeout = Some(timeouts.read_for(ctx.started, now));
+        let read = timeouts.read_for(ctx.started, now);
+        peer.options.read_timeout = Some(read);
+        // A backend that stops reading the request body is as stuck as one that stops
+        // answering.
+        peer.options.write_timeout = Some(read);
         Ok(Box::new(peer))
+    }
+
+    async fn request_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // After an upgrade (WebSocket) these are a stream's bytes, not a request body.
+        if session.was_upgraded() {
+            return Ok(());
+        }
+        if let Some(chunk) = body.as_ref() {
+            ctx.body_bytes = ctx.body_bytes.saturating_add(chunk.len() as u64);
+            if ctx.body_bytes > self.config.max_body_bytes {
+                ctx.too_large = true;
+                return Error::e_explain(
+                    ErrorType::HTTPStatus(413),
+                    "request body over the ingress's limit",
+                );
+            }
+        }
+        Ok(())
     }
 
     async fn upstream_request_filter(
@@ -333,7 +489,7 @@ impl ProxyHttp for Proxy {
             };
             upstream.insert_header("x-forwarded-for", forwarded)?;
         }
-        upstream.insert_header("x-forwarded-proto", "http")?;
+        upstream.insert_header("x-forwarded-proto", if ctx.tls { "https" } else { "http" })?;
         if !ctx.host.is_empty() {
             upstream.insert_header("x-forwarded-host", ctx.host.clone())?;
         }
@@ -358,13 +514,17 @@ impl ProxyHttp for Proxy {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        if let Some(current) = ctx.current.as_mut() {
-            current.failed = true;
-        }
+        Self::mark_failed(ctx, Outcome::Failure);
+        let kind = match e.etype() {
+            ErrorType::ConnectTimedout => UpstreamError::Timeout,
+            _ => UpstreamError::Connect,
+        };
+        self.metrics.upstream_error(Self::app_label(ctx), kind);
         let attempt = Attempt {
             method: session.req_header().method.as_str(),
             failure: Failure::Connect,
             retries: ctx.retries,
+            stale_retries: ctx.stale_retries,
             body_streamed: false,
             response_started: false,
         };
@@ -379,16 +539,37 @@ impl ProxyHttp for Proxy {
         session: &mut Session,
         e: Box<Error>,
         ctx: &mut RequestCtx,
-        _client_reused: bool,
+        client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("peer: {peer}"));
-        if let Some(current) = ctx.current.as_mut() {
-            current.failed = true;
+        // Our own 413 (the body passed the limit) or the client's failure (gone, garbage):
+        // no verdict on the backend, nothing to retry.
+        if ctx.too_large || *e.esource() == ErrorSource::Downstream {
+            Self::mark_failed(ctx, Outcome::Cancelled);
+            e.set_retry(false);
+            return e;
+        }
+        // Pingora marks the errors that a closed keep-alive connection produces (reset or
+        // closed before any answer) as retryable if the connection was reused: then the
+        // pooled connection was stale, and the backend is not to blame.
+        let stale = client_reused && matches!(e.retry, RetryType::ReusedOnly);
+        let app = Self::app_label(ctx).to_string();
+        if stale {
+            Self::mark_failed(ctx, Outcome::Cancelled);
+            self.metrics.upstream_error(&app, UpstreamError::Stale);
+        } else {
+            Self::mark_failed(ctx, Outcome::Failure);
+            self.metrics.upstream_error(&app, upstream_error_kind(&e));
         }
         let attempt = Attempt {
             method: session.req_header().method.as_str(),
-            failure: Failure::AfterSent,
+            failure: if stale {
+                Failure::StaleConnection
+            } else {
+                Failure::AfterSent
+            },
             retries: ctx.retries,
+            stale_retries: ctx.stale_retries,
             body_streamed: session.as_ref().retry_buffer_truncated(),
             response_started: session.response_written().is_some(),
         };
@@ -417,6 +598,7 @@ impl ProxyHttp for Proxy {
         };
         let written = match code {
             0 => Ok(()),
+            413 => respond_page(session, 413, &self.too_large_page(), None).await,
             503 => {
                 respond_page(
                     session,
@@ -446,13 +628,22 @@ impl ProxyHttp for Proxy {
             .as_ref()
             .map(|attempt| attempt.backend.to_string());
         let outcome = match (&ctx.current, e) {
-            (Some(attempt), _) if attempt.failed => Outcome::Failure,
+            (
+                Some(InFlight {
+                    failed: Some(outcome),
+                    ..
+                }),
+                _,
+            ) => *outcome,
+            _ if ctx.too_large => Outcome::Cancelled,
             (_, Some(error)) if *error.esource() == ErrorSource::Downstream => Outcome::Cancelled,
             (_, Some(_)) if status == 0 => Outcome::Failure,
             _ => Outcome::from_status(status),
         };
         self.end_attempt(ctx, outcome).await;
         let duration: Duration = Instant::now().saturating_duration_since(ctx.started);
+        self.metrics
+            .observe_request(ctx.app.as_deref(), status, duration.as_secs_f64());
         let header = session.req_header();
         tracing::info!(
             target: "ingress::access",

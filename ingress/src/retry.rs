@@ -9,7 +9,13 @@
 //!   whose body, if any, was not streamed past what can be replayed;
 //! - never once any byte of the response went to the client, never after the total
 //!   timeout, never more than one retry;
-//! - a 5xx *answer* is passed to the client as it is: the app spoke, and the breaker counts it.
+//! - a 5xx *answer* is passed to the client as it is: the app spoke, and the breaker counts it;
+//! - a pooled keep-alive connection that the backend had already closed (it fails before
+//!   any answer, and only because it was reused) says nothing about the backend: an
+//!   idempotent request is sent again on a fresh connection, to any backend including the
+//!   same one, up to [`MAX_STALE_RETRIES`] times, without using up the retry above. This is
+//!   what Pingora's default `error_while_proxy` does, and what nginx and HAProxy do for a
+//!   reused upstream connection.
 
 use std::time::Duration;
 
@@ -18,6 +24,10 @@ use tokio::time::Instant;
 /// The most retries a request gets.
 pub const MAX_RETRIES: u32 = 1;
 
+/// The most times a request is sent again because a pooled connection was stale. More than
+/// one: the pool may hold several connections the backend closed at once.
+pub const MAX_STALE_RETRIES: u32 = 2;
+
 /// Where the attempt failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Failure {
@@ -25,6 +35,9 @@ pub enum Failure {
     Connect,
     /// The request was (perhaps partly) sent, and no usable answer came back.
     AfterSent,
+    /// The request went out on a reused pooled connection that turned out to be closed
+    /// before any answer (Pingora's `RetryType::ReusedOnly` errors on a reused connection).
+    StaleConnection,
 }
 
 /// What the proxy knows about the failed attempt.
@@ -33,8 +46,10 @@ pub struct Attempt<'a> {
     /// The request method, as sent (methods are case-sensitive).
     pub method: &'a str,
     pub failure: Failure,
-    /// Retries already made for this request (0 on the first attempt).
+    /// Retries already made for this request (0 on the first attempt), stale ones apart.
     pub retries: u32,
+    /// Attempts already sent again because their pooled connection was stale.
+    pub stale_retries: u32,
     /// Request body bytes went upstream that can no longer be replayed.
     pub body_streamed: bool,
     /// Response bytes already went to the client.
@@ -56,6 +71,9 @@ pub enum GiveUp {
 pub enum RetryDecision {
     /// Pick again, excluding every backend tried so far; if none is left, give up.
     RetryElsewhere,
+    /// Send again on a fresh connection, to any backend (the same one is fine: only the
+    /// connection was at fault).
+    RetryFresh,
     GiveUp(GiveUp),
 }
 
@@ -75,6 +93,9 @@ pub fn decide(
     started: Instant,
     now: Instant,
 ) -> RetryDecision {
+    if attempt.failure == Failure::StaleConnection && attempt.stale_retries < MAX_STALE_RETRIES {
+        return decide_stale(attempt, timeouts, started, now);
+    }
     if attempt.retries >= MAX_RETRIES {
         return RetryDecision::GiveUp(GiveUp::RetryUsed);
     }
@@ -86,11 +107,33 @@ pub fn decide(
     }
     match attempt.failure {
         Failure::Connect => RetryDecision::RetryElsewhere,
-        Failure::AfterSent if !is_idempotent(attempt.method) => {
+        Failure::AfterSent | Failure::StaleConnection if !is_idempotent(attempt.method) => {
             RetryDecision::GiveUp(GiveUp::NotIdempotent)
         }
-        Failure::AfterSent if attempt.body_streamed => RetryDecision::GiveUp(GiveUp::BodyStreamed),
-        Failure::AfterSent => RetryDecision::RetryElsewhere,
+        Failure::AfterSent | Failure::StaleConnection if attempt.body_streamed => {
+            RetryDecision::GiveUp(GiveUp::BodyStreamed)
+        }
+        Failure::AfterSent | Failure::StaleConnection => RetryDecision::RetryElsewhere,
+    }
+}
+
+/// A stale pooled connection, with stale retries left.
+fn decide_stale(
+    attempt: &Attempt<'_>,
+    timeouts: &Timeouts,
+    started: Instant,
+    now: Instant,
+) -> RetryDecision {
+    if attempt.response_started {
+        RetryDecision::GiveUp(GiveUp::ResponseStarted)
+    } else if timeouts.remaining(started, now).is_zero() {
+        RetryDecision::GiveUp(GiveUp::TotalTimeout)
+    } else if !is_idempotent(attempt.method) {
+        RetryDecision::GiveUp(GiveUp::NotIdempotent)
+    } else if attempt.body_streamed {
+        RetryDecision::GiveUp(GiveUp::BodyStreamed)
+    } else {
+        RetryDecision::RetryFresh
     }
 }
 
@@ -150,6 +193,7 @@ mod tests {
             method,
             failure,
             retries: 0,
+            stale_retries: 0,
             body_streamed: false,
             response_started: false,
         }
@@ -218,6 +262,32 @@ mod tests {
     }
 
     #[test]
+    fn a_stale_pooled_connection_is_sent_again_without_using_the_retry() {
+        let mut stale = attempt("GET", Failure::StaleConnection);
+        stale.retries = 1;
+        assert_eq!(decide_now(&stale), RetryDecision::RetryFresh);
+        stale.stale_retries = 1;
+        assert_eq!(decide_now(&stale), RetryDecision::RetryFresh);
+        // Stale retries used up: the ordinary rule, whose one retry is spent here.
+        stale.stale_retries = MAX_STALE_RETRIES;
+        assert_eq!(decide_now(&stale), RetryDecision::GiveUp(GiveUp::RetryUsed));
+        stale.retries = 0;
+        assert_eq!(decide_now(&stale), RetryDecision::RetryElsewhere);
+        assert_eq!(
+            decide_now(&attempt("POST", Failure::StaleConnection)),
+            RetryDecision::GiveUp(GiveUp::NotIdempotent)
+        );
+        let streamed = Attempt {
+            body_streamed: true,
+            ..attempt("PUT", Failure::StaleConnection)
+        };
+        assert_eq!(
+            decide_now(&streamed),
+            RetryDecision::GiveUp(GiveUp::BodyStreamed)
+        );
+    }
+
+    #[test]
     fn per_attempt_timeouts_never_outlast_the_total() {
         let t0 = Instant::now();
         let timeouts = Timeouts::default();
@@ -238,26 +308,36 @@ mod tests {
         #[test]
         fn retries_are_never_unsafe(
             method in prop_oneof![Just("GET"), Just("POST"), Just("PUT"), Just("PATCH"), Just("HEAD")],
-            connect in any::<bool>(),
+            failure in prop_oneof![Just(Failure::Connect), Just(Failure::AfterSent), Just(Failure::StaleConnection)],
             retries in 0u32..3,
+            stale_retries in 0u32..4,
             body_streamed in any::<bool>(),
             response_started in any::<bool>(),
             elapsed in 0u64..200,
         ) {
             let attempt = Attempt {
                 method,
-                failure: if connect { Failure::Connect } else { Failure::AfterSent },
+                failure,
                 retries,
+                stale_retries,
                 body_streamed,
                 response_started,
             };
             let t0 = Instant::now();
             let decision = decide(&attempt, &Timeouts::default(), t0, t0 + Duration::from_secs(elapsed));
+            let connect = failure == Failure::Connect;
             if decision == RetryDecision::RetryElsewhere {
                 prop_assert_eq!(retries, 0);
                 prop_assert!(!response_started);
                 prop_assert!(elapsed < 90);
                 prop_assert!(connect || (is_idempotent(method) && !body_streamed));
+            }
+            if decision == RetryDecision::RetryFresh {
+                prop_assert_eq!(failure, Failure::StaleConnection);
+                prop_assert!(stale_retries < MAX_STALE_RETRIES);
+                prop_assert!(!response_started);
+                prop_assert!(elapsed < 90);
+                prop_assert!(is_idempotent(method) && !body_streamed);
             }
         }
     }

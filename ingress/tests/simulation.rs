@@ -193,6 +193,7 @@ fn simulate(strategy: Strategy, seed: u64) -> Report {
                     method: "POST",
                     failure: Failure::Connect,
                     retries: tried.len() as u32,
+                    stale_retries: 0,
                     body_streamed: false,
                     response_started: false,
                 };
@@ -202,6 +203,7 @@ fn simulate(strategy: Strategy, seed: u64) -> Report {
                         report.retries += 1;
                         continue;
                     }
+                    RetryDecision::RetryFresh => unreachable!("a refused connect is not stale"),
                     RetryDecision::GiveUp(_) => {
                         report.client_errors += 1;
                         break;

@@ -112,6 +112,19 @@ pub struct AgentArgs {
     /// Apps answer at APP.<base domain> on the ingress [default: localhost]
     #[arg(long, env = "STRATUS_BASE_DOMAIN")]
     pub base_domain: Option<String>,
+    /// The ingress's admin port, serving /metrics (Prometheus text format), e.g. 127.0.0.1:9090
+    #[arg(long, env = "STRATUS_INGRESS_ADMIN_ADDR")]
+    pub ingress_admin_addr: Option<SocketAddr>,
+    /// Also serve HTTPS on this address (needs --ingress-tls-cert), e.g. 0.0.0.0:8443
+    #[arg(long, env = "STRATUS_INGRESS_TLS_ADDR")]
+    pub ingress_tls_addr: Option<SocketAddr>,
+    /// A certificate for HTTPS, DOMAIN=CERT.pem:KEY.pem (PEM files; DOMAIN may be *.example.com);
+    /// repeat the flag (or separate by commas) for more domains; the first is the default
+    #[arg(long, env = "STRATUS_INGRESS_TLS_CERT", value_delimiter = ',')]
+    pub ingress_tls_cert: Option<Vec<String>>,
+    /// Largest request body the ingress passes on, in bytes; larger ones get 413 [default: 10485760 (10 MiB)]
+    #[arg(long, env = "STRATUS_INGRESS_MAX_BODY_BYTES")]
+    pub ingress_max_body_bytes: Option<u64>,
     /// Join and gossip, but never run app replicas here (e.g. a dedicated ingress host)
     #[arg(long, env = "STRATUS_NO_WORKLOADS")]
     pub no_workloads: bool,
@@ -148,6 +161,10 @@ struct FileConfig {
     no_workloads: Option<bool>,
     ingress_addr: Option<SocketAddr>,
     base_domain: Option<String>,
+    ingress_admin_addr: Option<SocketAddr>,
+    ingress_tls_addr: Option<SocketAddr>,
+    ingress_tls_cert: Option<Vec<String>>,
+    ingress_max_body_bytes: Option<u64>,
     store: Option<String>,
     s3_endpoint: Option<String>,
     s3_region: Option<String>,
@@ -195,6 +212,8 @@ pub enum ConfigError {
     Store(#[from] S3Error),
     #[error("{0} is set but --store is not an s3:// URL: add --store s3://bucket or drop it")]
     S3WithoutStore(&'static str),
+    #[error("{0}")]
+    IngressTls(&'static str),
 }
 
 /// Which runtime driver runs containers.
@@ -233,6 +252,13 @@ pub struct AgentConfig {
     /// Where the embedded ingress listens, if this node runs one.
     pub ingress_addr: Option<SocketAddr>,
     pub base_domain: String,
+    /// The ingress's admin port (/metrics).
+    pub ingress_admin_addr: Option<SocketAddr>,
+    /// The ingress's HTTPS address and its certificates (`DOMAIN=CERT.pem:KEY.pem`, checked
+    /// by the ingress when it starts).
+    pub ingress_tls: Option<(SocketAddr, Vec<String>)>,
+    /// `None`: the ingress's default.
+    pub ingress_max_body_bytes: Option<u64>,
     /// `None`: bundles are stored on the nodes themselves.
     pub s3: Option<S3Config>,
 }
@@ -321,7 +347,33 @@ impl AgentConfig {
             args.s3_access_key.or(file.s3_access_key),
             args.s3_secret_key.or(file.s3_secret_key),
         )?;
+        let ingress_tls = match (
+            args.ingress_tls_addr.or(file.ingress_tls_addr),
+            args.ingress_tls_cert
+                .or(file.ingress_tls_cert)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|cert| cert.trim().to_string())
+                .filter(|cert| !cert.is_empty())
+                .collect::<Vec<_>>(),
+        ) {
+            (None, certs) if certs.is_empty() => None,
+            (Some(addr), certs) if !certs.is_empty() => Some((addr, certs)),
+            (Some(_), _) => {
+                return Err(ConfigError::IngressTls(
+                    "--ingress-tls-addr needs at least one --ingress-tls-cert DOMAIN=CERT.pem:KEY.pem",
+                ));
+            }
+            (None, _) => {
+                return Err(ConfigError::IngressTls(
+                    "--ingress-tls-cert is set but not --ingress-tls-addr: say where to serve HTTPS",
+                ));
+            }
+        };
         Ok(AgentConfig {
+            ingress_admin_addr: args.ingress_admin_addr.or(file.ingress_admin_addr),
+            ingress_tls,
+            ingress_max_body_bytes: args.ingress_max_body_bytes.or(file.ingress_max_body_bytes),
             s3,
             api_token: args.api_token.or(file.api_token).filter(|t| !t.is_empty()),
             max_upload_bytes: args
@@ -543,6 +595,60 @@ mod tests {
             vec![Seed::Addr("127.0.0.6:7946".parse().unwrap())]
         );
         assert_eq!(config.labels.get("zone").map(String::as_str), Some("a"));
+    }
+
+    #[test]
+    fn ingress_tls_needs_an_address_and_a_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "cluster_key = [\"{KEY}\"]\ningress_tls_addr = \"127.0.0.1:8443\"\n\
+                 ingress_tls_cert = [\"a.example.com=a.pem:a.key\"]\n\
+                 ingress_admin_addr = \"127.0.0.1:9090\"\ningress_max_body_bytes = 1024\n"
+            ),
+        )
+        .unwrap();
+        let config = AgentConfig::resolve(AgentArgs {
+            config: Some(path),
+            ..AgentArgs::default()
+        })
+        .unwrap();
+        assert_eq!(
+            config.ingress_tls,
+            Some((
+                "127.0.0.1:8443".parse().unwrap(),
+                vec!["a.example.com=a.pem:a.key".to_string()]
+            ))
+        );
+        assert_eq!(
+            config.ingress_admin_addr,
+            Some("127.0.0.1:9090".parse().unwrap())
+        );
+        assert_eq!(config.ingress_max_body_bytes, Some(1024));
+        let plain = AgentConfig::resolve(args()).unwrap();
+        assert_eq!(plain.ingress_tls, None);
+        assert_eq!(plain.ingress_max_body_bytes, None);
+
+        let no_cert = AgentConfig::resolve(AgentArgs {
+            ingress_tls_addr: Some("127.0.0.1:8443".parse().unwrap()),
+            ..args()
+        })
+        .unwrap_err();
+        assert!(
+            no_cert.to_string().contains("--ingress-tls-cert"),
+            "{no_cert}"
+        );
+        let no_addr = AgentConfig::resolve(AgentArgs {
+            ingress_tls_cert: Some(vec!["a.example.com=a.pem:a.key".into()]),
+            ..args()
+        })
+        .unwrap_err();
+        assert!(
+            no_addr.to_string().contains("--ingress-tls-addr"),
+            "{no_addr}"
+        );
     }
 
     #[test]

@@ -32,9 +32,22 @@ enum Command {
     /// Join the cluster as a member that runs no workloads and serve public HTTP traffic
     /// for every app (an agent with --no-workloads and --ingress-addr)
     Ingress {
-        /// Address the ingress listens on
+        /// Address the ingress listens on (HTTP/1.1, and HTTP/2 with prior knowledge)
         #[arg(long, env = "STRATUS_INGRESS_LISTEN", default_value = "0.0.0.0:8080")]
         listen: std::net::SocketAddr,
+        /// Also serve HTTPS here, with the certificates of --tls-cert (HTTP/2 by ALPN)
+        #[arg(long, env = "STRATUS_INGRESS_TLS_LISTEN")]
+        tls_listen: Option<std::net::SocketAddr>,
+        /// DOMAIN=CERT.pem:KEY.pem, repeated (or comma-separated) for more domains; DOMAIN may
+        /// be *.example.com; clients without SNI get the first
+        #[arg(long, value_delimiter = ',')]
+        tls_cert: Option<Vec<String>>,
+        /// Admin port serving /metrics (Prometheus text format)
+        #[arg(long, env = "STRATUS_INGRESS_ADMIN_LISTEN")]
+        admin_listen: Option<std::net::SocketAddr>,
+        /// Largest request body passed on, in bytes (413 above) [default: 10485760]
+        #[arg(long)]
+        max_body_bytes: Option<u64>,
         #[command(flatten)]
         agent: AgentArgs,
     },
@@ -125,10 +138,21 @@ fn main() -> anyhow::Result<()> {
             init_logging();
             run_agent(AgentConfig::resolve(args)?)
         }
-        Command::Ingress { listen, mut agent } => {
+        Command::Ingress {
+            listen,
+            tls_listen,
+            tls_cert,
+            admin_listen,
+            max_body_bytes,
+            mut agent,
+        } => {
             init_logging();
             agent.no_workloads = true;
             agent.ingress_addr = Some(listen);
+            agent.ingress_tls_addr = tls_listen.or(agent.ingress_tls_addr);
+            agent.ingress_tls_cert = tls_cert.or(agent.ingress_tls_cert);
+            agent.ingress_admin_addr = admin_listen.or(agent.ingress_admin_addr);
+            agent.ingress_max_body_bytes = max_body_bytes.or(agent.ingress_max_body_bytes);
             run_agent(AgentConfig::resolve(agent)?)
         }
         Command::Nodes { target, json } => runtime()?.block_on(async {
@@ -197,10 +221,36 @@ fn run_agent(config: AgentConfig) -> anyhow::Result<()> {
         return Ok(());
     };
     let routes = Arc::new(ingress::proxy::RouteState::new(Default::default()));
-    let proxy = ingress::run(listen, routes.clone(), Default::default(), 2)
+    let tls = match &config.ingress_tls {
+        Some((addr, certs)) => Some(ingress::TlsListener {
+            addr: *addr,
+            certs: certs
+                .iter()
+                .map(|cert| ingress::CertSpec::parse(cert))
+                .collect::<Result<_, _>>()?,
+        }),
+        None => None,
+    };
+    let listeners = ingress::Listeners {
+        http: listen,
+        tls,
+        admin: config.ingress_admin_addr,
+    };
+    let mut proxy_config = ingress::ProxyConfig::default();
+    if let Some(max) = config.ingress_max_body_bytes {
+        proxy_config.max_body_bytes = max;
+    }
+    let proxy = ingress::build(&listeners, routes.clone(), proxy_config, 2)
+        .context("cannot start the ingress")?
         .spawn()
-        .with_context(|| format!("cannot start the ingress on {listen}"))?;
-    tracing::info!(%listen, base_domain = %config.base_domain, "ingress ready");
+        .context("cannot start the ingress thread")?;
+    tracing::info!(
+        %listen,
+        tls = ?listeners.tls.as_ref().map(|tls| tls.addr),
+        admin = ?listeners.admin,
+        base_domain = %config.base_domain,
+        "ingress ready"
+    );
     let (feed_tx, mut feed_rx) =
         tokio::sync::watch::channel::<Option<node::agent::RouteFeed>>(None);
     let base_domain = config.base_domain.clone();

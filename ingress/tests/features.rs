@@ -119,8 +119,8 @@ fn stop(handle: IngressHandle) -> JoinHandle<()> {
 }
 
 /// Reads one request (head and body, by Content-Length or chunked) from `stream`; `None`
-/// when the peer closed first. Returns the head and the body's raw length.
-async fn read_request(stream: &mut TcpStream) -> Option<(String, usize)> {
+/// when the peer closed first. Returns the head and the raw body (chunk framing included).
+async fn read_request(stream: &mut TcpStream) -> Option<(String, Vec<u8>)> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 16384];
     let head_end = loop {
@@ -147,7 +147,7 @@ async fn read_request(stream: &mut TcpStream) -> Option<(String, usize)> {
             None => true,
         };
         if done {
-            return Some((head, body.len()));
+            return Some((head, body));
         }
         let n = stream.read(&mut chunk).await.ok()?;
         if n == 0 {
@@ -170,7 +170,8 @@ enum Conn {
     DropSecond,
 }
 
-/// A backend answering `NAME\nbody N\n<request head>` after reading the whole request.
+/// A backend answering `NAME\nbody N\nends M\n<request head>` after reading the whole
+/// request (N raw body bytes, M chunked terminators among them).
 /// Aborting its task closes its connections too.
 fn spawn_backend(listener: TcpListener, name: &'static str, mode: Conn) -> JoinHandle<()> {
     tokio::spawn(async move {
@@ -181,12 +182,15 @@ fn spawn_backend(listener: TcpListener, name: &'static str, mode: Conn) -> JoinH
             };
             connections.spawn(async move {
                 let mut served = 0;
-                while let Some((head, body_len)) = read_request(&mut stream).await {
+                while let Some((head, body)) = read_request(&mut stream).await {
                     served += 1;
                     if mode == Conn::DropSecond && served == 2 {
                         return;
                     }
-                    let body = format!("{name}\nbody {body_len}\n{head}");
+                    // How many chunked-body terminators arrived: more than one poisons the
+                    // connection (the extra one reads as the next request).
+                    let ends = body.windows(5).filter(|w| *w == b"0\r\n\r\n").count();
+                    let body = format!("{name}\nbody {}\nends {ends}\n{head}", body.len());
                     let close = if mode == Conn::Close {
                         "connection: close\r\n"
                     } else {
@@ -458,6 +462,33 @@ async fn tls_serves_each_domain_its_own_certificate_over_http2() {
 
     stop(proxy).await.unwrap();
     alpha_task.abort();
+}
+
+#[test]
+fn certificate_files_are_checked_when_loaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = self_signed(dir.path(), "one.test");
+    let two = self_signed(dir.path(), "two.test");
+    assert!(ingress::tls::SniResolver::load(std::slice::from_ref(&one)).is_ok());
+    let mismatched = CertSpec {
+        key: two.key.clone(),
+        ..one.clone()
+    };
+    let error = ingress::tls::SniResolver::load(&[mismatched]).unwrap_err();
+    assert!(error.to_string().contains("does not fit"), "{error}");
+    let missing = CertSpec {
+        key: dir.path().join("nope.key"),
+        ..one.clone()
+    };
+    let error = ingress::tls::SniResolver::load(&[missing]).unwrap_err();
+    assert!(error.to_string().contains("nope.key"), "{error}");
+    let swapped = CertSpec {
+        cert: one.key.clone(),
+        key: one.cert.clone(),
+        ..one
+    };
+    assert!(ingress::tls::SniResolver::load(&[swapped]).is_err());
+    assert!(ingress::tls::SniResolver::load(&[]).is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -761,4 +792,59 @@ async fn sse_events_arrive_one_by_one_as_they_are_sent() {
     feed.await.unwrap();
 
     stop(proxy).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_body_of_unknown_length_leaves_the_pooled_connection_clean() {
+    // One keep-alive backend: every request reuses the connection the upload used.
+    let (alpha, alpha_task) = backend(ip(33, 6), "alpha").await;
+    let routes = Arc::new(RouteState::new(round_robin()));
+    routes.update(table(&[alpha])).await;
+    let proxy = start(
+        Listeners::http(free_addr(ip(33, 5))),
+        routes,
+        ProxyConfig::default(),
+    )
+    .await;
+    let listen = proxy.listen();
+    let url = format!("http://web.localhost:{}/upload", listen.port());
+    let resolve = format!("web.localhost:{}:{}", listen.port(), listen.ip());
+    // `-T -` streams stdin: no Content-Length, so HTTP/2 DATA frames become a chunked
+    // body upstream.
+    let mut upload = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "10",
+            "--http2-prior-knowledge",
+            "-T",
+            "-",
+        ])
+        .args(["--resolve", &resolve, &url])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write as _;
+        let mut stdin = upload.stdin.take().unwrap();
+        stdin.write_all(&[b'z'; 5000]).unwrap();
+    }
+    let output = upload.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).to_ascii_lowercase();
+    assert!(text.starts_with("alpha\n"), "{text}");
+    assert!(text.contains("transfer-encoding: chunked"), "{text}");
+    assert!(text.contains("\nends 1\n"), "{text}");
+    for _ in 0..3 {
+        let (status, text) = get(listen, "web.localhost").await;
+        assert_eq!(status, 200, "{text}");
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+        assert!(
+            body.starts_with("alpha\nbody 0\nends 0\nget / http/1.1"),
+            "{body}"
+        );
+    }
+
+    stop(proxy).await.unwrap();
+    alpha_task.abort();
 }

@@ -1089,7 +1089,11 @@ pub(crate) async fn send_body_to1(
         match task {
             HttpTask::Body(data, end) => {
                 body_done = end;
-                if let Some(d) = data {
+                // Stratus patch (cloudflare/pingora#935): an empty piece (an HTTP/2 body
+                // ended by an empty DATA frame) written to a chunked body is a zero-size
+                // chunk, i.e. the terminator, which `finish_body` then writes again; the
+                // extra one reads as the next request on the pooled connection.
+                if let Some(d) = data.filter(|d| !d.is_empty()) {
                     let m = client_session.write_body(&d).await;
                     match m {
                         Ok(m) => match m {

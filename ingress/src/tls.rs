@@ -158,6 +158,13 @@ impl ResolvesServerCert for SniResolver {
 fn load_pair(spec: &CertSpec, provider: &CryptoProvider) -> Result<CertifiedKey, Error> {
     let cert_path = path_str(&spec.cert)?;
     let key_path = path_str(&spec.key)?;
+    // Pingora's loader names neither file in its errors: open each first for a clear one.
+    for path in [&spec.cert, &spec.key] {
+        std::fs::File::open(path).map_err(|error| Error::Tls {
+            path: path.clone(),
+            reason: error.to_string(),
+        })?;
+    }
     let (certs, key) = pingora_core::tls::load_certs_and_key_files(cert_path, key_path)
         .map_err(|error| Error::Tls {
             path: spec.cert.clone(),

@@ -8,7 +8,8 @@
 //! that serves traffic is a thin driver on top: it reads the clock, feeds route updates,
 //! calls [`Balancer::pick`] and the outcome hooks, and acts on the answers. It lives in
 //! [`proxy`] (the `ProxyHttp` hooks and the swappable [`RouteState`]) and [`server`] (the
-//! Pingora server, run on a thread of its own): the only modules that do I/O.
+//! Pingora server, run on a thread of its own): the only modules that do I/O, with
+//! [`tls::SniResolver::load`], which reads certificate files once at start.
 //!
 //! It is fed route updates from outside and must never depend on `node` or the gossip
 //! library (chitchat): the binary turns gossip into [`RouteApp`]s and

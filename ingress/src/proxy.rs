@@ -653,6 +653,8 @@ impl ProxyHttp for Proxy {
             duration_ms = duration.as_secs_f64() * 1000.0,
             retries = ctx.retries,
             method = %header.method,
+            tls = ctx.tls,
+            http2 = session.is_http2(),
             host = %ctx.host,
             path = %header.uri.path(),
             request_id = %ctx.request_id,

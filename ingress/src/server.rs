@@ -118,6 +118,14 @@ pub fn build(
     let mut addrs = vec![listeners.http];
     addrs.extend(listeners.tls.as_ref().map(|tls| tls.addr));
     addrs.extend(listeners.admin);
+    for (i, addr) in addrs.iter().enumerate() {
+        if addrs[..i].contains(addr) {
+            return Err(Error::Listen {
+                addr: addr.to_string(),
+                reason: "given for two listeners".to_string(),
+            });
+        }
+    }
     for addr in addrs {
         // Pingora binds later, on its own thread, and panics there if it cannot: find out
         // now, with an error the caller can report.

@@ -465,6 +465,26 @@ async fn tls_serves_each_domain_its_own_certificate_over_http2() {
 }
 
 #[test]
+fn listeners_must_be_distinct_and_free() {
+    let taken = std::net::TcpListener::bind((ip(33, 7), 0)).unwrap();
+    let busy = taken.local_addr().unwrap();
+    let routes = || Arc::new(RouteState::new(round_robin()));
+    let error = ingress::build(&Listeners::http(busy), routes(), ProxyConfig::default(), 1)
+        .err()
+        .unwrap();
+    assert!(error.to_string().contains(&busy.to_string()), "{error}");
+    let free = free_addr(ip(33, 7));
+    let twice = Listeners {
+        admin: Some(free),
+        ..Listeners::http(free)
+    };
+    let error = ingress::build(&twice, routes(), ProxyConfig::default(), 1)
+        .err()
+        .unwrap();
+    assert!(error.to_string().contains("two listeners"), "{error}");
+}
+
+#[test]
 fn certificate_files_are_checked_when_loaded() {
     let dir = tempfile::tempdir().unwrap();
     let one = self_signed(dir.path(), "one.test");

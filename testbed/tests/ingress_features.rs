@@ -42,6 +42,35 @@ fn get(ingress: &str, host: &str, path: &str) -> (u16, String) {
     (status, text)
 }
 
+/// `count` GETs of `path` sent at once through `ingress` with `host`: (status, answer) of
+/// each. Concurrency is what spreads requests over replicas: with one request at a time,
+/// the balancer keeps picking whichever replica measured fastest.
+async fn burst(ingress: &str, host: &str, path: &str, count: usize) -> Vec<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut requests = tokio::task::JoinSet::new();
+    for _ in 0..count {
+        let request = format!("GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n");
+        let ingress = ingress.to_string();
+        requests.spawn(async move {
+            let mut stream = tokio::net::TcpStream::connect(&ingress).await.ok()?;
+            stream.write_all(request.as_bytes()).await.ok()?;
+            let mut raw = Vec::new();
+            tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw))
+                .await
+                .ok()?
+                .ok()?;
+            let text = String::from_utf8_lossy(&raw).into_owned();
+            let status = text.split(' ').nth(1)?.parse().ok()?;
+            Some((status, text))
+        });
+    }
+    let mut answers = Vec::new();
+    while let Some(answer) = requests.join_next().await {
+        answers.push(answer.unwrap().unwrap_or((0, String::new())));
+    }
+    answers
+}
+
 /// The ingress's metrics in the Prometheus text format.
 fn metrics(admin: &str) -> String {
     let output = Command::new("curl")
@@ -223,23 +252,21 @@ async fn a_failing_replica_is_ejected_by_its_breaker_and_readmitted_after_it_rec
 
     // Both replicas answer through the ingress.
     let mut seen = std::collections::BTreeSet::new();
-    cluster
-        .wait_for(
-            "both flaky replicas answering",
-            Duration::from_secs(90),
-            || {
-                let (status, body) = get(INGRESS, "flaky.localhost", "/cgi-bin/status");
-                if status == 200
-                    && let Some(replica) = body.split("ok replica ").nth(1)
-                {
-                    seen.insert(replica.trim().to_string());
-                }
-                let both = seen.len() == 2;
-                async move { both }
-            },
-        )
-        .await
-        .unwrap();
+    let mut bursts = 0;
+    while seen.len() < 2 {
+        bursts += 1;
+        assert!(bursts <= 200, "both replicas never answered: {seen:?}");
+        for (status, body) in burst(INGRESS, "flaky.localhost", "/cgi-bin/status", 20).await {
+            if status == 200
+                && let Some(replica) = body.split("ok replica ").nth(1)
+            {
+                seen.insert(replica.trim().to_string());
+            }
+        }
+        if seen.len() < 2 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
 
     // One replica starts answering 500.
     let containers = containers_of("flaky");
@@ -250,37 +277,34 @@ async fn a_failing_replica_is_ejected_by_its_breaker_and_readmitted_after_it_rec
     // Its breaker opens; meanwhile every answer that is not its 500 is the other replica's.
     let mut failures = 0;
     let mut served_by_the_other = 0;
-    let mut requests = 0;
+    let mut bursts = 0;
     while sample(&metrics(ADMIN), OPENED) < 1.0 {
-        requests += 1;
-        assert!(
-            requests <= 200,
-            "the failing replica's breaker never opened"
-        );
-        let (status, body) = get(INGRESS, "flaky.localhost", "/cgi-bin/status");
-        match status {
-            500 => {
-                assert!(body.contains("failing replica"), "{body}");
-                failures += 1;
+        bursts += 1;
+        assert!(bursts <= 100, "the failing replica's breaker never opened");
+        for (status, body) in burst(INGRESS, "flaky.localhost", "/cgi-bin/status", 20).await {
+            match status {
+                500 => {
+                    assert!(body.contains("failing replica"), "{body}");
+                    failures += 1;
+                }
+                200 => {
+                    assert!(body.contains("ok replica"), "{body}");
+                    served_by_the_other += 1;
+                }
+                other => panic!("unexpected {other}: {body}"),
             }
-            200 => {
-                assert!(body.contains("ok replica"), "{body}");
-                served_by_the_other += 1;
-            }
-            other => panic!("unexpected {other}: {body}"),
         }
     }
     assert!(failures >= 5, "opened after {failures} failures");
     println!(
-        "breaker opened after {requests} requests: {failures} answered 500 by the failing \
-         replica, {served_by_the_other} served by the other"
+        "breaker opened after {bursts} bursts of 20 requests: {failures} answered 500 by the \
+         failing replica, {served_by_the_other} served by the other"
     );
-    // While it is ejected, the other replica takes the traffic: of the next requests only
-    // the breaker's occasional half-open trials reach the failing one.
+    // While it is ejected, the other replica takes the traffic: only the breaker's
+    // half-open trials (one at a time) reach the failing one.
     let mut ok = 0;
     let mut trials = 0;
-    for _ in 0..40 {
-        let (status, body) = get(INGRESS, "flaky.localhost", "/cgi-bin/status");
+    for (status, body) in burst(INGRESS, "flaky.localhost", "/cgi-bin/status", 40).await {
         match status {
             200 => ok += 1,
             500 => trials += 1,
@@ -300,26 +324,21 @@ async fn a_failing_replica_is_ejected_by_its_breaker_and_readmitted_after_it_rec
 
     // It recovers: a half-open trial succeeds and the breaker closes.
     docker_exec(failing, &["rm", "/tmp/fail"]);
-    cluster
-        .wait_for(
-            "the breaker closing again",
-            Duration::from_secs(120),
-            || {
-                let _ = get(INGRESS, "flaky.localhost", "/cgi-bin/status");
-                let closed = sample(&metrics(ADMIN), CLOSED) >= 1.0;
-                async move { closed }
-            },
-        )
-        .await
-        .unwrap();
+    let mut bursts = 0;
+    while sample(&metrics(ADMIN), CLOSED) < 1.0 {
+        bursts += 1;
+        // The backoff doubles with each failed trial, up to 30 s.
+        assert!(bursts <= 300, "the breaker never closed again");
+        burst(INGRESS, "flaky.localhost", "/cgi-bin/status", 20).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let text = metrics(ADMIN);
     assert_eq!(
         sample(&text, "stratus_ingress_breakers{state=\"open\"}"),
         0.0,
         "{text}"
     );
-    for _ in 0..20 {
-        let (status, body) = get(INGRESS, "flaky.localhost", "/cgi-bin/status");
+    for (status, body) in burst(INGRESS, "flaky.localhost", "/cgi-bin/status", 20).await {
         assert_eq!(status, 200, "{body}");
     }
 }

@@ -5,7 +5,11 @@
 //! `ewma` balancer: draw two distinct eligible backends at random and take the one with
 //! the lower cost `(outstanding + 1) × latency EWMA`. Random draws spread load without a
 //! global ordering (no herding on the single fastest backend), while the cost steers most
-//! traffic to fast, unloaded backends (Mitzenmacher, "The Power of Two Choices").
+//! traffic to fast, unloaded backends (Mitzenmacher, "The Power of Two Choices"). Two
+//! kinds of backend cost nothing, so a draw that includes them takes them: one never
+//! measured (until it has a request out), and one whose breaker is due for a trial (its
+//! backoff over), which would otherwise lose every comparison under light traffic and never
+//! be readmitted.
 //!
 //! Pure: inputs take `now` and an RNG; breaker transitions queue up for
 //! [`Balancer::poll_event`]; [`Balancer::next_deadline`] is the earliest breaker deadline.
@@ -282,6 +286,14 @@ impl Balancer {
 
     fn cost(&self, i: usize, now: Instant) -> f64 {
         let slot = &self.slots[i];
+        if slot.breaker.state() != BreakerState::Closed {
+            // Eligible with its breaker not closed: due for a trial. It costs nothing, so the
+            // trial is made at the next pick that draws it. Priced by its latency, a backend
+            // whose estimate failures raised, or that idled toward the prior, would lose every
+            // comparison with a fast healthy one under light traffic: never trialled, never
+            // readmitted.
+            return 0.0;
+        }
         if !slot.ewma.is_measured() {
             // A backend never measured costs nothing until it has a request out: on a fast
             // network the prior would otherwise price it out of ever being tried (the
@@ -514,6 +526,33 @@ mod tests {
             .map(|e| e.transition.to)
             .collect();
         assert_eq!(states, vec![BreakerState::HalfOpen, BreakerState::Closed]);
+    }
+
+    #[test]
+    fn a_backend_due_for_a_trial_gets_it_even_when_another_looks_faster() {
+        let mut rng = StdRng::seed_from_u64(7);
+        let t0 = Instant::now();
+        let mut balancer = Balancer::new(BalancerConfig::default(), &backends("web", &["a", "b"]));
+        let a = id("web", "a");
+        let b = id("web", "b");
+        balancer.on_start(&b);
+        balancer.on_end(&b, t0, ms(2), Outcome::Success);
+        // a fails slowly (timeouts): its estimate is far above b's.
+        for _ in 0..5 {
+            balancer.on_start(&a);
+            balancer.on_end(&a, t0, ms(2000), Outcome::Failure);
+        }
+        let t1 = t0 + Duration::from_secs(1);
+        // One request at a time, nothing excluded: the first pick after the backoff is a's
+        // trial, and it readmits a.
+        assert_eq!(balancer.pick(t1, &mut rng, &[]), Some(a.clone()));
+        balancer.on_start(&a);
+        balancer.on_end(&a, t1 + ms(3), ms(3), Outcome::Success);
+        let stats: HashMap<String, BreakerState> = balancer
+            .stats(t1)
+            .map(|s| (s.backend.to_string(), s.breaker))
+            .collect();
+        assert_eq!(stats["web/n1/a"], BreakerState::Closed);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use proto::api::AppView;
 use proto::{ContainerHealth, ContainerState};
+use testbed::chaos::load::{Load, LoadConfig};
 use testbed::harness::{LocalCluster, ensure_image, remove_containers_of, repo_root};
-use tokio::sync::{Mutex, watch};
 
 const APP: &str = "roll";
 const INGRESS: &str = "127.0.18.2:18080";
@@ -77,82 +77,6 @@ fn active(view: &AppView) -> usize {
         .iter()
         .filter(|r| r.state != ContainerState::Stopping)
         .count()
-}
-
-/// Requests through the ingress, one after the other from a few clients, until stopped.
-struct Load {
-    ok: Arc<AtomicU64>,
-    failures: Arc<Mutex<Vec<String>>>,
-    bodies: Arc<Mutex<BTreeMap<String, u64>>>,
-    stop: watch::Sender<bool>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(clients: usize) -> Load {
-        let ok = Arc::new(AtomicU64::new(0));
-        let failures = Arc::new(Mutex::new(Vec::new()));
-        let bodies = Arc::new(Mutex::new(BTreeMap::new()));
-        let (stop, stop_rx) = watch::channel(false);
-        let started = tokio::time::Instant::now();
-        let tasks = (0..clients)
-            .map(|_| {
-                let (ok, failures, bodies, stop_rx) = (
-                    ok.clone(),
-                    failures.clone(),
-                    bodies.clone(),
-                    stop_rx.clone(),
-                );
-                tokio::spawn(async move {
-                    let http = reqwest::Client::builder()
-                        .timeout(Duration::from_secs(5))
-                        .build()
-                        .unwrap();
-                    while !*stop_rx.borrow() {
-                        let sent = http
-                            .get(format!("http://{INGRESS}/"))
-                            .header("host", format!("{APP}.localhost"))
-                            .send()
-                            .await;
-                        let at = started.elapsed().as_secs_f64();
-                        match sent {
-                            Ok(response) if response.status().is_success() => {
-                                let body = response.text().await.unwrap_or_default();
-                                // "GREETING from roll release N ...": count by greeting.
-                                let greeting =
-                                    body.split(" from ").next().unwrap_or("").to_string();
-                                *bodies.lock().await.entry(greeting).or_default() += 1;
-                                ok.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Ok(response) => failures
-                                .lock()
-                                .await
-                                .push(format!("{at:.2}s: status {}", response.status())),
-                            Err(err) => failures.lock().await.push(format!("{at:.2}s: {err}")),
-                        }
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                })
-            })
-            .collect();
-        Load {
-            ok,
-            failures,
-            bodies,
-            stop,
-            tasks,
-        }
-    }
-
-    async fn finish(self) -> (u64, Vec<String>, BTreeMap<String, u64>) {
-        self.stop.send_replace(true);
-        for task in self.tasks {
-            task.await.unwrap();
-        }
-        let failures = self.failures.lock().await.clone();
-        let bodies = self.bodies.lock().await.clone();
-        (self.ok.load(Ordering::Relaxed), failures, bodies)
-    }
 }
 
 /// Waits for `release` to have `count` healthy replicas and nothing else running, checking
@@ -229,7 +153,7 @@ async fn rollouts_rollbacks_scaling_and_drains_never_fail_a_request() {
         .await
         .unwrap();
 
-    let load = Load::start(4);
+    let load = Load::start(LoadConfig::new(INGRESS.parse().unwrap(), APP)).unwrap();
 
     // A rolling deploy: one new replica at a time, old ones stopped once the new serve.
     let v2 = deploy(&cluster, app_dir("two", None).path()).await;
@@ -313,19 +237,29 @@ async fn rollouts_rollbacks_scaling_and_drains_never_fail_a_request() {
     );
     client.drain(&drained, false).await.unwrap();
 
-    let (ok, failures, bodies) = load.finish().await;
-    println!("{ok} requests answered through the ingress, by greeting: {bodies:?}");
+    let report = load.stop().await;
+    let releases_served: BTreeSet<u64> = report
+        .samples
+        .iter()
+        .filter_map(|sample| sample.backend().map(|backend| backend.release))
+        .collect();
+    println!(
+        "{} requests through the ingress, answered by releases {releases_served:?}",
+        report.total()
+    );
+    let failures = report.failures();
     assert!(
         failures.is_empty(),
-        "{} of {} requests failed: {failures:?}",
+        "{} of {} requests failed: {:?}",
         failures.len(),
-        ok as usize + failures.len()
+        report.total(),
+        failures
     );
     assert!(
-        !bodies.contains_key("three"),
+        !releases_served.contains(&v3),
         "the crashing release never served"
     );
-    assert!(bodies.contains_key("one") && bodies.contains_key("two"));
+    assert!(releases_served.contains(&v1) && releases_served.contains(&v2));
 
     // The whole history, failures included.
     let releases = client.releases(APP).await.unwrap();

@@ -10,18 +10,19 @@
 #
 # Usage: scripts/build-agent-image.sh [--force]
 # Builds the binary first (`cargo build --release -p node`, honouring CARGO_TARGET_DIR), or
-# takes STRATUS_BIN=/path/to/stratus as it is. Idempotent: an image made from the same
-# binary (label stratus.binary-sha256) is kept unless --force is given, so a changed
-# binary always gives a new image. The only network it uses is Debian's package archive,
-# when busybox-static is not installed yet.
+# takes STRATUS_BIN=/path/to/stratus as it is; STRATUS_AGENT_IMAGE names another tag
+# (the chaos suite's compose test builds its own from the debug binary). Idempotent: an
+# image made from the same binary (label stratus.binary-sha256) is kept unless --force is
+# given, so a changed binary always gives a new image. The only network it uses is
+# Debian's package archive, when busybox-static is not installed yet.
 set -euo pipefail
 
-image="stratus/agent:latest"
+image="${STRATUS_AGENT_IMAGE:-stratus/agent:latest}"
 force=0
 for arg in "$@"; do
   case "$arg" in
     --force) force=1 ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "unknown argument: $arg (expected --force)" >&2; exit 2 ;;
   esac
 done

@@ -1,12 +1,19 @@
 #!/usr/bin/env bash
 # Installs what building and testing Stratus needs beyond Rust and Docker, from Debian's
-# packages, only when missing: cmake (pingora builds zlib-ng with it), curl, python3.
+# packages, only when missing: cmake (pingora builds zlib-ng with it), curl, python3, nft
+# (the chaos suite's partitions, testbed/src/chaos/partition.rs) and Docker Compose (its
+# compose variant, testbed/tests/chaos_compose.rs; Debian's docker-compose when neither the
+# v2 plugin nor v1 is present).
 set -euo pipefail
 
 missing=()
 command -v cmake >/dev/null || missing+=(cmake)
 command -v curl >/dev/null || missing+=(curl)
 command -v python3 >/dev/null || missing+=(python3)
+command -v nft >/dev/null || missing+=(nftables)
+if command -v docker >/dev/null && ! docker compose version >/dev/null 2>&1; then
+  command -v docker-compose >/dev/null || missing+=(docker-compose)
+fi
 if ((${#missing[@]})); then
   if [[ $(id -u) -ne 0 ]]; then
     echo "missing: ${missing[*]}; install them (apt-get install ${missing[*]}) or run this as root" >&2

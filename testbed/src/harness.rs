@@ -15,6 +15,8 @@ use proto::api::{NodeStatus, NodesResponse};
 use tempfile::TempDir;
 use tokio::time::Instant;
 
+use crate::chaos::partition::AgentCgroups;
+
 pub const GOSSIP_PORT: u16 = 7946;
 pub const API_PORT: u16 = 7070;
 
@@ -135,6 +137,8 @@ pub struct LocalCluster {
     pub agents: Vec<AgentProcess>,
     /// Flags given to every agent, e.g. `--gossip-interval-ms 200`.
     pub common_args: Vec<String>,
+    /// Set by [`LocalCluster::isolate_agents_in_cgroups`].
+    cgroups: Option<AgentCgroups>,
     dir: TempDir,
 }
 
@@ -158,6 +162,7 @@ impl LocalCluster {
             net,
             agents: Vec::new(),
             common_args,
+            cgroups: None,
             dir: tempfile::Builder::new()
                 .prefix("stratus-testbed-")
                 .tempdir()?,
@@ -170,6 +175,26 @@ impl LocalCluster {
 
     pub fn data_root(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// Where agent `index` writes its output.
+    pub fn log_path(&self, index: usize) -> PathBuf {
+        self.dir
+            .path()
+            .join(format!("{}.log", self.agents[index].node_id))
+    }
+
+    /// The `--cluster-id` every agent gets (and labels its containers with).
+    pub fn cluster_id(&self) -> String {
+        format!("testbed-{}", self.net)
+    }
+
+    /// Agents started (or restarted) from now on each live in a cgroup v2 of their own,
+    /// named after their address, so a [`crate::chaos::partition::Partition`] can tell
+    /// their unbound sockets apart (they all connect from 127.0.0.1).
+    pub fn isolate_agents_in_cgroups(&mut self) -> anyhow::Result<()> {
+        self.cgroups = Some(AgentCgroups::detect()?);
+        Ok(())
     }
 
     pub fn seed(&self) -> SocketAddr {
@@ -206,7 +231,21 @@ impl LocalCluster {
             .create(true)
             .append(true)
             .open(data_root.join(format!("{}.log", agent.node_id)))?;
-        let child = Command::new(&self.bin)
+        let mut command = match &self.cgroups {
+            Some(cgroups) => {
+                let procs = cgroups.create(agent.ip)?;
+                // The shell moves itself into the agent's cgroup, then becomes the agent
+                // (same pid), so every socket the agent ever opens belongs to that cgroup.
+                let mut command = Command::new("sh");
+                command
+                    .args(["-c", "echo $$ > \"$0\" && exec \"$@\""])
+                    .arg(procs)
+                    .arg(&self.bin);
+                command
+            }
+            None => Command::new(&self.bin),
+        };
+        let child = command
             .arg("agent")
             .args(["--node-id", &agent.node_id])
             .args(["--gossip-addr", &agent.gossip_addr().to_string()])
@@ -251,6 +290,23 @@ impl LocalCluster {
         let pid = Pid::from_raw(i32::try_from(child.id())?);
         kill(pid, Signal::SIGTERM)?;
         Ok(child.wait()?)
+    }
+
+    /// SIGTERM to every running agent at once, then wait for each to exit: the whole
+    /// cluster going down together (as on a datacenter-wide stop), not one by one.
+    pub fn terminate_all(&mut self) -> anyhow::Result<Vec<std::process::ExitStatus>> {
+        let mut children = Vec::new();
+        for agent in &mut self.agents {
+            if let Some(child) = agent.child.take() {
+                kill(Pid::from_raw(i32::try_from(child.id())?), Signal::SIGTERM)?;
+                children.push(child);
+            }
+        }
+        let mut statuses = Vec::new();
+        for mut child in children {
+            statuses.push(child.wait()?);
+        }
+        Ok(statuses)
     }
 
     pub fn restart(&mut self, index: usize) -> anyhow::Result<()> {
@@ -313,6 +369,8 @@ impl LocalCluster {
             // Backtrace frames say little here and push the error out of view.
             let tail: Vec<&str> = text
                 .lines()
+                // The ingress's access log says nothing about why a wait failed.
+                .filter(|line| !line.contains("ingress::access"))
                 .filter(|line| {
                     let trimmed = line.trim_start();
                     !(trimmed.starts_with("at ")
@@ -364,6 +422,11 @@ impl Drop for LocalCluster {
     fn drop(&mut self) {
         for index in 0..self.agents.len() {
             self.kill9(index);
+        }
+        if let Some(cgroups) = &self.cgroups {
+            for agent in &self.agents {
+                cgroups.remove(agent.ip);
+            }
         }
     }
 }

@@ -5,10 +5,15 @@
 //!   node reports through its API;
 //! - [`sim`]: an in-process cluster of up to thousands of nodes on chitchat's in-memory
 //!   transport and tokio's paused clock, driving the same membership code as the agent;
-//! - [`bench`]: the figures printed by `testbed bench ...`.
+//! - [`chaos`]: continuous load through an ingress, nftables partitions, host and agent
+//!   loss, and the cluster every chaos scenario starts from;
+//! - [`bench`]: the figures printed by `testbed bench ...` ([`bench_failover`]: kill -9 of a
+//!   host → traffic off it, replacements healthy).
 //!
 //! It depends on everything and nothing depends on it.
 
 pub mod bench;
+pub mod bench_failover;
+pub mod chaos;
 pub mod harness;
 pub mod sim;

@@ -61,6 +61,15 @@ enum Bench {
         #[arg(long, allow_hyphen_values = true, value_delimiter = ' ')]
         agent_args: Vec<String>,
     },
+    /// Kill -9 of a host running a replica (agent and containers) under traffic through an
+    /// ingress: time until the ingress stops sending to it and until replacements are healthy
+    Failover {
+        #[arg(long, default_value_t = 5)]
+        trials: usize,
+        /// Agents run on 127.0.NET.x
+        #[arg(long, default_value_t = 48)]
+        net: u8,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -120,7 +129,59 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Bench {
+            which: Bench::Failover { trials, net },
+        } => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            let trials = runtime.block_on(testbed::bench_failover::failover(net, trials))?;
+            print_failover(&trials);
+            Ok(())
+        }
     }
+}
+
+fn print_failover(trials: &[testbed::bench_failover::FailoverTrial]) {
+    let summary = |name: &str, goal: &str, mut values: Vec<Duration>| {
+        let max = values.iter().max().copied().unwrap_or_default();
+        let median = bench::median(&mut values);
+        println!(
+            "{name}: median {:.2} s, max {:.2} s over {} trials (goal {goal})",
+            median.as_secs_f64(),
+            max.as_secs_f64(),
+            values.len()
+        );
+    };
+    println!("\n5 agents + an ingress member, 3 replicas, kill -9 of a host running one:");
+    for (index, trial) in trials.iter().enumerate() {
+        println!(
+            "  trial {}: {} | traffic off {:.2} s | route gone {:.2} s | healthy {:.2} s | {} of {} requests failed",
+            index + 1,
+            trial.victim,
+            trial.traffic_off.as_secs_f64(),
+            trial.route_gone.as_secs_f64(),
+            trial.healthy.as_secs_f64(),
+            trial.failed_requests,
+            trial.requests
+        );
+    }
+    summary(
+        "(a) kill -> the ingress no longer sends to the host",
+        "<= 3 s",
+        trials.iter().map(|t| t.traffic_off).collect(),
+    );
+    summary(
+        "    kill -> its replicas gone from the ingress's view",
+        "-",
+        trials.iter().map(|t| t.route_gone).collect(),
+    );
+    summary(
+        "(b) kill -> replacement replicas healthy",
+        "<= 10 s",
+        trials.iter().map(|t| t.healthy).collect(),
+    );
+    let failed: usize = trials.iter().map(|t| t.failed_requests).sum();
+    let total: usize = trials.iter().map(|t| t.requests).sum();
+    println!("requests failed between a kill and recovery: {failed} of {total}");
 }
 
 /// Where `testbed up` runs the ingress (embedded in the first agent).

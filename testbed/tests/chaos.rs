@@ -341,6 +341,60 @@ async fn a_lost_host_that_comes_back_leaves_exactly_three_replicas() {
     print_host_loss(&report, &victim);
 }
 
+/// Scenario 2: kill -9 of an agent alone; its containers keep running and answering. The
+/// cluster replaces them; the agent restarts, adopts its containers, the surplus is removed
+/// by the rule, exactly 3 remain, and no request fails all along (the ingress never routes
+/// to a container it cannot reach).
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs the reconciler: adoption with surplus removal after an agent restarts"]
+async fn agent_loss_only_then_restart_adopts_and_leaves_exactly_three_with_no_failed_request() {
+    let _serial = SERIAL.lock().await;
+    let mut chaos = ChaosCluster::start(44, "chaos-agent", 5, 3).await.unwrap();
+    let load = chaos.load().unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let victim = chaos.routable().await[0].node_id.clone();
+    let index = chaos.index_of(&victim).unwrap();
+    let running_before = chaos.docker_replicas().unwrap();
+    load.mark("kill agent");
+    let killed_at = Instant::now();
+    testbed::chaos::host::kill_agent_only(&mut chaos.cluster, index);
+    chaos
+        .wait_for_replicas("3 healthy replicas on the other nodes", |replicas| {
+            replicas.len() == 3 && replicas.iter().all(|r| r.node_id != victim)
+        })
+        .await
+        .unwrap();
+    let replaced = killed_at.elapsed();
+    load.mark("replaced");
+    // The orphaned container still runs next to its replacement.
+    let running = chaos.docker_replicas().unwrap();
+    assert!(
+        running.iter().any(|r| r.node == victim),
+        "the agent's containers should have outlived it: {running:?} (before: {running_before:?})"
+    );
+    load.mark("restart agent");
+    let restarting = Instant::now();
+    chaos.cluster.restart(index).unwrap();
+    chaos
+        .cluster
+        .wait_for("the agent live again", SETTLE, || chaos.cluster.converged())
+        .await
+        .unwrap();
+    assert_exactly(&chaos, 3).await;
+    let settled = restarting.elapsed();
+    let report = load.stop().await;
+    print!("{report}");
+    println!(
+        "agent loss of {victim}: replaced after {:.2} s; after its restart exactly 3 (held 5 s) after {:.2} s",
+        replaced.as_secs_f64(),
+        settled.as_secs_f64()
+    );
+    assert!(
+        report.failures().is_empty(),
+        "requests failed: the ingress routed to a container it could not reach"
+    );
+}
+
 /// Scenario 5: every agent stops (SIGTERM: together, or one after the other), then they
 /// all start again: the app is served again with its last release and exactly 3 replicas.
 async fn stop_all_and_start_again(net: u8, app: &str, one_by_one: bool) {

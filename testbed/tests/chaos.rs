@@ -193,32 +193,39 @@ fn nodes_of(replicas: &[proto::api::ReplicaView]) -> BTreeSet<String> {
 }
 
 /// Exactly `count` running containers, and as many routable replicas, held for 5 s (long
-/// enough for a duplicate or a missing replica to show up in either).
+/// enough for a duplicate or a missing replica to show up in either). Fails with both
+/// lists.
 async fn assert_exactly(chaos: &ChaosCluster, count: usize) {
-    let cluster_id = chaos.cluster.cluster_id();
-    let held_since = std::cell::Cell::new(None::<Instant>);
-    chaos
-        .cluster
-        .wait_for(
-            &format!("exactly {count} replicas, in the view and in Docker, for 5 s"),
-            SETTLE,
-            || async {
-                let routable = chaos.routable().await.len();
-                let docker: Vec<DockerReplica> =
-                    testbed::chaos::host::docker_replicas(&cluster_id, &chaos.app)
-                        .unwrap_or_default();
-                if routable == count && docker.len() == count {
-                    let since = held_since.get().unwrap_or_else(Instant::now);
-                    held_since.set(Some(since));
-                    since.elapsed() >= Duration::from_secs(5)
-                } else {
-                    held_since.set(None);
-                    false
-                }
-            },
-        )
-        .await
-        .unwrap();
+    let start = Instant::now();
+    let mut held_since: Option<Instant> = None;
+    loop {
+        let routable = chaos.routable().await;
+        let docker: Vec<DockerReplica> = chaos.docker_replicas().unwrap_or_default();
+        if routable.len() == count && docker.len() == count {
+            let since = *held_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= Duration::from_secs(5) {
+                return;
+            }
+        } else {
+            held_since = None;
+        }
+        if start.elapsed() > SETTLE {
+            let routable: Vec<String> = routable
+                .iter()
+                .map(|r| format!("{} r{}/{}", r.node_id, r.release, r.replica))
+                .collect();
+            let docker: Vec<String> = docker
+                .iter()
+                .map(|d| format!("{} {}", d.node, d.placement))
+                .collect();
+            panic!(
+                "not exactly {count} replicas after {SETTLE:?}: routable {routable:?}, \
+                 running containers {docker:?}\n{}",
+                chaos.cluster.logs_tail(15)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Kills a host that runs a replica of `chaos.app` (agent and containers) under load and

@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use proto::api::{
-    AppView, AppsResponse, DeployAccepted, ErrorBody, HealthResponse, NodesResponse,
-    PlacementReply, PlacementRequest,
+    AppView, AppsResponse, ChangeAccepted, DeployAccepted, DrainReply, ErrorBody, HealthResponse,
+    NodesResponse, PlacementReply, PlacementRequest, ReleasesResponse, RollbackRequest,
+    ScaleRequest, StopRequest,
 };
 use proto::catalog::AppRecord;
 use serde::de::DeserializeOwned;
@@ -131,6 +132,72 @@ impl Client {
             .await
     }
 
+    /// Releases of an app, newest first.
+    pub async fn releases(&self, app: &str) -> Result<ReleasesResponse, ClientError> {
+        self.send(self.call(reqwest::Method::GET, &format!("/v1/apps/{app}/releases")))
+            .await
+    }
+
+    /// Sets an app's replica count.
+    pub async fn scale(&self, app: &str, replicas: u32) -> Result<ChangeAccepted, ClientError> {
+        let request = self
+            .call(reqwest::Method::POST, &format!("/v1/apps/{app}/scale"))
+            .json(&ScaleRequest { replicas });
+        self.send(request).await
+    }
+
+    /// Rolls an app back to release `to` (default: the last good one before the current).
+    pub async fn rollback(
+        &self,
+        app: &str,
+        to: Option<u64>,
+    ) -> Result<ChangeAccepted, ClientError> {
+        let request = self
+            .call(reqwest::Method::POST, &format!("/v1/apps/{app}/rollback"))
+            .json(&RollbackRequest { to });
+        self.send(request).await
+    }
+
+    /// Replaces every replica of an app, one at a time.
+    pub async fn restart(&self, app: &str) -> Result<ChangeAccepted, ClientError> {
+        self.send(self.call(reqwest::Method::POST, &format!("/v1/apps/{app}/restart")))
+            .await
+    }
+
+    /// Drains (`true`) or undrains a node, by id.
+    pub async fn drain(&self, node: &str, draining: bool) -> Result<DrainReply, ClientError> {
+        let verb = if draining { "drain" } else { "undrain" };
+        self.send(self.call(reqwest::Method::POST, &format!("/v1/nodes/{node}/{verb}")))
+            .await
+    }
+
+    /// Node-to-node: drains (or undrains) the node this client talks to.
+    pub async fn set_draining(
+        &self,
+        node: &str,
+        draining: bool,
+    ) -> Result<DrainReply, ClientError> {
+        let request = self
+            .call(reqwest::Method::PUT, "/v1/internal/draining")
+            .json(&DrainReply {
+                node_id: node.to_string(),
+                draining,
+            });
+        self.send(request).await
+    }
+
+    /// Node-to-node: asks the node to stop one of its replicas.
+    pub async fn stop_replica(&self, stop: &StopRequest) -> Result<(), ClientError> {
+        let request = self
+            .call(
+                reqwest::Method::POST,
+                &format!("/v1/internal/placements/{}/stop", stop.placement_id),
+            )
+            .json(stop);
+        let _: serde_json::Value = self.send(request).await?;
+        Ok(())
+    }
+
     /// Uploads a zipped app folder, streamed from `zip`; `progress` is called with the
     /// bytes sent so far.
     pub async fn deploy(
@@ -210,6 +277,28 @@ impl Client {
     ) -> Result<crate::LineStream, ClientError> {
         self.lines(&format!("/v1/apps/{app}/logs?follow={follow}&tail={tail}"))
             .await
+    }
+
+    /// The kept output of an app's stopped replicas (replaced, moved, crashed).
+    pub async fn previous_logs(
+        &self,
+        app: &str,
+        tail: usize,
+    ) -> Result<crate::LineStream, ClientError> {
+        self.lines(&format!("/v1/apps/{app}/logs?previous=true&tail={tail}"))
+            .await
+    }
+
+    /// Node-to-node: the kept output of an app's stopped replicas on that node.
+    pub async fn node_previous_logs(
+        &self,
+        app: &str,
+        tail: usize,
+    ) -> Result<crate::LineStream, ClientError> {
+        self.lines(&format!(
+            "/v1/internal/apps/{app}/previous-logs?tail={tail}"
+        ))
+        .await
     }
 
     /// Node-to-node: output of one replica the node runs.

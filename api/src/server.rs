@@ -17,8 +17,9 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use proto::api::{
-    AppView, AppsResponse, DeployAccepted, HealthResponse, NodesResponse, PlacementReply,
-    PlacementRequest,
+    AppView, AppsResponse, ChangeAccepted, DeployAccepted, DrainReply, HealthResponse,
+    NodesResponse, PlacementReply, PlacementRequest, ReleasesResponse, RollbackRequest,
+    ScaleRequest, StopRequest,
 };
 use proto::catalog::AppRecord;
 use serde::Serialize;
@@ -91,6 +92,44 @@ pub trait NodeApi: Send + Sync + 'static {
         placement_id: &str,
         query: LogQuery,
     ) -> impl Future<Output = Result<LineStream, ApiError>> + Send;
+    /// Node-to-node: the kept output of `app`'s stopped replicas on this node.
+    fn previous_logs(
+        &self,
+        app: &str,
+        query: LogQuery,
+    ) -> impl Future<Output = Result<LineStream, ApiError>> + Send;
+    /// Releases of `app`, newest first.
+    fn releases(
+        &self,
+        app: &str,
+    ) -> impl Future<Output = Result<ReleasesResponse, ApiError>> + Send;
+    fn scale(
+        &self,
+        app: &str,
+        request: ScaleRequest,
+    ) -> impl Future<Output = Result<ChangeAccepted, ApiError>> + Send;
+    fn rollback(
+        &self,
+        app: &str,
+        request: RollbackRequest,
+    ) -> impl Future<Output = Result<ChangeAccepted, ApiError>> + Send;
+    fn restart(&self, app: &str) -> impl Future<Output = Result<ChangeAccepted, ApiError>> + Send;
+    /// Drain (or undrain) `node`: this one, or forwarded to it.
+    fn drain(
+        &self,
+        node: &str,
+        draining: bool,
+    ) -> impl Future<Output = Result<DrainReply, ApiError>> + Send;
+    /// Node-to-node: drain (or undrain) this node.
+    fn set_draining(
+        &self,
+        draining: bool,
+    ) -> impl Future<Output = Result<DrainReply, ApiError>> + Send;
+    /// Node-to-node: stop one replica this node runs (the app's reconciler asks).
+    fn stop_replica(
+        &self,
+        request: StopRequest,
+    ) -> impl Future<Output = Result<(), ApiError>> + Send;
 }
 
 /// Lines streamed to the client as they come.
@@ -101,6 +140,8 @@ pub type LineStream = std::pin::Pin<Box<dyn futures_util::Stream<Item = String> 
 pub struct LogQuery {
     pub follow: bool,
     pub tail: usize,
+    /// The kept output of stopped replicas instead of the running ones.
+    pub previous: bool,
 }
 
 impl LogQuery {
@@ -111,11 +152,13 @@ impl LogQuery {
         let mut parsed = LogQuery {
             follow: false,
             tail: LogQuery::DEFAULT_TAIL,
+            previous: false,
         };
         for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, "true"));
             match key {
                 "follow" => parsed.follow = matches!(value, "true" | "1" | "yes"),
+                "previous" => parsed.previous = matches!(value, "true" | "1" | "yes"),
                 "tail" => {
                     parsed.tail = value
                         .parse::<usize>()
@@ -274,6 +317,63 @@ async fn route<S: NodeApi>(
                 &serde_json::json!({ "number": number }),
             ))
         }
+        (["v1", "apps", app, "releases"], &Method::GET) => {
+            user()?;
+            Ok(json(StatusCode::OK, &api.releases(app).await?))
+        }
+        (["v1", "apps", app, "scale"], &Method::POST) => {
+            user()?;
+            let app = app.to_string();
+            let request: ScaleRequest = read_json(request.into_body()).await?;
+            Ok(json(StatusCode::ACCEPTED, &api.scale(&app, request).await?))
+        }
+        (["v1", "apps", app, "rollback"], &Method::POST) => {
+            user()?;
+            let app = app.to_string();
+            let request: RollbackRequest = read_json(request.into_body()).await?;
+            Ok(json(
+                StatusCode::ACCEPTED,
+                &api.rollback(&app, request).await?,
+            ))
+        }
+        (["v1", "apps", app, "restart"], &Method::POST) => {
+            user()?;
+            Ok(json(StatusCode::ACCEPTED, &api.restart(app).await?))
+        }
+        (["v1", "nodes", node, verb @ ("drain" | "undrain")], &Method::POST) => {
+            user()?;
+            let draining = *verb == "drain";
+            Ok(json(StatusCode::OK, &api.drain(node, draining).await?))
+        }
+        (["v1", "internal", "draining"], &Method::PUT) => {
+            node()?;
+            let request: DrainReply = read_json(request.into_body()).await?;
+            Ok(json(
+                StatusCode::OK,
+                &api.set_draining(request.draining).await?,
+            ))
+        }
+        (["v1", "internal", "apps", app, "previous-logs"], &Method::GET) => {
+            node()?;
+            let query = LogQuery::parse(request.uri().query())?;
+            Ok(lines_response(api.previous_logs(app, query).await?))
+        }
+        (["v1", "internal", "placements", id, "stop"], &Method::POST) => {
+            node()?;
+            let mut stop: StopRequest = read_json(request.into_body()).await?;
+            if stop.placement_id != *id {
+                return Err(ApiError::BadRequest(format!(
+                    "the URL names placement {id}, the body {}",
+                    stop.placement_id
+                )));
+            }
+            stop.placement_id = id.to_string();
+            api.stop_replica(stop).await?;
+            Ok(json(
+                StatusCode::OK,
+                &serde_json::json!({ "stopping": true }),
+            ))
+        }
         (["v1", "internal", "placements"], &Method::POST) => {
             node()?;
             let placement: PlacementRequest = read_json(request.into_body()).await?;
@@ -281,7 +381,16 @@ async fn route<S: NodeApi>(
         }
         (["v1", "health" | "nodes" | "apps"], _)
         | (["v1", "apps", _] | ["v1", "blobs", _], _)
-        | (["v1", "apps", _, "deploys"], _) => Err(not_allowed()),
+        | (
+            [
+                "v1",
+                "apps",
+                _,
+                "deploys" | "releases" | "scale" | "rollback" | "restart",
+            ],
+            _,
+        )
+        | (["v1", "nodes", _, "drain" | "undrain"], _) => Err(not_allowed()),
         _ => Err(ApiError::NotFound {
             method: method.to_string(),
             path: path.clone(),

@@ -520,8 +520,10 @@ mod tests {
                 manifest,
                 created_at_ms: 1,
                 created_on: "n1".into(),
+                note: None,
             }),
             replicas: 1,
+            failed: Default::default(),
         };
         let app = RouteApp::from_record(&record).unwrap();
         assert_eq!(app.domains, vec!["shop.example.com"]);

@@ -10,8 +10,9 @@ use std::time::Duration;
 use api::{ApiError, Caller, LineStream, LogQuery, Upload};
 use proto::NodeIdentity;
 use proto::api::{
-    AppView, AppsResponse, DeployAccepted, HealthResponse, NodesResponse, PlacementReply,
-    PlacementRequest,
+    AppView, AppsResponse, ChangeAccepted, DeployAccepted, DrainReply, HealthResponse,
+    NodesResponse, PlacementReply, PlacementRequest, ReleasesResponse, RollbackRequest,
+    ScaleRequest, StopRequest,
 };
 use proto::catalog::AppRecord;
 use tokio::net::TcpListener;
@@ -32,7 +33,7 @@ use crate::scheduler::Admission;
 use crate::seal::constant_time_eq;
 use crate::seeds::{Seed, SeedResolver};
 use crate::state::{AgentState, unix_ms};
-use crate::{catalog_sync, deploy, logs, placement, supervisor};
+use crate::{catalog_sync, changes, deploy, logs, placement, supervisor};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -196,8 +197,17 @@ pub async fn run_with_routes(
         reserved_numbers: Mutex::new(Default::default()),
         catalog_changed: Notify::new(),
         node_token,
+        draining: Default::default(),
         config: config.clone(),
     });
+    if changes::draining_marker(&state).exists() {
+        info!(
+            "this node was drained before it stopped: it stays drained (`stratus node undrain` ends it)"
+        );
+        if let Err(err) = changes::set_own_draining(&state, true).await {
+            warn!(error = %err, "cannot restore the drain");
+        }
+    }
 
     // Before anything schedules: containers left running by a previous agent are ours.
     supervisor::adopt_existing(state.clone()).await;
@@ -454,6 +464,47 @@ impl api::NodeApi for AgentApi {
 
     async fn app_logs(&self, app: &str, query: LogQuery) -> Result<LineStream, ApiError> {
         logs::app_logs(&self.state, app, query).await
+    }
+
+    async fn previous_logs(&self, app: &str, query: LogQuery) -> Result<LineStream, ApiError> {
+        let lines = logs::previous_logs(&self.state, app, query.tail).await;
+        Ok(Box::pin(futures_util::stream::iter(lines)))
+    }
+
+    async fn releases(&self, app: &str) -> Result<ReleasesResponse, ApiError> {
+        changes::releases(&self.state, app).await
+    }
+
+    async fn scale(&self, app: &str, request: ScaleRequest) -> Result<ChangeAccepted, ApiError> {
+        changes::scale(&self.state, app, request.replicas).await
+    }
+
+    async fn rollback(
+        &self,
+        app: &str,
+        request: RollbackRequest,
+    ) -> Result<ChangeAccepted, ApiError> {
+        changes::rollback(&self.state, app, request.to).await
+    }
+
+    async fn restart(&self, app: &str) -> Result<ChangeAccepted, ApiError> {
+        changes::restart(&self.state, app).await
+    }
+
+    async fn drain(&self, node: &str, draining: bool) -> Result<DrainReply, ApiError> {
+        changes::drain(&self.state, node, draining).await
+    }
+
+    async fn set_draining(&self, draining: bool) -> Result<DrainReply, ApiError> {
+        changes::set_own_draining(&self.state, draining).await?;
+        Ok(DrainReply {
+            node_id: self.state.node_id().to_string(),
+            draining,
+        })
+    }
+
+    async fn stop_replica(&self, request: StopRequest) -> Result<(), ApiError> {
+        placement::stop(&self.state, request).await
     }
 
     async fn replica_logs(

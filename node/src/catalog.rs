@@ -233,8 +233,10 @@ mod tests {
                 manifest,
                 created_at_ms: wall_ms,
                 created_on: node.into(),
+                note: None,
             }),
             replicas: 1,
+            failed: Default::default(),
         }
     }
 

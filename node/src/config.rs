@@ -70,6 +70,10 @@ pub struct AgentArgs {
     /// Phi-accrual threshold for declaring a silent peer dead [default: 8]
     #[arg(long, env = "STRATUS_PHI_THRESHOLD")]
     pub phi_threshold: Option<f64>,
+    /// Milliseconds a replica lost with its node (dead or cut off) waits before it is
+    /// placed elsewhere, so a node that misses a few heartbeats is not emptied [default: 3000]
+    #[arg(long, env = "STRATUS_RESCHEDULE_GRACE_MS")]
+    pub reschedule_grace_ms: Option<u64>,
     /// Seconds between load samples [default: 5]
     #[arg(long, env = "STRATUS_LOAD_INTERVAL_SECS")]
     pub load_interval_secs: Option<u64>,
@@ -137,6 +141,7 @@ struct FileConfig {
     cluster_id: Option<String>,
     gossip_interval_ms: Option<u64>,
     phi_threshold: Option<f64>,
+    reschedule_grace_ms: Option<u64>,
     load_interval_secs: Option<u64>,
     api_token: Option<String>,
     max_upload_bytes: Option<u64>,
@@ -221,6 +226,7 @@ pub struct AgentConfig {
     pub labels: BTreeMap<String, String>,
     pub gossip_interval: Duration,
     pub phi_threshold: f64,
+    pub reschedule_grace: Duration,
     pub load_interval: Duration,
     pub api_token: Option<String>,
     pub max_upload_bytes: u64,
@@ -356,6 +362,13 @@ impl AgentConfig {
             labels,
             gossip_interval: Duration::from_millis(gossip_interval_ms),
             phi_threshold: args.phi_threshold.or(file.phi_threshold).unwrap_or(8.0),
+            reschedule_grace: args
+                .reschedule_grace_ms
+                .or(file.reschedule_grace_ms)
+                .map_or(
+                    crate::reconciler::DEFAULT_RESCHEDULE_GRACE,
+                    Duration::from_millis,
+                ),
             load_interval: Duration::from_secs(load_interval_secs),
         })
     }

@@ -62,6 +62,14 @@ pub async fn accept(
         .filter(|node| node != state.node_id())
         .collect();
     let number = release_number(state, &view, app, &live).await;
+    let previous_failures = state
+        .catalog
+        .lock()
+        .await
+        .record(app)
+        .filter(|record| !record.deleted)
+        .map(|record| record.failed.clone())
+        .unwrap_or_default();
     let record = AppRecord {
         name: app.to_string(),
         stamp: state.stamp().await,
@@ -76,7 +84,9 @@ pub async fn accept(
             manifest,
             created_at_ms: unix_ms(),
             created_on: state.node_id().to_string(),
+            note: None,
         }),
+        failed: previous_failures,
     };
     let mut holders = vec![state.node_id().to_string()];
     state
@@ -115,7 +125,12 @@ pub async fn accept(
 
 /// Asks the app's first keeper for the next number (so two nodes deploying the same app at
 /// once get different ones); falls back to this node's own count if the keeper is away.
-async fn release_number(state: &AgentState, view: &ClusterView, app: &str, live: &[&str]) -> u64 {
+pub(crate) async fn release_number(
+    state: &AgentState,
+    view: &ClusterView,
+    app: &str,
+    live: &[&str],
+) -> u64 {
     let keeper = keepers(app, live, 1).into_iter().next();
     let peer = keeper
         .as_deref()
@@ -355,6 +370,7 @@ pub async fn app_view(
             .collect(),
         replicas,
         failure,
+        failed_releases: record.failed.clone(),
     })
 }
 

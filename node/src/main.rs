@@ -85,10 +85,71 @@ enum Command {
         /// Lines of history per replica
         #[arg(long, default_value_t = 100)]
         tail: usize,
+        /// The kept output of stopped replicas (replaced, moved, crashed) instead
+        #[arg(long, conflicts_with = "follow")]
+        previous: bool,
+    },
+    /// List an app's releases, newest first, with the failed ones and why
+    Releases {
+        app: String,
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Roll an app back to an earlier release (a new release copying it), one replica at a time
+    Rollback {
+        app: String,
+        /// Release number to go back to [default: the last good one before the current]
+        #[arg(long)]
+        to: Option<u64>,
+        #[command(flatten)]
+        target: Target,
+        /// Give up following the rollout after this many seconds
+        #[arg(long, default_value_t = 180)]
+        timeout_secs: u64,
+    },
+    /// Set how many replicas of an app run
+    Scale {
+        app: String,
+        replicas: u32,
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, default_value_t = 180)]
+        timeout_secs: u64,
+    },
+    /// Replace every replica of an app with a fresh one, one at a time (no downtime)
+    Restart {
+        app: String,
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, default_value_t = 180)]
+        timeout_secs: u64,
+    },
+    /// Operate on a node: drain it (its replicas move away, it takes no new ones) or undrain it
+    Node {
+        #[command(subcommand)]
+        action: NodeAction,
     },
     /// Stop every replica of an app and forget it
     Destroy {
         app: String,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodeAction {
+    /// Move every replica off NODE (no downtime) and place nothing new there
+    Drain {
+        node: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Let NODE take replicas again
+    Undrain {
+        node: String,
         #[command(flatten)]
         target: Target,
     },
@@ -171,11 +232,77 @@ fn main() -> anyhow::Result<()> {
             target,
             follow,
             tail,
+            previous,
         } => runtime()?.block_on(async {
             use futures_util::StreamExt as _;
-            let mut lines = target.client()?.logs(&app, follow, tail).await?;
+            let client = target.client()?;
+            let mut lines = if previous {
+                client.previous_logs(&app, tail).await?
+            } else {
+                client.logs(&app, follow, tail).await?
+            };
             while let Some(line) = lines.next().await {
                 println!("{line}");
+            }
+            Ok(())
+        }),
+        Command::Releases { app, target, json } => runtime()?.block_on(async {
+            let releases = target.client()?.releases(&app).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&releases)?);
+            } else {
+                println!("{}", node::cli::releases_table(&releases));
+            }
+            Ok(())
+        }),
+        Command::Rollback {
+            app,
+            to,
+            target,
+            timeout_secs,
+        } => runtime()?.block_on(async {
+            let client = target.client()?;
+            let accepted = client.rollback(&app, to).await?;
+            println!("{}", accepted.message);
+            node::cli::deploy::follow(&client, &app, accepted.release, Duration::from_secs(timeout_secs))
+                .await
+        }),
+        Command::Scale {
+            app,
+            replicas,
+            target,
+            timeout_secs,
+        } => runtime()?.block_on(async {
+            let client = target.client()?;
+            let accepted = client.scale(&app, replicas).await?;
+            println!("{}", accepted.message);
+            node::cli::deploy::follow(&client, &app, accepted.release, Duration::from_secs(timeout_secs))
+                .await
+        }),
+        Command::Restart {
+            app,
+            target,
+            timeout_secs,
+        } => runtime()?.block_on(async {
+            let client = target.client()?;
+            let accepted = client.restart(&app).await?;
+            println!("{}", accepted.message);
+            node::cli::deploy::follow(&client, &app, accepted.release, Duration::from_secs(timeout_secs))
+                .await
+        }),
+        Command::Node { action } => runtime()?.block_on(async {
+            let (node, target, draining) = match action {
+                NodeAction::Drain { node, target } => (node, target, true),
+                NodeAction::Undrain { node, target } => (node, target, false),
+            };
+            let reply = target.client()?.drain(&node, draining).await?;
+            if reply.draining {
+                println!(
+                    "{} is draining: its replicas move away one at a time; `stratus nodes` shows it",
+                    reply.node_id
+                );
+            } else {
+                println!("{} takes replicas again", reply.node_id);
             }
             Ok(())
         }),

@@ -40,6 +40,8 @@ pub struct AgentState {
     pub reserved_numbers: Mutex<BTreeMap<String, u64>>,
     /// Token this node presents to other nodes.
     pub node_token: String,
+    /// Drained by an operator: refuses new placements (see [`crate::changes::drain`]).
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 impl AgentState {

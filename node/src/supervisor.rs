@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use proto::api::PlacementRequest;
+use proto::api::{PlacementRequest, StopRequest};
 use proto::catalog::Release;
 use proto::{ContainerHealth, ContainerRecord, ContainerState};
 use tokio::sync::watch;
@@ -132,12 +132,16 @@ async fn run_replica(
             Outcome::Stop => {
                 record.state = ContainerState::Stopping;
                 state.membership.publish_container(&record).await;
+                tokio::time::sleep(drain_delay(state)).await;
+                crate::logs::retain(state, &record, &container.id).await;
                 if let Err(err) = state.runtime.stop(&container.id, STOP_GRACE).await {
                     warn!(placement = %spec.placement_id, error = %err, "cannot stop replica");
                 }
                 return;
             }
             Outcome::Exited(detail) => {
+                // The restart replaces the container and its output with it: keep it.
+                crate::logs::retain(state, &record, &container.id).await;
                 let tail = state
                     .runtime
                     .logs(&container.id, 5)
@@ -225,35 +229,35 @@ async fn watch_container(
     }
 }
 
-/// A replica stays while its app exists and its release is current, or while the current
-/// release does not yet have all its replicas healthy (so a new release never takes the
-/// app down before it can serve).
+/// A replica stays while its app exists. Everything else (a newer release, a smaller
+/// count, a surplus copy, a draining node) is the app's reconciler's call, sent as a stop
+/// request: only it sees when the replacements are ready to take the traffic.
 async fn still_wanted(state: &AgentState, record: &ContainerRecord) -> bool {
-    let current = {
-        let catalog = state.catalog.lock().await;
-        match catalog.record(&record.app) {
-            None => return true,
-            Some(app) if app.deleted => return false,
-            Some(app) => app.release.as_ref().map(|r| (r.number, app.replicas)),
+    let catalog = state.catalog.lock().await;
+    catalog
+        .record(&record.app)
+        .is_none_or(|app| !app.deleted && app.release.is_some())
+}
+
+/// Stops the replica `request` names, if this node runs it (the stop is graceful: see
+/// [`run_replica`]). Unknown ids are ignored: the replica may be gone already.
+pub async fn stop_replica(state: &AgentState, request: &StopRequest) {
+    let replicas = state.replicas.lock().await;
+    match replicas.get(&request.placement_id) {
+        Some(handle) => {
+            info!(placement = %request.placement_id, reason = %request.reason, "stop requested");
+            handle.stop();
         }
-    };
-    let Some((current_release, desired)) = current else {
-        return false;
-    };
-    if record.release >= current_release {
-        return record.replica < desired;
+        None => {
+            info!(placement = %request.placement_id, "stop requested for a replica not running here")
+        }
     }
-    let view = state.view().await;
-    let healthy_new = view
-        .containers
-        .iter()
-        .filter(|c| {
-            c.record.app == record.app
-                && c.record.release == current_release
-                && c.record.is_routable()
-        })
-        .count() as u32;
-    healthy_new < desired
+}
+
+/// How long a stopping replica keeps running after it left the routes: time for every
+/// ingress to hear it is stopping and finish the requests it sent there.
+fn drain_delay(state: &AgentState) -> Duration {
+    (state.config.gossip_interval * 5).max(Duration::from_secs(1))
 }
 
 async fn fail(state: &AgentState, record: &mut ContainerRecord, reason: String) {
@@ -317,15 +321,35 @@ async fn prepare_bundle(state: &AgentState, request: &PlacementRequest) -> Resul
     Ok(dir)
 }
 
-/// Fetches the bundle from any holder, verifying it; a corrupt copy is discarded and the
-/// next holder tried.
+/// Fetches the bundle of a placement from any holder, verifying it.
 async fn fetch_blob(state: &AgentState, request: &PlacementRequest) -> Result<(), String> {
-    let sha256 = &request.release.bundle.sha256;
+    fetch_bundle(
+        state,
+        &request.release.bundle.sha256,
+        &request.holders,
+        &request.placement_id,
+    )
+    .await
+}
+
+/// Fetches bundle `sha256` from the S3 store if there is one, else from any of `holders`,
+/// verifying it; a corrupt copy is discarded and the next holder tried. `tag` names the
+/// temporary file, so concurrent fetches do not collide.
+pub async fn fetch_bundle(
+    state: &AgentState,
+    sha256: &str,
+    holders: &[SocketAddr],
+    tag: &str,
+) -> Result<(), String> {
+    let sha256 = &sha256.to_string();
     let tmp_dir = state.uploads_dir();
     tokio::fs::create_dir_all(&tmp_dir)
         .await
         .map_err(|err| format!("cannot create {}: {err}", tmp_dir.display()))?;
-    let tmp = tmp_dir.join(format!("fetch-{}.part", request.placement_id));
+    let tmp = tmp_dir.join(format!(
+        "fetch-{tag}-{}.part",
+        &sha256[..sha256.len().min(16)]
+    ));
     let mut errors = Vec::new();
     if let Some(s3) = &state.s3 {
         match s3.fetch_verified(sha256, &tmp).await {
@@ -336,24 +360,15 @@ async fn fetch_blob(state: &AgentState, request: &PlacementRequest) -> Result<()
             Err(err) => errors.push(format!("{}: {err}", s3.config().url())),
         }
     }
-    for holder in &request.holders {
+    for holder in holders {
         let Some(client) = state.peer(*holder) else {
             continue;
         };
         match client.get_blob(sha256, &tmp).await {
-            Ok(_) => {
-                let blobs = state.blobs.clone();
-                let (tmp_path, digest) = (tmp.clone(), sha256.clone());
-                let stored =
-                    tokio::task::spawn_blocking(move || blobs.put_verified(&tmp_path, &digest))
-                        .await
-                        .map_err(|err| err.to_string())?;
-                let _ = tokio::fs::remove_file(&tmp).await;
-                match stored {
-                    Ok(_) => return Ok(()),
-                    Err(err) => errors.push(format!("{holder}: {err}")),
-                }
-            }
+            Ok(_) => match store_fetched(state, &tmp, sha256).await {
+                Ok(()) => return Ok(()),
+                Err(err) => errors.push(format!("{holder}: {err}")),
+            },
             Err(err) => errors.push(format!("{holder}: {err}")),
         }
     }

@@ -1,5 +1,6 @@
 //! Bodies of the HTTP API (`/v1/...`).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
@@ -66,6 +67,9 @@ pub struct NodeView {
     pub load: Option<NodeLoad>,
     /// Containers it runs (always 0 for a node that is not live).
     pub containers: usize,
+    /// Drained by an operator: takes no new replicas, its replicas move away.
+    #[serde(default)]
+    pub draining: bool,
 }
 
 /// `GET /v1/nodes`.
@@ -117,6 +121,70 @@ pub struct AppView {
     /// Why the current release cannot run, if it cannot (e.g. no capacity).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<String>,
+    /// Releases whose rollout failed (the app went back to the one before), with why.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub failed_releases: BTreeMap<u64, String>,
+}
+
+/// One line of `GET /v1/apps/{app}/releases`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseSummary {
+    pub number: u64,
+    pub sha256: String,
+    pub size: u64,
+    pub created_at_ms: u64,
+    pub created_on: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    /// `current`, `failed` or `superseded`.
+    pub status: String,
+    /// Why it failed, for a failed release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+}
+
+/// `GET /v1/apps/{app}/releases`, newest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleasesResponse {
+    pub app: String,
+    pub releases: Vec<ReleaseSummary>,
+}
+
+/// `POST /v1/apps/{app}/scale`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScaleRequest {
+    pub replicas: u32,
+}
+
+/// `POST /v1/apps/{app}/rollback`: `to` an earlier release, by default the last good one
+/// before the current.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RollbackRequest {
+    #[serde(default)]
+    pub to: Option<u64>,
+}
+
+/// Answer to scale, rollback and restart: the release that now should run and how many.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeAccepted {
+    pub app: String,
+    pub release: u64,
+    pub replicas: u32,
+    pub message: String,
+}
+
+/// Node-to-node: stop one replica (gracefully: out of the routes first).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StopRequest {
+    pub placement_id: String,
+    pub reason: String,
+}
+
+/// `POST /v1/nodes/{node}/drain` and `/undrain` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainReply {
+    pub node_id: String,
+    pub draining: bool,
 }
 
 /// One line of `GET /v1/apps`.

@@ -5,6 +5,8 @@
 //! with the greatest stamp. Stamps come from a hybrid logical clock, so they order the
 //! same way everywhere and never go backwards on one node.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::manifest::Manifest;
@@ -34,6 +36,9 @@ pub struct Release {
     pub created_at_ms: u64,
     /// The node that accepted the deploy.
     pub created_on: String,
+    /// Why the release exists when it is not a plain deploy: "rollback to 3", "restart".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// Everything the cluster must agree on about one app.
@@ -47,6 +52,10 @@ pub struct AppRecord {
     pub release: Option<Release>,
     /// Desired number of replicas.
     pub replicas: u32,
+    /// Releases whose rollout failed, with the reason; the app went back to the release
+    /// it ran before. Carried over by every later write of the record.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub failed: BTreeMap<u64, String>,
 }
 
 impl AppRecord {

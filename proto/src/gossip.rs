@@ -27,6 +27,8 @@ pub const SCHEMA_VERSION: u32 = 1;
 pub const IDENTITY_KEY: &str = "v1:identity";
 pub const LOAD_KEY: &str = "v1:load";
 pub const LEAVING_KEY: &str = "v1:leaving";
+/// Present while the node is drained: it takes no new replicas and its own move away.
+pub const DRAINING_KEY: &str = "v1:draining";
 pub const CONTAINER_KEY_PREFIX: &str = "v1:container:";
 pub const APP_KEY_PREFIX: &str = "v1:app:";
 pub const FAILURE_KEY_PREFIX: &str = "v1:failure:";

@@ -28,6 +28,28 @@ pub struct Manifest {
     pub env: BTreeMap<String, String>,
     pub health: HealthCheck,
     pub domains: Vec<String>,
+    /// How a new release replaces the old one. Absent in releases recorded before it
+    /// existed: those get the defaults.
+    #[serde(default)]
+    pub rollout: Rollout,
+}
+
+/// How a release rolls out: `max_surge` new replicas at a time beyond the desired count,
+/// each given `health_timeout_ms` to become healthy before the rollout fails and the app
+/// goes back to its previous release.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rollout {
+    pub max_surge: u32,
+    pub health_timeout_ms: u64,
+}
+
+impl Default for Rollout {
+    fn default() -> Self {
+        Rollout {
+            max_surge: 1,
+            health_timeout_ms: 60_000,
+        }
+    }
 }
 
 /// Reservations, enforced as limits too.
@@ -98,6 +120,15 @@ struct RawManifest {
     health: RawHealth,
     #[serde(default)]
     domains: Vec<String>,
+    #[serde(default)]
+    rollout: RawRollout,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRollout {
+    max_surge: Option<i64>,
+    health_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -264,6 +295,35 @@ impl Manifest {
             raw.health.timeout,
             health_defaults.timeout_ms,
         );
+        let rollout_defaults = Rollout::default();
+        let max_surge = match raw.rollout.max_surge {
+            None => rollout_defaults.max_surge,
+            Some(n) if (1..=i64::from(MAX_REPLICAS)).contains(&n) => n as u32,
+            Some(n) => {
+                fail(
+                    "rollout.max_surge",
+                    format!(
+                        "{n} is out of range: use 1 (one new replica at a time) to {MAX_REPLICAS}"
+                    ),
+                );
+                rollout_defaults.max_surge
+            }
+        };
+        let health_timeout_ms = match raw.rollout.health_timeout.map(|v| parse_duration_ms(&v)) {
+            None => rollout_defaults.health_timeout_ms,
+            Some(Ok(ms)) if (1_000..=3_600_000).contains(&ms) => ms,
+            Some(Ok(ms)) => {
+                fail(
+                    "rollout.health_timeout",
+                    format!("{ms} ms is out of range: use 1s to 1h"),
+                );
+                rollout_defaults.health_timeout_ms
+            }
+            Some(Err(message)) => {
+                fail("rollout.health_timeout", message);
+                rollout_defaults.health_timeout_ms
+            }
+        };
         for domain in &raw.domains {
             if !is_domain(domain) {
                 fail(
@@ -301,6 +361,10 @@ impl Manifest {
                 .into_iter()
                 .map(|d| d.to_ascii_lowercase())
                 .collect(),
+            rollout: Rollout {
+                max_surge,
+                health_timeout_ms,
+            },
         })
     }
 }
@@ -417,11 +481,21 @@ mod tests {
             path = "/healthz"
             interval = "1s"
             timeout = "500ms"
+            [rollout]
+            max_surge = 2
+            health_timeout = "30s"
             "#,
             None,
         )
         .unwrap();
         assert_eq!(manifest.name, "hello");
+        assert_eq!(
+            manifest.rollout,
+            Rollout {
+                max_surge: 2,
+                health_timeout_ms: 30_000
+            }
+        );
         assert_eq!(manifest.port, 9000);
         assert_eq!(manifest.replicas, 2);
         assert_eq!(
@@ -437,6 +511,29 @@ mod tests {
             (1000, 500)
         );
         assert_eq!(manifest.domains, vec!["hello.example.com"]);
+    }
+
+    #[test]
+    fn rollout_settings_default_and_are_checked() {
+        let manifest = Manifest::parse("name = \"web\"\ncmd = \"x\"", None).unwrap();
+        assert_eq!(manifest.rollout, Rollout::default());
+        let errors = Manifest::parse(
+            "name = \"web\"\ncmd = \"x\"\n[rollout]\nmax_surge = 0\nhealth_timeout = \"10ms\"",
+            None,
+        )
+        .unwrap_err();
+        let fields: Vec<&str> = errors.0.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["rollout.max_surge", "rollout.health_timeout"]);
+    }
+
+    #[test]
+    fn a_manifest_recorded_before_rollout_existed_still_reads() {
+        let mut json =
+            serde_json::to_value(Manifest::parse("name = \"web\"\ncmd = \"x\"", None).unwrap())
+                .unwrap();
+        json.as_object_mut().unwrap().remove("rollout");
+        let manifest: Manifest = serde_json::from_value(json).unwrap();
+        assert_eq!(manifest.rollout, Rollout::default());
     }
 
     #[test]

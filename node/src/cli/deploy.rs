@@ -108,6 +108,20 @@ struct RolloutStatus {
 }
 
 fn rollout_status(view: &AppView, release: u64) -> RolloutStatus {
+    if let Some(reason) = view.failed_releases.get(&release) {
+        let back_to = view.release.as_ref().map_or("no release".to_string(), |r| {
+            format!("release {}", r.number)
+        });
+        return RolloutStatus {
+            line: format!("rolled back to {back_to}"),
+            done: false,
+            failure: Some(format!(
+                "{reason}. The rollout stopped and {} went back to {back_to}, which kept serving; \
+                 `stratus logs {} --previous` shows the failed replicas' output",
+                view.name, view.name
+            )),
+        };
+    }
     if let Some(current) = view.release.as_ref().map(|r| r.number)
         && current > release
     {
@@ -140,17 +154,39 @@ fn rollout_status(view: &AppView, release: u64) -> RolloutStatus {
             )
         })
         .collect();
-    let line = format!(
-        "{healthy}/{} replicas healthy, {} starting",
-        view.replicas_desired,
-        mine.len() as u32 - healthy - exited.len() as u32
+    let old_serving = view
+        .replicas
+        .iter()
+        .filter(|r| r.release != release && r.state == ContainerState::Running)
+        .count();
+    let stopping = mine
+        .iter()
+        .filter(|r| r.state == ContainerState::Stopping)
+        .count();
+    let starting = mine.len() - healthy as usize - exited.len() - stopping;
+    let mut line = format!(
+        "{healthy}/{} replicas healthy, {starting} starting",
+        view.replicas_desired
     );
+    if old_serving > 0 {
+        line.push_str(&format!(
+            ", {old_serving} of the previous release still serving"
+        ));
+    }
+    // With an earlier release to go back to, the app's reconciler decides whether a crash
+    // fails the rollout (and rolls back); on a first release a crash is the verdict.
+    let first_release = view.releases.len() <= 1;
     let failure = view
         .failure
         .clone()
-        .or_else(|| (!exited.is_empty()).then(|| exited.join("; ")));
+        .or_else(|| (first_release && !exited.is_empty()).then(|| exited.join("; ")));
+    let done = if view.replicas_desired == 0 {
+        mine.is_empty()
+    } else {
+        healthy >= view.replicas_desired
+    };
     RolloutStatus {
-        done: healthy >= view.replicas_desired && view.replicas_desired > 0,
+        done,
         line,
         failure,
     }

@@ -59,6 +59,11 @@ pub fn nodes_table(response: &NodesResponse) -> String {
             ),
             None => ("-".into(), "-".into()),
         };
+        let status = if node.draining && node.status == NodeStatus::Live {
+            "live, draining"
+        } else {
+            status
+        };
         table.add_row(vec![
             Cell::new(format!("{}{marker}", node.node_id)),
             Cell::new(status),
@@ -96,6 +101,35 @@ pub fn apps_table(response: &proto::api::AppsResponse) -> String {
                 "{} / {}",
                 app.replicas_healthy, app.replicas_desired
             )),
+        ]);
+    }
+    table.to_string()
+}
+
+/// `stratus releases APP`.
+pub fn releases_table(response: &proto::api::ReleasesResponse) -> String {
+    let mut table = Table::new();
+    table
+        .load_preset(UTF8_BORDERS_ONLY)
+        .set_header(vec!["RELEASE", "STATUS", "CREATED", "ON", "BUNDLE", "NOTE"]);
+    for release in &response.releases {
+        let created =
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(release.created_at_ms);
+        let status = match &release.failure {
+            Some(reason) => format!("failed: {reason}"),
+            None => release.status.clone(),
+        };
+        table.add_row(vec![
+            Cell::new(format!("v{}", release.number)),
+            Cell::new(status),
+            Cell::new(humantime::format_rfc3339_seconds(created)),
+            Cell::new(&release.created_on),
+            Cell::new(format!(
+                "{} ({})",
+                release.sha256.get(..12).unwrap_or(&release.sha256),
+                deploy::human_bytes(release.size)
+            )),
+            Cell::new(release.note.as_deref().unwrap_or("deploy")),
         ]);
     }
     table.to_string()
@@ -163,6 +197,7 @@ mod tests {
                 ..NodeLoad::default()
             }),
             containers: 0,
+            draining: false,
         };
         let text = nodes_table(&NodesResponse {
             self_id: "a".into(),

@@ -212,6 +212,15 @@ impl Membership {
             .await;
     }
 
+    /// Announces (or withdraws) that this node is drained by an operator.
+    pub async fn set_draining(&self, draining: bool) {
+        if draining {
+            self.set_key(gossip::DRAINING_KEY, "true".to_string()).await;
+        } else {
+            self.delete_key(gossip::DRAINING_KEY).await;
+        }
+    }
+
     pub async fn clear_failure(&self, app: &str) {
         self.delete_key(&gossip::failure_key(app)).await;
     }

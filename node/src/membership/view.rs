@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use proto::api::{NodeStatus, NodeView};
 use proto::catalog::AppRecord;
 use proto::gossip::{
-    self, APP_KEY_PREFIX, CONTAINER_KEY_PREFIX, FAILURE_KEY_PREFIX, IDENTITY_KEY, LEAVING_KEY,
-    LOAD_KEY, RolloutFailure,
+    self, APP_KEY_PREFIX, CONTAINER_KEY_PREFIX, DRAINING_KEY, FAILURE_KEY_PREFIX, IDENTITY_KEY,
+    LEAVING_KEY, LOAD_KEY, RolloutFailure,
 };
 use proto::{ContainerRecord, NodeIdentity, NodeLoad};
 use tracing::debug;
@@ -69,6 +69,7 @@ impl ClusterView {
             let mut identity = None;
             let mut load = None;
             let mut leaving = false;
+            let mut draining = false;
             let mut records = Vec::new();
             let mut node_failures = Vec::new();
             for (key, value) in &member.key_values {
@@ -76,6 +77,7 @@ impl ClusterView {
                     IDENTITY_KEY => identity = decode_or_log::<NodeIdentity>(key, value),
                     LOAD_KEY => load = decode_or_log::<NodeLoad>(key, value),
                     LEAVING_KEY => leaving = true,
+                    DRAINING_KEY => draining = true,
                     _ if key.starts_with(CONTAINER_KEY_PREFIX) => {
                         records.extend(decode_or_log::<ContainerRecord>(key, value));
                     }
@@ -103,6 +105,7 @@ impl ClusterView {
                 identity,
                 load,
                 containers: if counts { records.len() } else { 0 },
+                draining,
             });
             if counts {
                 failures.extend(node_failures);

@@ -1,0 +1,545 @@
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+//! The reconciler against a simulated cluster: actions take effect after realistic delays
+//! on a paused clock, and the invariants are checked at every step.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use proto::{ContainerHealth, ContainerState};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::time::Instant;
+
+use super::*;
+
+const TICK: Duration = Duration::from_millis(100);
+/// A placed replica shows up in gossip after this, starting, and turns healthy after
+/// `HEALTHY_AFTER` more (unless its release is broken).
+const SHOWS_AFTER: Duration = Duration::from_millis(300);
+const HEALTHY_AFTER: Duration = Duration::from_millis(700);
+
+#[derive(Debug, Clone)]
+struct SimReplica {
+    node: String,
+    release: u64,
+    slot: u32,
+    born: Instant,
+    stopping_since: Option<Instant>,
+}
+
+/// A tiny cluster: nodes, replicas, and which releases crash.
+struct Sim {
+    now: Instant,
+    nodes: Vec<String>,
+    dead: BTreeSet<String>,
+    draining: BTreeSet<String>,
+    replicas: Vec<SimReplica>,
+    broken: BTreeSet<u64>,
+    /// Placed but not yet visible: (visible at, replica).
+    placing: Vec<(Instant, SimReplica)>,
+    reconciler: Reconciler,
+    desired: Desired,
+    failures: Vec<(u64, String, Option<u64>)>,
+    rng: StdRng,
+    next_node: usize,
+}
+
+impl Sim {
+    fn new(nodes: usize, replicas: u32) -> Sim {
+        Sim {
+            now: Instant::now(),
+            nodes: (0..nodes).map(|i| format!("node-{i:03}")).collect(),
+            dead: BTreeSet::new(),
+            draining: BTreeSet::new(),
+            replicas: Vec::new(),
+            broken: BTreeSet::new(),
+            placing: Vec::new(),
+            reconciler: Reconciler::new(ReconcileConfig::default()),
+            desired: Desired {
+                app: "web".into(),
+                release: 1,
+                replicas,
+                max_surge: 1,
+                health_timeout: Duration::from_secs(10),
+                previous: None,
+            },
+            failures: Vec::new(),
+            rng: StdRng::seed_from_u64(7),
+            next_node: 0,
+        }
+    }
+
+    fn healthy(&self, replica: &SimReplica) -> bool {
+        replica.stopping_since.is_none()
+            && !self.broken.contains(&replica.release)
+            && self.now.saturating_duration_since(replica.born) >= HEALTHY_AFTER
+    }
+
+    fn observed(&self) -> Vec<Observed> {
+        self.replicas
+            .iter()
+            .filter(|r| !self.dead.contains(&r.node))
+            .map(|r| {
+                let crashed = self.broken.contains(&r.release)
+                    && self.now.saturating_duration_since(r.born) >= HEALTHY_AFTER;
+                Observed {
+                    node_id: r.node.clone(),
+                    placement_id: format!("web-r{}-{}", r.release, r.slot),
+                    release: r.release,
+                    slot: r.slot,
+                    state: if r.stopping_since.is_some() {
+                        ContainerState::Stopping
+                    } else if crashed {
+                        ContainerState::Exited
+                    } else {
+                        ContainerState::Running
+                    },
+                    health: if self.healthy(r) {
+                        ContainerHealth::Healthy
+                    } else if crashed {
+                        ContainerHealth::Unhealthy
+                    } else {
+                        ContainerHealth::Unknown
+                    },
+                    detail: crashed.then(|| "exit code 1".to_string()),
+                }
+            })
+            .collect()
+    }
+
+    /// Routable replicas of any release, as an ingress would count them.
+    fn serving(&self) -> usize {
+        self.replicas
+            .iter()
+            .filter(|r| !self.dead.contains(&r.node) && self.healthy(r))
+            .count()
+    }
+
+    fn step(&mut self) {
+        self.now += TICK;
+        let now = self.now;
+        let (visible, waiting): (Vec<_>, Vec<_>) =
+            self.placing.drain(..).partition(|(at, _)| *at <= now);
+        self.placing = waiting;
+        for (_, mut replica) in visible {
+            replica.born = now;
+            self.replicas.push(replica);
+        }
+        // A stopped replica leaves gossip a little after it announced it is stopping.
+        self.replicas.retain(|r| {
+            r.stopping_since
+                .is_none_or(|since| now.saturating_duration_since(since) < Duration::from_secs(1))
+        });
+        let state = AppState {
+            observed: self.observed(),
+            pending: self
+                .placing
+                .iter()
+                .filter(|(_, r)| r.release == self.desired.release && !self.dead.contains(&r.node))
+                .map(|(_, r)| r.slot)
+                .collect(),
+            draining: self.draining.clone(),
+        };
+        let actions = self.reconciler.reconcile(now, &self.desired, &state);
+        for action in actions {
+            match action {
+                Action::Place { slot } => {
+                    let node = self.pick_node();
+                    self.placing.push((
+                        now + SHOWS_AFTER,
+                        SimReplica {
+                            node,
+                            release: self.desired.release,
+                            slot,
+                            born: now,
+                            stopping_since: None,
+                        },
+                    ));
+                }
+                Action::Stop {
+                    node_id,
+                    placement_id,
+                    ..
+                } => {
+                    for replica in &mut self.replicas {
+                        let id = format!("web-r{}-{}", replica.release, replica.slot);
+                        if replica.node == node_id
+                            && id == placement_id
+                            && replica.stopping_since.is_none()
+                        {
+                            replica.stopping_since = Some(now);
+                        }
+                    }
+                }
+                Action::Fail {
+                    release,
+                    reason,
+                    rollback_to,
+                } => {
+                    if !self.failures.iter().any(|(r, _, _)| *r == release) {
+                        self.failures.push((release, reason, rollback_to));
+                    }
+                    if let Some(previous) = rollback_to {
+                        self.desired.release = previous;
+                        self.desired.previous = None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// A live, non-draining node, spreading like the scheduler does (fewest replicas).
+    fn pick_node(&mut self) -> String {
+        let candidates: Vec<&String> = self
+            .nodes
+            .iter()
+            .filter(|n| !self.dead.contains(*n) && !self.draining.contains(*n))
+            .collect();
+        let load = |node: &String| {
+            self.replicas
+                .iter()
+                .chain(self.placing.iter().map(|(_, r)| r))
+                .filter(|r| &r.node == node)
+                .count()
+        };
+        let least = candidates.iter().map(|n| load(n)).min().unwrap();
+        let best: Vec<&&String> = candidates.iter().filter(|n| load(n) == least).collect();
+        self.next_node = self.rng.random_range(0..best.len());
+        (*best[self.next_node]).clone()
+    }
+
+    fn run_for(&mut self, duration: Duration, mut check: impl FnMut(&Sim)) {
+        let until = self.now + duration;
+        while self.now < until {
+            self.step();
+            check(self);
+        }
+    }
+
+    /// Copies of the desired release on live nodes, not stopping.
+    fn current_copies(&self) -> usize {
+        self.replicas
+            .iter()
+            .filter(|r| {
+                !self.dead.contains(&r.node)
+                    && r.release == self.desired.release
+                    && r.stopping_since.is_none()
+            })
+            .count()
+    }
+
+    fn all_copies(&self) -> usize {
+        self.replicas
+            .iter()
+            .filter(|r| !self.dead.contains(&r.node) && r.stopping_since.is_none())
+            .count()
+    }
+
+    fn deploy(&mut self, release: u64) {
+        self.desired.previous = Some(self.desired.release);
+        self.desired.release = release;
+    }
+}
+
+fn settled(replicas: u32) -> Sim {
+    let mut sim = Sim::new(5, replicas);
+    sim.run_for(Duration::from_secs(5), |_| {});
+    assert_eq!(sim.serving(), replicas as usize);
+    sim
+}
+
+#[test]
+fn a_first_release_places_every_replica_at_once() {
+    let mut sim = Sim::new(5, 3);
+    sim.step();
+    assert_eq!(sim.placing.len(), 3, "nothing to protect: no surge limit");
+    sim.run_for(Duration::from_secs(3), |_| {});
+    assert_eq!(sim.serving(), 3);
+    let nodes: BTreeSet<&String> = sim.replicas.iter().map(|r| &r.node).collect();
+    assert_eq!(nodes.len(), 3, "spread over nodes");
+    assert!(sim.reconciler.is_established("web"));
+}
+
+#[test]
+fn a_rolling_deploy_never_serves_fewer_than_desired_nor_runs_more_than_one_extra() {
+    let mut sim = settled(3);
+    sim.deploy(2);
+    sim.run_for(Duration::from_secs(20), |sim| {
+        assert!(sim.serving() >= 3, "serving dropped to {}", sim.serving());
+        assert!(
+            sim.all_copies() + sim.placing.len() <= 4,
+            "max_surge 1 exceeded"
+        );
+    });
+    assert_eq!(sim.current_copies(), 3);
+    assert_eq!(sim.all_copies(), 3, "every old replica stopped");
+    assert!(sim.failures.is_empty());
+}
+
+#[test]
+fn a_rollout_waits_for_each_new_replica_to_settle_before_stopping_an_old_one() {
+    let mut sim = settled(3);
+    sim.deploy(2);
+    // One new replica placed, none stopped before it has been routable for route_settle.
+    let mut first_stop = None;
+    let mut first_routable = None;
+    sim.run_for(Duration::from_secs(5), |sim| {
+        let new_healthy = sim
+            .replicas
+            .iter()
+            .any(|r| r.release == 2 && sim.healthy(r));
+        if new_healthy && first_routable.is_none() {
+            first_routable = Some(sim.now);
+        }
+        if sim
+            .replicas
+            .iter()
+            .any(|r| r.release == 1 && r.stopping_since.is_some())
+            && first_stop.is_none()
+        {
+            first_stop = Some(sim.now);
+        }
+    });
+    let gap = first_stop.unwrap() - first_routable.unwrap();
+    assert!(gap >= DEFAULT_ROUTE_SETTLE, "stopped after {gap:?}");
+}
+
+#[test]
+fn a_crashing_release_is_rolled_back_and_the_old_one_never_stops_serving() {
+    let mut sim = settled(3);
+    sim.broken.insert(2);
+    sim.deploy(2);
+    sim.run_for(Duration::from_secs(10), |sim| {
+        assert!(sim.serving() >= 3, "the old release kept serving");
+    });
+    assert_eq!(sim.desired.release, 1, "back on release 1");
+    let (release, reason, to) = &sim.failures[0];
+    assert_eq!((*release, *to), (2, Some(1)));
+    assert!(reason.contains("exited"), "{reason}");
+    assert_eq!(sim.all_copies(), 3, "the broken replica is gone");
+    assert!(sim.replicas.iter().all(|r| r.release == 1));
+}
+
+#[test]
+fn a_release_that_never_turns_healthy_fails_after_the_health_timeout() {
+    let mut sim = settled(2);
+    sim.desired.health_timeout = Duration::from_secs(4);
+    sim.deploy(2);
+    let started = sim.now;
+    let mut failed_at = None;
+    for _ in 0..100 {
+        sim.step();
+        // Broken but not crashing: the new replicas stay Unknown forever.
+        for replica in &mut sim.replicas {
+            if replica.release == 2 {
+                replica.born = sim.now;
+            }
+        }
+        if failed_at.is_none() && !sim.failures.is_empty() {
+            failed_at = Some(sim.now);
+        }
+    }
+    let waited = failed_at.unwrap() - started;
+    assert!(
+        waited >= Duration::from_secs(4) && waited < Duration::from_secs(6),
+        "{waited:?}"
+    );
+    assert!(sim.failures[0].1.contains("not healthy after 4 s"));
+    assert_eq!(sim.desired.release, 1);
+}
+
+#[test]
+fn a_crash_with_nothing_to_go_back_to_is_reported_and_placement_goes_on() {
+    let mut sim = Sim::new(5, 3);
+    sim.broken.insert(1);
+    sim.run_for(Duration::from_secs(5), |_| {});
+    assert_eq!(sim.failures.len(), 1);
+    assert_eq!(sim.failures[0].2, None);
+    assert_eq!(
+        sim.all_copies(),
+        3,
+        "every replica placed, restarting on its node"
+    );
+}
+
+#[test]
+fn a_dead_nodes_replicas_are_replaced_after_the_grace_period_not_before() {
+    let mut sim = settled(3);
+    let victim = sim.replicas[0].node.clone();
+    sim.dead.insert(victim.clone());
+    let died = sim.now;
+    let mut placed_at = None;
+    sim.run_for(Duration::from_secs(10), |sim| {
+        if placed_at.is_none() && !sim.placing.is_empty() {
+            placed_at = Some(sim.now);
+        }
+    });
+    let waited = placed_at.unwrap() - died;
+    assert!(
+        waited >= DEFAULT_RESCHEDULE_GRACE,
+        "replaced after {waited:?}"
+    );
+    assert_eq!(sim.serving(), 3);
+    assert!(sim.replicas.iter().filter(|r| r.node == victim).count() == 1);
+}
+
+#[test]
+fn a_node_that_flaps_back_within_the_grace_period_is_not_emptied() {
+    let mut sim = settled(3);
+    let victim = sim.replicas[0].node.clone();
+    sim.dead.insert(victim.clone());
+    sim.run_for(Duration::from_secs(2), |_| {});
+    sim.dead.remove(&victim);
+    sim.run_for(Duration::from_secs(10), |_| {});
+    assert!(sim.placing.is_empty());
+    assert_eq!(sim.replicas.len(), 3, "nothing was placed or stopped");
+}
+
+#[test]
+fn after_a_node_returns_the_surplus_is_removed_by_the_rule() {
+    let mut sim = settled(3);
+    let victim = sim.replicas[0].node.clone();
+    sim.dead.insert(victim.clone());
+    sim.run_for(Duration::from_secs(8), |_| {});
+    assert_eq!(sim.serving(), 3);
+    sim.dead.remove(&victim);
+    sim.run_for(Duration::from_secs(5), |sim| {
+        assert!(sim.serving() >= 3);
+    });
+    assert_eq!(sim.all_copies(), 3);
+    // The rule: per slot, the copy on the smaller node id stays.
+    let mut slots: BTreeMap<u32, usize> = BTreeMap::new();
+    for replica in sim.replicas.iter().filter(|r| r.stopping_since.is_none()) {
+        *slots.entry(replica.slot).or_default() += 1;
+    }
+    assert!(slots.values().all(|n| *n == 1), "{slots:?}");
+}
+
+#[test]
+fn two_sides_of_a_healed_partition_agree_on_which_copies_stay() {
+    // Each side's reconciler saw the other's copies vanish and replaced them; after the
+    // heal both sides compute the same stops.
+    let observed: Vec<Observed> = ["node-b", "node-a", "node-c", "node-d"]
+        .iter()
+        .enumerate()
+        .map(|(i, node)| Observed {
+            node_id: node.to_string(),
+            placement_id: format!("web-r1-{}", i % 2),
+            release: 1,
+            slot: (i % 2) as u32,
+            state: ContainerState::Running,
+            health: ContainerHealth::Healthy,
+            detail: None,
+        })
+        .collect();
+    let desired = Desired {
+        app: "web".into(),
+        release: 1,
+        replicas: 2,
+        max_surge: 1,
+        health_timeout: Duration::from_secs(60),
+        previous: None,
+    };
+    let now = Instant::now();
+    let mut stops = Vec::new();
+    for order in [observed.clone(), observed.iter().rev().cloned().collect()] {
+        let mut reconciler = Reconciler::new(ReconcileConfig::default());
+        let state = AppState {
+            observed: order,
+            ..AppState::default()
+        };
+        let mut actions = reconciler.reconcile(now, &desired, &state);
+        actions.sort_by_key(|a| format!("{a:?}"));
+        stops.push(actions);
+    }
+    assert_eq!(stops[0], stops[1]);
+    let stopped: Vec<&str> = stops[0]
+        .iter()
+        .map(|a| match a {
+            Action::Stop { node_id, .. } => node_id.as_str(),
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(stopped, ["node-c", "node-d"]);
+}
+
+#[test]
+fn scaling_up_and_down_reaches_the_count_without_touching_the_others() {
+    let mut sim = settled(3);
+    sim.desired.replicas = 5;
+    sim.run_for(Duration::from_secs(3), |_| {});
+    assert_eq!(sim.serving(), 5);
+    let before: Vec<(String, u32)> = sim
+        .replicas
+        .iter()
+        .filter(|r| r.slot < 2)
+        .map(|r| (r.node.clone(), r.slot))
+        .collect();
+    sim.desired.replicas = 2;
+    sim.run_for(Duration::from_secs(3), |sim| assert!(sim.serving() >= 2));
+    assert_eq!(sim.all_copies(), 2);
+    let after: Vec<(String, u32)> = sim
+        .replicas
+        .iter()
+        .filter(|r| r.stopping_since.is_none())
+        .map(|r| (r.node.clone(), r.slot))
+        .collect();
+    assert_eq!(before, after, "slots 0 and 1 stay where they were");
+}
+
+#[test]
+fn draining_a_node_moves_its_replicas_away_without_dropping_below_desired() {
+    let mut sim = settled(3);
+    let drained = sim.replicas[1].node.clone();
+    sim.draining.insert(drained.clone());
+    sim.run_for(Duration::from_secs(10), |sim| {
+        assert!(sim.serving() >= 3, "serving dropped to {}", sim.serving());
+    });
+    assert!(
+        sim.replicas
+            .iter()
+            .all(|r| r.node != drained || r.stopping_since.is_some()),
+        "the drained node still runs a replica"
+    );
+    assert_eq!(sim.all_copies(), 3);
+}
+
+#[test]
+fn a_thousand_nodes_with_churn_converge_to_the_desired_count_for_every_app() {
+    // 1,000 nodes, 200 apps of 3 replicas (one reconciler each, as on a real cluster
+    // where each app has its own reconciler node); 100 nodes die, 20 drain; every app
+    // ends with exactly 3 healthy copies, none on a dead or draining node.
+    let mut rng = StdRng::seed_from_u64(11);
+    let mut sims: Vec<Sim> = (0..200)
+        .map(|i| {
+            let mut sim = Sim::new(0, 3);
+            sim.nodes = (0..1000).map(|n| format!("node-{n:04}")).collect();
+            sim.rng = StdRng::seed_from_u64(i);
+            sim
+        })
+        .collect();
+    for sim in &mut sims {
+        sim.run_for(Duration::from_secs(3), |_| {});
+    }
+    let dead: BTreeSet<String> = (0..100)
+        .map(|_| format!("node-{:04}", rng.random_range(0..1000)))
+        .collect();
+    let draining: BTreeSet<String> = (0..20)
+        .map(|_| format!("node-{:04}", rng.random_range(0..1000)))
+        .filter(|n| !dead.contains(n))
+        .collect();
+    for sim in &mut sims {
+        sim.dead = dead.clone();
+        sim.draining = draining.clone();
+        sim.run_for(Duration::from_secs(15), |_| {});
+        assert_eq!(sim.serving(), 3);
+        assert_eq!(sim.all_copies(), 3);
+        assert!(
+            sim.replicas
+                .iter()
+                .filter(|r| !dead.contains(&r.node) && r.stopping_since.is_none())
+                .all(|r| !draining.contains(&r.node))
+        );
+    }
+}

@@ -7,10 +7,9 @@
 #      the replica count returns to 3 on the other nodes;
 #   3. partition: two agents cut off with `docker network disconnect`, reconnected with
 #      their addresses; exactly 3 replicas remain and the release is intact.
-# Each asserts its outcome and prints its timings. Scenario 3 is marked ignored until the
-# reconciler removes surplus replicas; --all runs it anyway.
+# Each asserts its outcome and prints its timings.
 #
-# Usage: scripts/chaos-compose.sh [--all]
+# Usage: scripts/chaos-compose.sh
 # Needs Docker with Compose (v2 plugin or v1 docker-compose) and Rust. Builds the debug
 # `stratus` binary, the image stratus/agent:chaos-49 from it, and publishes on 127.0.49.x;
 # removes its containers, network and data when done, pass or fail.
@@ -18,13 +17,11 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
-ignored=()
 case "${1:-}" in
   "") ;;
-  --all) ignored=(--include-ignored) ;;
-  -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
-  *) echo "unknown argument: $1 (expected --all)" >&2; exit 2 ;;
+  -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+  *) echo "unknown argument: $1" >&2; exit 2 ;;
 esac
 
 cargo build -p node --bin stratus
-cargo test -p testbed --test chaos_compose -- --nocapture --test-threads 1 "${ignored[@]}"
+cargo test -p testbed --test chaos_compose -- --nocapture --test-threads 1

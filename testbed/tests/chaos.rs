@@ -3,8 +3,12 @@
 //! script of steps, asserts the outcome and prints its timings (never asserted: figures
 //! come from `testbed bench failover`).
 //!
-//! The scenarios take one whole cluster each, so they run one at a time (`SERIAL`) on this
-//! 2-core machine; each uses its own loopback net (127.0.41-43.x) and app name.
+//! Scenarios 1 (host loss, and the host coming back), 2 (agent loss only), 3 (partition
+//! 2|3, with and without a deploy on the majority), 5 (stop all, start all: at once and one
+//! by one), and the partition tool itself; 4 and 6 (rollouts, drain) are in
+//! `chaos_rollout.rs`. The scenarios take one whole cluster each, so they run one at a time
+//! (`SERIAL`) on this 2-core machine; each uses its own loopback net (127.0.40-47.x) and app
+//! name.
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
@@ -170,15 +174,15 @@ async fn a_partition_cuts_udp_and_tcp_between_the_groups_and_nothing_else_and_al
         "after: agent a -> b's API"
     );
 
-    // A panicking test still removes its table.
-    let table = std::panic::catch_unwind(|| {
+    // A panicking test still removes its table. (The panic message in the output is this
+    // deliberate one.)
+    let mut table = String::new();
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let partition = Partition::new(&[a], &[b]).unwrap();
-        let table = partition.table().to_string();
-        std::panic::panic_any(table);
-    })
-    .unwrap_err()
-    .downcast::<String>()
-    .unwrap();
+        table = partition.table().to_string();
+        panic!("deliberate panic while {table} is in place");
+    }));
+    assert!(outcome.is_err());
     assert!(!table_exists(&table), "a panic left {table} behind");
     assert!(
         udp_round_trip(&sock_a, &sock_b).await,
@@ -193,32 +197,39 @@ fn nodes_of(replicas: &[proto::api::ReplicaView]) -> BTreeSet<String> {
 }
 
 /// Exactly `count` running containers, and as many routable replicas, held for 5 s (long
-/// enough for a duplicate or a missing replica to show up in either).
+/// enough for a duplicate or a missing replica to show up in either). Fails with both
+/// lists.
 async fn assert_exactly(chaos: &ChaosCluster, count: usize) {
-    let cluster_id = chaos.cluster.cluster_id();
-    let held_since = std::cell::Cell::new(None::<Instant>);
-    chaos
-        .cluster
-        .wait_for(
-            &format!("exactly {count} replicas, in the view and in Docker, for 5 s"),
-            SETTLE,
-            || async {
-                let routable = chaos.routable().await.len();
-                let docker: Vec<DockerReplica> =
-                    testbed::chaos::host::docker_replicas(&cluster_id, &chaos.app)
-                        .unwrap_or_default();
-                if routable == count && docker.len() == count {
-                    let since = held_since.get().unwrap_or_else(Instant::now);
-                    held_since.set(Some(since));
-                    since.elapsed() >= Duration::from_secs(5)
-                } else {
-                    held_since.set(None);
-                    false
-                }
-            },
-        )
-        .await
-        .unwrap();
+    let start = Instant::now();
+    let mut held_since: Option<Instant> = None;
+    loop {
+        let routable = chaos.routable().await;
+        let docker: Vec<DockerReplica> = chaos.docker_replicas().unwrap_or_default();
+        if routable.len() == count && docker.len() == count {
+            let since = *held_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= Duration::from_secs(5) {
+                return;
+            }
+        } else {
+            held_since = None;
+        }
+        if start.elapsed() > SETTLE {
+            let routable: Vec<String> = routable
+                .iter()
+                .map(|r| format!("{} r{}/{}", r.node_id, r.release, r.replica))
+                .collect();
+            let docker: Vec<String> = docker
+                .iter()
+                .map(|d| format!("{} {}", d.node, d.placement))
+                .collect();
+            panic!(
+                "not exactly {count} replicas after {SETTLE:?}: routable {routable:?}, \
+                 running containers {docker:?}\n{}",
+                chaos.cluster.logs_tail(15)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Kills a host that runs a replica of `chaos.app` (agent and containers) under load and
@@ -301,8 +312,9 @@ async fn host_loss_brings_the_replica_count_back_to_three_on_the_other_nodes() {
     // Exactly 3, not more: in every view and in Docker, held for a while.
     assert_exactly(&chaos, 3).await;
     for agent in chaos.cluster.agents.iter().filter(|a| a.is_running()) {
+        let view = agent.client().app(&chaos.app).await.unwrap();
         let replicas = routable_replicas(&agent.client(), &chaos.app).await;
-        assert_eq!(replicas.len(), 3, "{}: {replicas:?}", agent.node_id);
+        assert_eq!(replicas.len(), 3, "{}: {view:?}", agent.node_id);
         assert!(replicas.iter().all(|r| r.node_id != victim));
     }
     let report = load.stop().await;
@@ -321,7 +333,6 @@ async fn host_loss_brings_the_replica_count_back_to_three_on_the_other_nodes() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "needs the reconciler's surplus rule: the returning agent restarts its killed replica next to the replacement"]
 async fn a_lost_host_that_comes_back_leaves_exactly_three_replicas() {
     let _serial = SERIAL.lock().await;
     let mut chaos = ChaosCluster::start(44, "chaos-return", 5, 3).await.unwrap();
@@ -339,6 +350,59 @@ async fn a_lost_host_that_comes_back_leaves_exactly_three_replicas() {
     assert_exactly(&chaos, 3).await;
     let report = load.stop().await;
     print_host_loss(&report, &victim);
+}
+
+/// Scenario 2: kill -9 of an agent alone; its containers keep running and answering. The
+/// cluster replaces them; the agent restarts, adopts its containers, the surplus is removed
+/// by the rule, exactly 3 remain, and no request fails all along (the ingress never routes
+/// to a container it cannot reach).
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_loss_only_then_restart_adopts_and_leaves_exactly_three_with_no_failed_request() {
+    let _serial = SERIAL.lock().await;
+    let mut chaos = ChaosCluster::start(44, "chaos-agent", 5, 3).await.unwrap();
+    let load = chaos.load().unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let victim = chaos.routable().await[0].node_id.clone();
+    let index = chaos.index_of(&victim).unwrap();
+    let running_before = chaos.docker_replicas().unwrap();
+    load.mark("kill agent");
+    let killed_at = Instant::now();
+    testbed::chaos::host::kill_agent_only(&mut chaos.cluster, index);
+    chaos
+        .wait_for_replicas("3 healthy replicas on the other nodes", |replicas| {
+            replicas.len() == 3 && replicas.iter().all(|r| r.node_id != victim)
+        })
+        .await
+        .unwrap();
+    let replaced = killed_at.elapsed();
+    load.mark("replaced");
+    // The orphaned container still runs next to its replacement.
+    let running = chaos.docker_replicas().unwrap();
+    assert!(
+        running.iter().any(|r| r.node == victim),
+        "the agent's containers should have outlived it: {running:?} (before: {running_before:?})"
+    );
+    load.mark("restart agent");
+    let restarting = Instant::now();
+    chaos.cluster.restart(index).unwrap();
+    chaos
+        .cluster
+        .wait_for("the agent live again", SETTLE, || chaos.cluster.converged())
+        .await
+        .unwrap();
+    assert_exactly(&chaos, 3).await;
+    let settled = restarting.elapsed();
+    let report = load.stop().await;
+    print!("{report}");
+    println!(
+        "agent loss of {victim}: replaced after {:.2} s; after its restart exactly 3 (held 5 s) after {:.2} s",
+        replaced.as_secs_f64(),
+        settled.as_secs_f64()
+    );
+    assert!(
+        report.failures().is_empty(),
+        "requests failed: the ingress routed to a container it could not reach"
+    );
 }
 
 /// Scenario 5: every agent stops (SIGTERM: together, or one after the other), then they
@@ -439,7 +503,6 @@ async fn stopping_every_agent_at_once_and_starting_them_again_serves_the_last_re
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "needs the reconciler's surplus rule: the last agents up re-place the replicas of those that left, and the copies stay after the restart"]
 async fn stopping_every_agent_one_by_one_and_starting_them_again_serves_the_last_release_with_exactly_three()
  {
     let _serial = SERIAL.lock().await;
@@ -545,14 +608,12 @@ async fn partition_2_3(net: u8, app: &str, deploy_during: bool) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "needs the reconciler's surplus rule: both sides start the same placements, and the copies stay after the heal"]
 async fn a_partition_2_3_where_both_sides_act_heals_to_exactly_three() {
     let _serial = SERIAL.lock().await;
     partition_2_3(43, "chaos-split", false).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "needs the reconciler's surplus rule: the minority's scheduler re-places the new release's replicas as the partition heals, and the copies stay"]
 async fn a_partition_2_3_with_a_deploy_on_the_majority_heals_to_exactly_three_with_every_release_intact()
  {
     let _serial = SERIAL.lock().await;

@@ -419,7 +419,6 @@ async fn compose_host_loss_brings_the_replica_count_back_to_three() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "needs the reconciler's surplus rule: an isolated agent starts replicas of its own, and the copies stay after it reconnects"]
 async fn compose_partition_heals_to_exactly_three_with_the_release_intact() {
     let Some(compose) = compose_command() else {
         eprintln!("skipped: neither `docker compose` nor `docker-compose` is installed");

@@ -284,35 +284,23 @@ fn main() -> anyhow::Result<()> {
             to,
             target,
             timeout_secs,
-        } => runtime()?.block_on(async {
-            let client = target.client()?;
-            let accepted = client.rollback(&app, to).await?;
-            println!("{}", accepted.message);
-            node::cli::deploy::follow(&client, &app, accepted.release, Duration::from_secs(timeout_secs))
-                .await
+        } => follow_change(&target, &app, timeout_secs, async |client| {
+            client.rollback(&app, to).await
         }),
         Command::Scale {
             app,
             replicas,
             target,
             timeout_secs,
-        } => runtime()?.block_on(async {
-            let client = target.client()?;
-            let accepted = client.scale(&app, replicas).await?;
-            println!("{}", accepted.message);
-            node::cli::deploy::follow(&client, &app, accepted.release, Duration::from_secs(timeout_secs))
-                .await
+        } => follow_change(&target, &app, timeout_secs, async |client| {
+            client.scale(&app, replicas).await
         }),
         Command::Restart {
             app,
             target,
             timeout_secs,
-        } => runtime()?.block_on(async {
-            let client = target.client()?;
-            let accepted = client.restart(&app).await?;
-            println!("{}", accepted.message);
-            node::cli::deploy::follow(&client, &app, accepted.release, Duration::from_secs(timeout_secs))
-                .await
+        } => follow_change(&target, &app, timeout_secs, async |client| {
+            client.restart(&app).await
         }),
         Command::Node { action } => runtime()?.block_on(async {
             let (node, target, draining) = match action {
@@ -407,6 +395,27 @@ fn run_agent(config: AgentConfig) -> anyhow::Result<()> {
     proxy.stop(ingress::server::Stop::Graceful);
     result?;
     Ok(())
+}
+
+/// Sends a change (scale, rollback, restart) and follows its rollout as `deploy` does.
+fn follow_change(
+    target: &Target,
+    app: &str,
+    timeout_secs: u64,
+    send: impl AsyncFnOnce(&api::Client) -> Result<proto::api::ChangeAccepted, api::ClientError>,
+) -> anyhow::Result<()> {
+    runtime()?.block_on(async {
+        let client = target.client()?;
+        let accepted = send(&client).await?;
+        println!("{}", accepted.message);
+        node::cli::deploy::follow(
+            &client,
+            app,
+            accepted.release,
+            Duration::from_secs(timeout_secs),
+        )
+        .await
+    })
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -5,10 +5,12 @@
 //!   node reports through its API;
 //! - [`sim`]: an in-process cluster of up to thousands of nodes on chitchat's in-memory
 //!   transport and tokio's paused clock, driving the same membership code as the agent;
-//! - [`bench`]: the figures printed by `testbed bench ...`.
+//! - [`bench`]: the figures printed by `testbed bench ...`;
+//! - [`bench_ingress`]: `testbed bench ingress`, the ingress against nginx and HAProxy.
 //!
 //! It depends on everything and nothing depends on it.
 
 pub mod bench;
+pub mod bench_ingress;
 pub mod harness;
 pub mod sim;

@@ -54,6 +54,8 @@ pub struct IngressBench {
     pub wrk_threads: usize,
     /// Worker threads of every proxy (the agent gives the ingress 2).
     pub proxy_threads: usize,
+    /// The targets measured, in this order within a round.
+    pub targets: Vec<Kind>,
 }
 
 /// One wrk run.
@@ -78,13 +80,27 @@ pub struct TargetFigures {
     pub errors: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What is measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Kind {
+    /// The backend itself, no proxy.
     Direct,
+    /// The ingress with its access log, as in production.
     Stratus,
+    /// The ingress without the access log.
     StratusNoLog,
     Nginx,
     Haproxy,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 5] = [
+        Kind::Direct,
+        Kind::Stratus,
+        Kind::StratusNoLog,
+        Kind::Nginx,
+        Kind::Haproxy,
+    ];
 }
 
 /// Runs the whole bench and prints the figures.
@@ -114,62 +130,12 @@ pub fn ingress(bench: &IngressBench) -> anyhow::Result<Vec<TargetFigures>> {
     )?;
     wait_until_serving(backend_addr, &mut backend)?;
 
-    let mut targets: Vec<Target> = vec![Target {
-        name: "backend direct".into(),
-        kind: Kind::Direct,
-        addr: backend_addr,
-        process: None,
-    }];
-    for (kind, ip) in [
-        (Kind::Stratus, INGRESS_IP),
-        (Kind::StratusNoLog, INGRESS_NOLOG_IP),
-    ] {
-        let addr = SocketAddr::new(IpAddr::V4(ip), free_port(ip)?);
-        let mut command = Command::new(&exe);
-        command.args([
-            "bench-ingress",
-            "--listen",
-            &addr.to_string(),
-            "--backend",
-            &backend_addr.to_string(),
-            "--threads",
-            &bench.proxy_threads.to_string(),
-        ]);
-        let name = if kind == Kind::Stratus {
-            "stratus ingress"
-        } else {
-            command.arg("--no-access-log");
-            "stratus, no access log"
-        };
-        let log = dir
-            .path()
-            .join(format!("{}.log", name.replace([' ', ','], "_")));
-        targets.push(Target::start(name, kind, addr, &mut command, &log)?);
+    let mut targets = Vec::new();
+    for kind in Kind::ALL {
+        if bench.targets.contains(&kind) {
+            targets.push(start_target(kind, &exe, dir.path(), backend_addr, bench)?);
+        }
     }
-    let nginx_addr = SocketAddr::new(IpAddr::V4(NGINX_IP), free_port(NGINX_IP)?);
-    let nginx_conf = write_nginx_conf(dir.path(), nginx_addr, backend_addr, bench)?;
-    targets.push(Target::start(
-        &format!("nginx {}", version("nginx", &["-v"])),
-        Kind::Nginx,
-        nginx_addr,
-        Command::new("nginx").args([
-            "-p",
-            &dir.path().display().to_string(),
-            "-c",
-            &nginx_conf.display().to_string(),
-        ]),
-        &dir.path().join("nginx.out"),
-    )?);
-    let haproxy_addr = SocketAddr::new(IpAddr::V4(HAPROXY_IP), free_port(HAPROXY_IP)?);
-    let haproxy_conf = write_haproxy_conf(dir.path(), haproxy_addr, backend_addr, bench)?;
-    targets.push(Target::start(
-        &format!("haproxy {}", version("haproxy", &["-v"])),
-        Kind::Haproxy,
-        haproxy_addr,
-        Command::new("haproxy").args(["-db", "-f", &haproxy_conf.display().to_string()]),
-        &dir.path().join("haproxy.log"),
-    )?);
-
     println!(
         "wrk -t{} -c{} -d{}s --latency, Host: {HOST}; proxies with {} worker threads; {} rounds",
         bench.wrk_threads,
@@ -229,6 +195,62 @@ pub fn ingress(bench: &IngressBench) -> anyhow::Result<Vec<TargetFigures>> {
     drop(targets);
     drop(backend);
     Ok(figures)
+}
+
+/// Starts the process behind `kind` (none for the backend itself) and waits until it
+/// answers.
+fn start_target(
+    kind: Kind,
+    exe: &Path,
+    dir: &Path,
+    backend: SocketAddr,
+    bench: &IngressBench,
+) -> anyhow::Result<Target> {
+    let ip = match kind {
+        Kind::Direct => {
+            return Ok(Target {
+                name: "backend direct".into(),
+                kind,
+                addr: backend,
+                process: None,
+            });
+        }
+        Kind::Stratus => INGRESS_IP,
+        Kind::StratusNoLog => INGRESS_NOLOG_IP,
+        Kind::Nginx => NGINX_IP,
+        Kind::Haproxy => HAPROXY_IP,
+    };
+    let addr = SocketAddr::new(IpAddr::V4(ip), free_port(ip)?);
+    let threads = bench.proxy_threads.to_string();
+    let (name, mut command) = match kind {
+        Kind::Stratus | Kind::StratusNoLog => {
+            let mut command = Command::new(exe);
+            command.args(["bench-ingress", "--listen", &addr.to_string()]);
+            command.args(["--backend", &backend.to_string(), "--threads", &threads]);
+            if kind == Kind::Stratus {
+                ("stratus ingress".to_string(), command)
+            } else {
+                command.arg("--no-access-log");
+                ("stratus, no access log".to_string(), command)
+            }
+        }
+        Kind::Nginx => {
+            let conf = write_nginx_conf(dir, addr, backend, bench)?;
+            let mut command = Command::new("nginx");
+            command.args(["-p", &dir.display().to_string()]);
+            command.args(["-c", &conf.display().to_string()]);
+            (format!("nginx {}", version("nginx", &["-v"])), command)
+        }
+        Kind::Direct => unreachable!("the backend has no process of its own"),
+        Kind::Haproxy => {
+            let conf = write_haproxy_conf(dir, addr, backend, bench)?;
+            let mut command = Command::new("haproxy");
+            command.args(["-db", "-f", &conf.display().to_string()]);
+            (format!("haproxy {}", version("haproxy", &["-v"])), command)
+        }
+    };
+    let log = dir.join(format!("{kind:?}.log"));
+    Target::start(&name, kind, addr, &mut command, &log)
 }
 
 fn print_figures(bench: &IngressBench, figures: &[TargetFigures]) {
@@ -377,6 +399,7 @@ fn version(tool: &str, args: &[&str]) -> String {
     first
         .split(['/', ' '])
         .find(|word| word.chars().next().is_some_and(|c| c.is_ascii_digit()))
+        .and_then(|word| word.split('-').next())
         .unwrap_or_default()
         .to_string()
 }
@@ -785,11 +808,11 @@ pub fn serve_ingress(
     threads: usize,
     access_log: bool,
 ) -> anyhow::Result<()> {
-    let filter = if access_log {
-        "info"
-    } else {
-        "info,ingress::access=off"
-    };
+    // As `stratus agent`: STRATUS_LOG, `info` by default.
+    let mut filter = std::env::var("STRATUS_LOG").unwrap_or_else(|_| "info".into());
+    if !access_log {
+        filter.push_str(",ingress::access=off");
+    }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)

@@ -98,6 +98,9 @@ enum Bench {
         /// Worker threads of every proxy (the agent runs the ingress on 2)
         #[arg(long, default_value_t = 2)]
         proxy_threads: usize,
+        /// What to measure (default: all)
+        #[arg(long, value_enum, value_delimiter = ',', default_values_t = bench_ingress::Kind::ALL)]
+        targets: Vec<bench_ingress::Kind>,
     },
 }
 
@@ -129,6 +132,7 @@ fn main() -> anyhow::Result<()> {
                     connections,
                     threads,
                     proxy_threads,
+                    targets,
                 },
         } => {
             bench_ingress::ingress(&IngressBench {
@@ -137,6 +141,7 @@ fn main() -> anyhow::Result<()> {
                 connections,
                 wrk_threads: threads,
                 proxy_threads,
+                targets,
             })?;
             Ok(())
         }

@@ -382,6 +382,12 @@ impl ProxyHttp for Proxy {
         _client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("peer: {peer}"));
+        // The client left (or broke its side): the backend did nothing wrong, and nobody is
+        // there to answer. `logging` reports the attempt as cancelled.
+        if *e.esource() == ErrorSource::Downstream {
+            e.set_retry(false);
+            return e;
+        }
         if let Some(current) = ctx.current.as_mut() {
             current.failed = true;
         }

@@ -43,6 +43,8 @@ const INGRESS_NOLOG_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 252, 5);
 
 /// What the backend answers to every request.
 const BODY: &[u8] = b"hello from the bench backend\n";
+/// Where the backend tells how many connections it has accepted.
+const CONNECTIONS_PATH: &str = "/connections";
 
 /// How `bench ingress` loads each target.
 #[derive(Debug, Clone)]
@@ -69,6 +71,9 @@ pub struct WrkRun {
     pub requests: u64,
     /// CPU time the target's processes (the proxy, not the backend) spent per request.
     pub cpu_per_request: Option<Duration>,
+    /// Connections the backend accepted during the run: how well the proxy reuses its
+    /// upstream connections (wrk's own for the backend itself).
+    pub backend_connections: u64,
 }
 
 /// Medians over rounds for one target.
@@ -157,7 +162,10 @@ pub fn ingress(bench: &IngressBench) -> anyhow::Result<Vec<TargetFigures>> {
             let target = &mut targets[index];
             target.ensure_running()?;
             let cpu_before = target.cpu_time();
+            let connections_before = backend_connections(backend_addr)?;
             let mut run = wrk(bench, target.addr, bench.duration)?;
+            run.backend_connections =
+                backend_connections(backend_addr)?.saturating_sub(connections_before + 1);
             if let (Some(before), Some(after)) = (cpu_before, target.cpu_time())
                 && run.requests > 0
             {
@@ -260,17 +268,18 @@ fn print_figures(bench: &IngressBench, figures: &[TargetFigures]) {
         bench.duration.as_secs_f64()
     );
     println!(
-        "{:<26} {:>10} {:>10} {:>10} {:>14} {:>8}",
-        "target", "req/s", "p50", "p99", "proxy CPU/req", "errors"
+        "{:<26} {:>10} {:>10} {:>10} {:>14} {:>13} {:>8}",
+        "target", "req/s", "p50", "p99", "proxy CPU/req", "backend conns", "errors"
     );
     for figure in figures {
         println!(
-            "{:<26} {:>10.0} {:>10} {:>10} {:>14} {:>8}",
+            "{:<26} {:>10.0} {:>10} {:>10} {:>14} {:>13} {:>8}",
             figure.name,
             figure.median.requests_per_sec,
             show(figure.median.p50),
             show(figure.median.p99),
             figure.median.cpu_per_request.map_or("-".into(), show),
+            figure.median.backend_connections,
             figure.errors
         );
     }
@@ -321,6 +330,8 @@ fn median_run(runs: &[WrkRun]) -> WrkRun {
         errors: median(runs.iter().map(|r| r.errors).collect()).unwrap_or_default(),
         requests: median(runs.iter().map(|r| r.requests).collect()).unwrap_or_default(),
         cpu_per_request: median(runs.iter().filter_map(|r| r.cpu_per_request).collect()),
+        backend_connections: median(runs.iter().map(|r| r.backend_connections).collect())
+            .unwrap_or_default(),
     }
 }
 
@@ -558,11 +569,16 @@ fn wait_until_serving(addr: SocketAddr, process: &mut Process) -> anyhow::Result
 }
 
 fn get_ok(addr: SocketAddr) -> anyhow::Result<()> {
+    get(addr, "/").map(drop)
+}
+
+/// The body of a 200 answer to `GET path`.
+fn get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
     stream.set_read_timeout(Some(Duration::from_secs(2)))?;
     write!(
         stream,
-        "GET / HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n"
     )?;
     let mut answer = String::new();
     stream.read_to_string(&mut answer)?;
@@ -571,7 +587,16 @@ fn get_ok(addr: SocketAddr) -> anyhow::Result<()> {
         "answered {}",
         answer.lines().next().unwrap_or("nothing")
     );
-    Ok(())
+    Ok(answer
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default())
+}
+
+/// Connections the bench backend has accepted so far (itself excluded).
+fn backend_connections(backend: SocketAddr) -> anyhow::Result<u64> {
+    let body = get(backend, CONNECTIONS_PATH)?;
+    Ok(body.trim().parse::<u64>()?.saturating_sub(1))
 }
 
 fn wrk(bench: &IngressBench, addr: SocketAddr, duration: Duration) -> anyhow::Result<WrkRun> {
@@ -766,6 +791,7 @@ pub fn serve_backend(listen: SocketAddr, threads: usize) -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(listen).await?;
+        let accepted = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let accept = async {
             loop {
                 let (stream, _) = match listener.accept().await {
@@ -776,15 +802,22 @@ pub fn serve_backend(listen: SocketAddr, threads: usize) -> anyhow::Result<()> {
                     }
                 };
                 let _ = stream.set_nodelay(true);
+                let total = accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
                 tokio::spawn(async move {
-                    let service = service_fn(|_request: Request<hyper::body::Incoming>| async {
-                        let mut response = Response::new(Full::new(Bytes::from_static(BODY)));
-                        response.headers_mut().insert(
-                            hyper::header::CONTENT_TYPE,
-                            hyper::header::HeaderValue::from_static("text/plain"),
-                        );
-                        Ok::<_, std::convert::Infallible>(response)
-                    });
+                    let service =
+                        service_fn(move |request: Request<hyper::body::Incoming>| async move {
+                            let body = if request.uri().path() == CONNECTIONS_PATH {
+                                Bytes::from(total.to_string())
+                            } else {
+                                Bytes::from_static(BODY)
+                            };
+                            let mut response = Response::new(Full::new(body));
+                            response.headers_mut().insert(
+                                hyper::header::CONTENT_TYPE,
+                                hyper::header::HeaderValue::from_static("text/plain"),
+                            );
+                            Ok::<_, std::convert::Infallible>(response)
+                        });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .keep_alive(true)
                         .serve_connection(TokioIo::new(stream), service)

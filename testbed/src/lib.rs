@@ -8,12 +8,14 @@
 //! - [`chaos`]: continuous load through an ingress, nftables partitions, host and agent
 //!   loss, and the cluster every chaos scenario starts from;
 //! - [`bench`]: the figures printed by `testbed bench ...` ([`bench_failover`]: kill -9 of a
-//!   host → traffic off it, replacements healthy).
+//!   host → traffic off it, replacements healthy);
+//! - [`bench_ingress`]: `testbed bench ingress`, the ingress against nginx and HAProxy.
 //!
 //! It depends on everything and nothing depends on it.
 
 pub mod bench;
 pub mod bench_failover;
+pub mod bench_ingress;
 pub mod chaos;
 pub mod harness;
 pub mod sim;

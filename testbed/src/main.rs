@@ -1,9 +1,11 @@
 //! `testbed`: start a local cluster, or print benchmark figures.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use testbed::bench;
+use testbed::bench_ingress::{self, IngressBench};
 use testbed::harness::LocalCluster;
 
 #[derive(Parser)]
@@ -24,6 +26,26 @@ enum Command {
     Bench {
         #[command(subcommand)]
         which: Bench,
+    },
+    /// `bench ingress`'s backend: a small fixed answer to every request, until SIGTERM
+    #[command(hide = true)]
+    BenchBackend {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+    },
+    /// `bench ingress`'s ingress: one app, `bench`, on one backend, until SIGTERM
+    #[command(hide = true)]
+    BenchIngress {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        backend: SocketAddr,
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        #[arg(long)]
+        no_access_log: bool,
     },
 }
 
@@ -70,11 +92,68 @@ enum Bench {
         #[arg(long, default_value_t = 48)]
         net: u8,
     },
+    /// Requests/s and latency of the ingress, nginx and HAProxy in front of one backend (wrk)
+    Ingress {
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Length of each wrk run, e.g. 10s
+        #[arg(long, default_value = "10s", value_parser = parse_seconds)]
+        duration: Duration,
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        /// wrk's threads
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        /// Worker threads of every proxy (the agent runs the ingress on 2)
+        #[arg(long, default_value_t = 2)]
+        proxy_threads: usize,
+        /// What to measure (default: all)
+        #[arg(long, value_enum, value_delimiter = ',', default_values_t = bench_ingress::Kind::ALL)]
+        targets: Vec<bench_ingress::Kind>,
+    },
+}
+
+/// Whole seconds, with or without an `s`.
+fn parse_seconds(value: &str) -> Result<Duration, String> {
+    value
+        .strip_suffix('s')
+        .unwrap_or(value)
+        .parse::<u64>()
+        .map(Duration::from_secs)
+        .map_err(|_| format!("not a number of seconds: {value}"))
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Up { nodes } => up(nodes),
+        Command::BenchBackend { listen, threads } => bench_ingress::serve_backend(listen, threads),
+        Command::BenchIngress {
+            listen,
+            backend,
+            threads,
+            no_access_log,
+        } => bench_ingress::serve_ingress(listen, backend, threads, !no_access_log),
+        Command::Bench {
+            which:
+                Bench::Ingress {
+                    rounds,
+                    duration,
+                    connections,
+                    threads,
+                    proxy_threads,
+                    targets,
+                },
+        } => {
+            bench_ingress::ingress(&IngressBench {
+                rounds,
+                duration,
+                connections,
+                wrk_threads: threads,
+                proxy_threads,
+                targets,
+            })?;
+            Ok(())
+        }
         Command::Bench {
             which:
                 Bench::Gossip {

@@ -177,6 +177,15 @@ impl Reconciler {
                 release: desired.release,
                 ..Memory::default()
             };
+            // Taking over a release that already runs (the previous reconciler died, or
+            // the role moved while a node rejoined): a slot missing now may be on a node
+            // that is only flapping, so it waits the grace period like any vanished copy.
+            // A new release has no copy yet and is placed at once.
+            if state.observed.iter().any(|o| o.release == desired.release) {
+                for slot in 0..desired.replicas {
+                    memory.slot_seen.insert(slot, now);
+                }
+            }
         }
         let replicas = desired.replicas;
         let live: Vec<&Observed> = state

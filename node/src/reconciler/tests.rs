@@ -543,3 +543,23 @@ fn a_thousand_nodes_with_churn_converge_to_the_desired_count_for_every_app() {
         );
     }
 }
+
+#[test]
+fn a_reconciler_taking_over_a_running_release_waits_the_grace_before_replacing() {
+    // The role moved to a node with no memory while one replica's node is away (a
+    // restarting agent's new generation not yet live): no duplicate before the grace.
+    let mut sim = settled(3);
+    let away = sim.replicas[0].node.clone();
+    sim.dead.insert(away.clone());
+    sim.reconciler = Reconciler::new(ReconcileConfig::default());
+    sim.run_for(Duration::from_secs(2), |sim| {
+        assert!(sim.placing.is_empty(), "placed during the grace");
+    });
+    sim.dead.remove(&away);
+    sim.run_for(Duration::from_secs(5), |_| {});
+    assert_eq!(
+        sim.replicas.len(),
+        3,
+        "nothing placed: the node came back in time"
+    );
+}

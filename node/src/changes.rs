@@ -304,11 +304,10 @@ async fn ensure_bundle(state: &AgentState, release: &Release) -> Result<(), ApiE
 /// it); acknowledged only once held by as many nodes as a deploy needs.
 pub async fn commit(state: &AgentState, record: &AppRecord) -> Result<Vec<String>, ApiError> {
     let app = record.name.as_str();
-    state.merge_record(record.clone()).await.map_err(|err| {
-        ApiError::Unavailable(format!(
-            "this node cannot write its catalog ({err}): try another node"
-        ))
-    })?;
+    state
+        .merge_record(record.clone())
+        .await
+        .map_err(crate::deploy::store_unavailable)?;
     state.membership.publish_app(record).await;
     let view = state.view().await;
     let live: Vec<&str> = view.live_nodes().map(|n| n.node_id.as_str()).collect();

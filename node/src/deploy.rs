@@ -243,7 +243,7 @@ pub async fn hold_record(state: &AgentState, record: AppRecord) -> Result<(), Ap
     Ok(())
 }
 
-fn store_unavailable(err: crate::catalog::StoreError) -> ApiError {
+pub(crate) fn store_unavailable(err: crate::catalog::StoreError) -> ApiError {
     ApiError::Unavailable(format!(
         "this node cannot write its catalog ({err}): try another node"
     ))

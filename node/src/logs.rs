@@ -177,8 +177,8 @@ pub async fn retain(state: &AgentState, record: &ContainerRecord, container_id: 
     }
 }
 
-/// Drops kept outputs older than [`RETAIN_FOR`] and all but the newest [`RETAIN_PER_APP`].
-async fn prune(dir: &Path, now_ms: u64) -> std::io::Result<()> {
+/// Names of the kept outputs in `dir`, oldest first (names start with the time).
+async fn kept_files(dir: &Path) -> std::io::Result<Vec<String>> {
     let mut names = Vec::new();
     let mut entries = tokio::fs::read_dir(dir).await?;
     while let Some(entry) = entries.next_entry().await? {
@@ -187,6 +187,12 @@ async fn prune(dir: &Path, now_ms: u64) -> std::io::Result<()> {
         }
     }
     names.sort();
+    Ok(names)
+}
+
+/// Drops kept outputs older than [`RETAIN_FOR`] and all but the newest [`RETAIN_PER_APP`].
+async fn prune(dir: &Path, now_ms: u64) -> std::io::Result<()> {
+    let names = kept_files(dir).await?;
     let keep_from = names.len().saturating_sub(RETAIN_PER_APP);
     for (index, name) in names.iter().enumerate() {
         let written_ms: u64 = name
@@ -206,15 +212,8 @@ async fn prune(dir: &Path, now_ms: u64) -> std::io::Result<()> {
 /// with `[v<release>/<replica> <node>, stopped <time>]`, the last `tail` lines of each.
 pub async fn previous_logs(state: &AgentState, app: &str, tail: usize) -> Vec<String> {
     let dir = retained_dir(state, app);
-    let mut names = Vec::new();
-    if let Ok(mut entries) = tokio::fs::read_dir(&dir).await {
-        while let Ok(Some(entry)) = entries.next_entry().await {
-            if let Some(name) = entry.file_name().to_str() {
-                names.push(name.to_string());
-            }
-        }
-    }
-    names.sort();
+    // No folder yet: nothing was kept.
+    let names = kept_files(&dir).await.unwrap_or_default();
     let mut out = Vec::new();
     for name in names {
         let Ok(text) = tokio::fs::read_to_string(dir.join(&name)).await else {

@@ -10,8 +10,8 @@
 //! breaker states are the three of [`BreakerState`].
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::breaker::{BreakerState, Transition};
@@ -60,16 +60,45 @@ pub fn state_label(state: BreakerState) -> &'static str {
     }
 }
 
+/// Every `class` label, in the order of [`class_index`].
+const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
+
+/// The index in [`CLASSES`] of a response status's class; `none` when no answer was sent
+/// (the client went away first).
+fn class_index(status: u16) -> usize {
+    match status {
+        100..=599 => usize::from(status / 100 - 1),
+        _ => 5,
+    }
+}
+
 /// The `class` label of a response status: `2xx` etc., `none` when no answer was sent
 /// (the client went away first).
 pub fn status_class(status: u16) -> &'static str {
-    match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        500..=599 => "5xx",
-        _ => "none",
+    CLASSES[class_index(status)]
+}
+
+/// One app's request counters and latency histogram, looked up once (when the app enters
+/// the route table) so that a request costs an atomic increment, not a label lookup under
+/// the registry's lock.
+#[derive(Clone)]
+pub struct AppMetrics {
+    requests: [IntCounter; 6],
+    duration: Histogram,
+}
+
+impl AppMetrics {
+    /// A request ended with `status` (0: no answer sent) after `seconds`.
+    pub fn observe(&self, status: u16, seconds: f64) {
+        self.requests[class_index(status)].inc();
+        self.duration.observe(seconds);
+    }
+}
+
+fn app_metrics(requests: &IntCounterVec, duration: &HistogramVec, app: &str) -> AppMetrics {
+    AppMetrics {
+        requests: CLASSES.map(|class| requests.with_label_values(&[app, class])),
+        duration: duration.with_label_values(&[app]),
     }
 }
 
@@ -93,6 +122,8 @@ pub struct Metrics {
     breakers: IntGaugeVec,
     route_apps: IntGauge,
     route_backends: IntGauge,
+    /// Requests that matched no app.
+    no_app: AppMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -177,8 +208,10 @@ impl Metrics {
                 .register(collector)
                 .expect("distinct metric names in a fresh registry");
         }
+        let no_app = app_metrics(&requests, &duration, NO_APP);
         Metrics {
             registry,
+            no_app,
             requests,
             duration,
             upstream_errors,
@@ -190,13 +223,22 @@ impl Metrics {
         }
     }
 
+    /// The request metrics of `app`. Its series exist from now on, at zero.
+    pub fn app(&self, app: &str) -> AppMetrics {
+        app_metrics(&self.requests, &self.duration, app)
+    }
+
+    /// The request metrics of requests that matched no app ([`NO_APP`]).
+    pub fn no_app(&self) -> &AppMetrics {
+        &self.no_app
+    }
+
     /// A request ended with `status` (0: no answer sent) after `seconds`.
     pub fn observe_request(&self, app: Option<&str>, status: u16, seconds: f64) {
-        let app = app.unwrap_or(NO_APP);
-        self.requests
-            .with_label_values(&[app, status_class(status)])
-            .inc();
-        self.duration.with_label_values(&[app]).observe(seconds);
+        match app {
+            Some(app) => self.app(app).observe(status, seconds),
+            None => self.no_app.observe(status, seconds),
+        }
     }
 
     pub fn upstream_error(&self, app: &str, kind: UpstreamError) {

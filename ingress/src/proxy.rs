@@ -12,8 +12,14 @@
 //! attempt, counts the request in [`Metrics`] and writes one access-log line. Every pick
 //! thus gets exactly one `on_end`.
 //!
-//! All balancer calls happen in the `async` hooks under a `tokio` mutex held for
-//! microseconds; the synchronous error hooks only record the failure in the context.
+//! Balancer calls happen under a `parking_lot` mutex held for well under a microsecond
+//! and never across an `.await` (its guard is not `Send`, so the compiler checks); the
+//! synchronous error hooks only record the failure in the context.
+//!
+//! This is the hot path: per request it looks up the route once, keeps the app's entry
+//! (balancer and pre-resolved metric handles) and the Host and request id as shared
+//! `HeaderValue`s, and allocates as little as Pingora lets it. `testbed bench ingress`
+//! measures it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,16 +28,17 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
+use http::HeaderValue;
+use parking_lot::Mutex;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result, RetryType};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
-use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use crate::balancer::{Balancer, BalancerConfig, Outcome};
 use crate::breaker::BreakerState;
-use crate::metrics::{Metrics, RouteSummary, UpstreamError};
+use crate::metrics::{AppMetrics, Metrics, RouteSummary, UpstreamError};
 use crate::retry::{self, Attempt, Failure, RetryDecision, Timeouts};
 use crate::routes::{BackendId, Lookup, RouteTable};
 
@@ -46,12 +53,17 @@ pub const RETRY_AFTER_SECS: u32 = 5;
 /// (apps here take form posts and JSON, rarely uploads; those can raise it).
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 10 << 20;
 
-type SharedBalancer = Arc<Mutex<Balancer>>;
+/// What a request needs of its app: the balancer and the metric handles.
+struct AppEntry {
+    name: String,
+    balancer: Mutex<Balancer>,
+    metrics: AppMetrics,
+}
 
-/// One published routing state: a table and a balancer per app of it.
+/// One published routing state: a table and an entry per app of it.
 struct Snapshot {
     table: Arc<RouteTable>,
-    balancers: HashMap<String, SharedBalancer>,
+    apps: HashMap<String, Arc<AppEntry>>,
 }
 
 /// The routes the proxy reads, swapped in whole by [`RouteState::update`]. Balancer state
@@ -59,41 +71,59 @@ struct Snapshot {
 pub struct RouteState {
     config: BalancerConfig,
     current: ArcSwap<Snapshot>,
+    /// Where apps' metric handles come from.
+    metrics: Arc<Metrics>,
     /// Serializes updates, so two concurrent ones cannot drop each other's balancers.
     updating: Mutex<()>,
 }
 
 impl RouteState {
+    /// Routes whose requests are counted in a registry of their own; the ingress's server
+    /// gives its proxy the registry of [`RouteState::metrics`].
     pub fn new(config: BalancerConfig) -> RouteState {
+        RouteState::with_metrics(config, Arc::new(Metrics::new()))
+    }
+
+    pub fn with_metrics(config: BalancerConfig, metrics: Arc<Metrics>) -> RouteState {
         RouteState {
             config,
             current: ArcSwap::from_pointee(Snapshot {
                 table: Arc::new(RouteTable::default()),
-                balancers: HashMap::new(),
+                apps: HashMap::new(),
             }),
+            metrics,
             updating: Mutex::new(()),
         }
+    }
+
+    /// The registry the requests of these routes are counted in.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Publishes `table`: apps that stay keep their balancer (updated with the new
     /// backends), new apps get a fresh one, gone apps lose theirs.
     pub async fn update(&self, table: RouteTable) {
-        let _serial = self.updating.lock().await;
+        let _serial = self.updating.lock();
         let old = self.current.load_full();
-        let mut balancers = HashMap::with_capacity(table.len());
+        let mut apps = HashMap::with_capacity(table.len());
         for (app, backends) in table.apps() {
-            let balancer = match old.balancers.get(app) {
+            let entry = match old.apps.get(app) {
                 Some(existing) => {
-                    existing.lock().await.update(backends);
+                    existing.balancer.lock().update(backends);
                     existing.clone()
                 }
-                None => Arc::new(Mutex::new(Balancer::new(self.config, backends))),
+                None => Arc::new(AppEntry {
+                    name: app.to_string(),
+                    balancer: Mutex::new(Balancer::new(self.config, backends)),
+                    metrics: self.metrics.app(app),
+                }),
             };
-            balancers.insert(app.to_string(), balancer);
+            apps.insert(app.to_string(), entry);
         }
         self.current.store(Arc::new(Snapshot {
             table: Arc::new(table),
-            balancers,
+            apps,
         }));
     }
 
@@ -104,8 +134,8 @@ impl RouteState {
 
     /// The balancer of `app`, to inspect its state (tests, metrics).
     pub async fn with_balancer<T>(&self, app: &str, f: impl FnOnce(&Balancer) -> T) -> Option<T> {
-        let balancer = self.current.load().balancers.get(app)?.clone();
-        let guard = balancer.lock().await;
+        let entry = self.current.load().apps.get(app)?.clone();
+        let guard = entry.balancer.lock();
         Some(f(&guard))
     }
 
@@ -118,8 +148,8 @@ impl RouteState {
             apps: snapshot.table.len(),
             ..RouteSummary::default()
         };
-        for (app, balancer) in &snapshot.balancers {
-            let mut guard = balancer.lock().await;
+        for (app, entry) in &snapshot.apps {
+            let mut guard = entry.balancer.lock();
             guard.handle_timeout(now);
             drain_events(app, &mut guard, metrics);
             summary.backends += guard.len();
@@ -191,14 +221,16 @@ struct InFlight {
 /// Per-request state.
 pub struct RequestCtx {
     started: Instant,
-    app: Option<String>,
-    balancer: Option<SharedBalancer>,
+    /// The app the request is for, once known.
+    app: Option<Arc<AppEntry>>,
     current: Option<InFlight>,
     tried: Vec<BackendId>,
     retries: u32,
     stale_retries: u32,
-    request_id: String,
-    host: String,
+    /// Shared with the request's headers: cloning it copies no bytes.
+    request_id: HeaderValue,
+    /// The Host header (or HTTP/2 `:authority`), empty if none.
+    host: HeaderValue,
     /// The client connection is TLS.
     tls: bool,
     /// Request body bytes seen so far.
@@ -215,7 +247,9 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    pub fn new(routes: Arc<RouteState>, config: ProxyConfig, metrics: Arc<Metrics>) -> Proxy {
+    /// A proxy of `routes`, counting requests in their registry.
+    pub fn new(routes: Arc<RouteState>, config: ProxyConfig) -> Proxy {
+        let metrics = routes.metrics().clone();
         Proxy {
             routes,
             config,
@@ -224,7 +258,9 @@ impl Proxy {
     }
 
     fn app_label(ctx: &RequestCtx) -> &str {
-        ctx.app.as_deref().unwrap_or(crate::metrics::NO_APP)
+        ctx.app
+            .as_ref()
+            .map_or(crate::metrics::NO_APP, |app| app.name.as_str())
     }
 
     /// Marks the attempt in flight as failed with `outcome` for its backend.
@@ -235,19 +271,19 @@ impl Proxy {
     }
 
     /// Reports the attempt in flight, if any, to its balancer.
-    async fn end_attempt(&self, ctx: &mut RequestCtx, outcome: Outcome) {
-        let (Some(attempt), Some(balancer)) = (ctx.current.take(), ctx.balancer.as_ref()) else {
+    fn end_attempt(&self, ctx: &mut RequestCtx, outcome: Outcome) {
+        let (Some(attempt), Some(app)) = (ctx.current.take(), ctx.app.as_ref()) else {
             return;
         };
         let now = Instant::now();
-        let mut guard = balancer.lock().await;
+        let mut guard = app.balancer.lock();
         guard.on_end(
             &attempt.backend,
             now,
             now.saturating_duration_since(attempt.started),
             outcome,
         );
-        drain_events(Self::app_label(ctx), &mut guard, &self.metrics);
+        drain_events(&app.name, &mut guard, &self.metrics);
     }
 
     /// Whether the failed attempt is retried; counts the retry.
@@ -320,18 +356,42 @@ async fn respond_page(
         .await
 }
 
-fn request_host(header: &RequestHeader) -> String {
+/// The Host header, or the HTTP/2 `:authority`; empty if neither.
+fn request_host(header: &RequestHeader) -> HeaderValue {
+    if let Some(host) = header.headers.get(http::header::HOST) {
+        return host.clone();
+    }
     header
-        .headers
-        .get("host")
-        .and_then(|value| value.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| header.uri.authority().map(|a| a.as_str().to_string()))
-        .unwrap_or_default()
+        .uri
+        .authority()
+        .and_then(|authority| HeaderValue::from_str(authority.as_str()).ok())
+        .unwrap_or_else(|| HeaderValue::from_static(""))
 }
 
-fn new_request_id() -> String {
-    format!("{:032x}", rand::random::<u128>())
+/// The client's request id if it sent a usable one, a new random one otherwise.
+fn request_id(header: &RequestHeader) -> HeaderValue {
+    header
+        .headers
+        .get(REQUEST_ID)
+        .filter(|value| !value.is_empty() && value.len() <= 200 && value.to_str().is_ok())
+        .cloned()
+        .unwrap_or_else(new_request_id)
+}
+
+/// 128 random bits as 32 lowercase hex digits.
+fn new_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bits = rand::random::<u128>();
+    let mut digits = [0u8; 32];
+    for (i, digit) in digits.iter_mut().enumerate() {
+        *digit = HEX[((bits >> (124 - 4 * i)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&digits).unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+/// A header value for logs: its text, or `-` if it is not visible ASCII.
+fn header_text(value: &HeaderValue) -> &str {
+    value.to_str().unwrap_or("-")
 }
 
 #[async_trait]
@@ -342,13 +402,12 @@ impl ProxyHttp for Proxy {
         RequestCtx {
             started: Instant::now(),
             app: None,
-            balancer: None,
             current: None,
             tried: Vec::new(),
             retries: 0,
             stale_retries: 0,
-            request_id: String::new(),
-            host: String::new(),
+            request_id: HeaderValue::from_static(""),
+            host: HeaderValue::from_static(""),
             tls: false,
             body_bytes: 0,
             too_large: false,
@@ -357,47 +416,46 @@ impl ProxyHttp for Proxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let header = session.req_header();
-        ctx.request_id = header
-            .headers
-            .get(REQUEST_ID)
-            .and_then(|value| value.to_str().ok())
-            .filter(|value| !value.is_empty() && value.len() <= 200)
-            .map_or_else(new_request_id, str::to_string);
+        ctx.request_id = request_id(header);
         ctx.host = request_host(header);
         ctx.tls = session
             .digest()
             .is_some_and(|digest| digest.ssl_digest.is_some());
-        let path = header.uri.path().to_string();
-        let snapshot = self.routes.current.load();
-        match snapshot.table.lookup(&ctx.host, &path) {
-            Lookup::Unknown => {
-                respond_page(session, 404, &self.config.not_found_page, None).await?;
-                Ok(true)
-            }
-            Lookup::NoBackend { app } => {
-                ctx.app = Some(app.to_string());
-                respond_page(
-                    session,
-                    503,
-                    &self.config.unavailable_page,
-                    Some(RETRY_AFTER_SECS),
-                )
-                .await?;
-                Ok(true)
-            }
-            Lookup::Backends { app, .. } => {
-                ctx.app = Some(app.to_string());
-                if content_length(session.req_header())
-                    .is_some_and(|length| length > self.config.max_body_bytes)
-                {
-                    ctx.too_large = true;
-                    respond_page(session, 413, &self.too_large_page(), None).await?;
-                    return Ok(true);
-                }
-                ctx.balancer = snapshot.balancers.get(app).cloned();
-                Ok(false)
-            }
+        let routable = {
+            let snapshot = self.routes.current.load();
+            let (app, routable) = match snapshot
+                .table
+                .lookup(header_text(&ctx.host), header.uri.path())
+            {
+                Lookup::Unknown => (None, false),
+                Lookup::NoBackend { app } => (Some(app), false),
+                Lookup::Backends { app, .. } => (Some(app), true),
+            };
+            ctx.app = app.and_then(|app| snapshot.apps.get(app).cloned());
+            routable
+        };
+        if ctx.app.is_none() {
+            respond_page(session, 404, &self.config.not_found_page, None).await?;
+            return Ok(true);
         }
+        if !routable {
+            respond_page(
+                session,
+                503,
+                &self.config.unavailable_page,
+                Some(RETRY_AFTER_SECS),
+            )
+            .await?;
+            return Ok(true);
+        }
+        if content_length(session.req_header())
+            .is_some_and(|length| length > self.config.max_body_bytes)
+        {
+            ctx.too_large = true;
+            respond_page(session, 413, &self.too_large_page(), None).await?;
+            return Ok(true);
+        }
+        Ok(false)
     }
 
     async fn upstream_peer(
@@ -411,13 +469,13 @@ impl ProxyHttp for Proxy {
             .as_ref()
             .and_then(|attempt| attempt.failed)
             .unwrap_or(Outcome::Failure);
-        self.end_attempt(ctx, outcome).await;
-        let Some(balancer) = ctx.balancer.clone() else {
+        self.end_attempt(ctx, outcome);
+        let Some(app) = ctx.app.as_ref() else {
             return Error::e_explain(ErrorType::HTTPStatus(503), "no balancer for the app");
         };
         let now = Instant::now();
         let (backend, addr, pool_group) = {
-            let mut guard = balancer.lock().await;
+            let mut guard = app.balancer.lock();
             let Some(id) = guard.pick(now, &mut rand::rng(), &ctx.tried) else {
                 return Error::e_explain(ErrorType::HTTPStatus(503), "no available backend");
             };
@@ -478,18 +536,21 @@ impl ProxyHttp for Proxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         if let Some(client) = session.client_addr().and_then(|a| a.as_inet()) {
-            let ip = client.ip().to_string();
+            let ip = client.ip();
             let forwarded = match upstream
                 .headers
                 .get("x-forwarded-for")
                 .and_then(|v| v.to_str().ok())
             {
                 Some(previous) if !previous.trim().is_empty() => format!("{previous}, {ip}"),
-                _ => ip,
+                _ => ip.to_string(),
             };
             upstream.insert_header("x-forwarded-for", forwarded)?;
         }
-        upstream.insert_header("x-forwarded-proto", if ctx.tls { "https" } else { "http" })?;
+        upstream.insert_header(
+            "x-forwarded-proto",
+            HeaderValue::from_static(if ctx.tls { "https" } else { "http" }),
+        )?;
         if !ctx.host.is_empty() {
             upstream.insert_header("x-forwarded-host", ctx.host.clone())?;
         }
@@ -623,10 +684,7 @@ impl ProxyHttp for Proxy {
         let status = session
             .response_written()
             .map_or(0, |resp| resp.status.as_u16());
-        let backend = ctx
-            .current
-            .as_ref()
-            .map(|attempt| attempt.backend.to_string());
+        let backend = ctx.current.as_ref().map(|attempt| attempt.backend.clone());
         let outcome = match (&ctx.current, e) {
             (
                 Some(InFlight {
@@ -640,24 +698,30 @@ impl ProxyHttp for Proxy {
             (_, Some(_)) if status == 0 => Outcome::Failure,
             _ => Outcome::from_status(status),
         };
-        self.end_attempt(ctx, outcome).await;
+        self.end_attempt(ctx, outcome);
         let duration: Duration = Instant::now().saturating_duration_since(ctx.started);
-        self.metrics
-            .observe_request(ctx.app.as_deref(), status, duration.as_secs_f64());
+        match &ctx.app {
+            Some(app) => app.metrics.observe(status, duration.as_secs_f64()),
+            None => self
+                .metrics
+                .no_app()
+                .observe(status, duration.as_secs_f64()),
+        }
         let header = session.req_header();
+        // Field values are only computed when the access log is on.
         tracing::info!(
             target: "ingress::access",
-            app = ctx.app.as_deref().unwrap_or("-"),
-            backend = backend.as_deref().unwrap_or("-"),
+            app = ctx.app.as_ref().map_or("-", |app| app.name.as_str()),
+            backend = backend.as_ref().map_or("-", BackendId::as_str),
             status,
             duration_ms = duration.as_secs_f64() * 1000.0,
             retries = ctx.retries,
             method = %header.method,
             tls = ctx.tls,
             http2 = session.is_http2(),
-            host = %ctx.host,
+            host = header_text(&ctx.host),
             path = %header.uri.path(),
-            request_id = %ctx.request_id,
+            request_id = header_text(&ctx.request_id),
             error = e.map(|error| error.to_string()),
             "request"
         );

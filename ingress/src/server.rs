@@ -1,10 +1,24 @@
-//! The Pingora server around [`crate::proxy::Proxy`]: built by [`build`] (or [`run`] for a
-//! plain listener alone), started on a thread of its own (Pingora builds its own runtimes
-//! and must not be started inside a tokio runtime), stopped through [`IngressHandle`].
+//! The Pingora servers around [`crate::proxy::Proxy`]: built by [`build`] (or [`run`] for
+//! a plain listener alone), started on threads of their own (Pingora builds its own
+//! runtimes and must not be started inside a tokio runtime), stopped through
+//! [`IngressHandle`].
 //!
-//! One Pingora server holds every listener of an ingress: plain HTTP (HTTP/1.1, and HTTP/2
-//! with prior knowledge, "h2c"), TLS with a certificate per domain by SNI (HTTP/2 or
-//! HTTP/1.1 by ALPN), and the admin port serving `/metrics`.
+//! An ingress serves plain HTTP (HTTP/1.1, and HTTP/2 with prior knowledge, "h2c"), TLS
+//! with a certificate per domain by SNI (HTTP/2 or HTTP/1.1 by ALPN), and the admin port
+//! serving `/metrics`.
+//!
+//! Each proxy thread is a Pingora server of its own, with one thread, its own upstream
+//! connection pool and its own listening sockets (`SO_REUSEPORT`: the kernel spreads new
+//! connections over them), as nginx's workers are. One Pingora service on several threads
+//! shares one pool and one work-stealing scheduler instead: pooled connections and the
+//! tasks that watch them move between threads, at the price of a cross-thread wake-up on
+//! most requests (and without work stealing the pool loses connections to a race, pingora
+//! issue 998). `testbed bench ingress` measures the difference. Servers, not services of
+//! one server: a Pingora server keeps one socket per address string for all its services
+//! (for graceful upgrades), so two services on one address would own the same file
+//! descriptor and close it twice. The price of `SO_REUSEPORT`: a second ingress started
+//! by the same user on the same address shares the port instead of failing to bind; with
+//! port 0 each thread would get a port of its own, so there is one thread then.
 //!
 //! Pingora defaults that do not suit us, set here: `threads` is 1 unless given; a graceful
 //! stop sleeps `grace_period_seconds` (default 300 s), set to [`GRACE_PERIOD_SECS`]; the
@@ -18,6 +32,7 @@ use std::thread::JoinHandle;
 use async_trait::async_trait;
 use pingora_core::apps::HttpServerOptions;
 use pingora_core::apps::http_app::ServeHttp;
+use pingora_core::listeners::TcpSocketOptions;
 use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::server::configuration::ServerConf;
@@ -74,9 +89,10 @@ pub struct TlsListener {
     pub certs: Vec<CertSpec>,
 }
 
-/// A built, not yet started ingress.
+/// A built, not yet started ingress: a server per proxy thread, the first one also
+/// serving the admin port.
 pub struct Ingress {
-    server: Server,
+    servers: Vec<Server>,
     listen: SocketAddr,
     metrics: Arc<Metrics>,
 }
@@ -90,18 +106,18 @@ pub fn run(
     config: ProxyConfig,
     threads: usize,
 ) -> Ingress {
-    let (server, metrics) = new_server(threads);
-    let mut server = server;
-    server.add_service(proxy_service(
-        &server,
-        &Listeners::http(listen),
-        routes,
-        config,
-        &metrics,
-        None,
-    ));
+    let metrics = routes.metrics().clone();
+    let listeners = Listeners::http(listen);
+    let servers = (0..proxy_threads(&listeners, threads))
+        .map(|_| {
+            let mut server = new_server();
+            let service = proxy_service(&server, &listeners, routes.clone(), &config, None);
+            server.add_service(service);
+            server
+        })
+        .collect();
     Ingress {
-        server,
+        servers,
         listen,
         metrics,
     }
@@ -134,13 +150,19 @@ pub fn build(
             reason: error.to_string(),
         })?;
     }
-    let tls = match &listeners.tls {
-        Some(tls) => Some(tls_settings(tls)?),
-        None => None,
-    };
-    let (mut server, metrics) = new_server(threads);
-    let proxy = proxy_service(&server, listeners, routes.clone(), config, &metrics, tls);
-    server.add_service(proxy);
+    let metrics = routes.metrics().clone();
+    let mut servers = Vec::new();
+    for _ in 0..proxy_threads(listeners, threads) {
+        let mut server = new_server();
+        // A service owns its TLS settings: each thread loads the certificates.
+        let tls = match &listeners.tls {
+            Some(tls) => Some(tls_settings(tls)?),
+            None => None,
+        };
+        let service = proxy_service(&server, listeners, routes.clone(), &config, tls);
+        server.add_service(service);
+        servers.push(server);
+    }
     if let Some(admin) = listeners.admin {
         let mut service = Service::new(
             "stratus ingress admin".to_string(),
@@ -150,33 +172,46 @@ pub fn build(
             },
         );
         service.add_tcp(&admin.to_string());
-        server.add_service(service);
+        if let Some(first) = servers.first_mut() {
+            first.add_service(service);
+        }
     }
     Ok(Ingress {
-        server,
+        servers,
         listen: listeners.http,
         metrics,
     })
 }
 
-fn new_server(threads: usize) -> (Server, Arc<Metrics>) {
+/// How many single-threaded proxy servers serve `listeners`: `threads`, at least 1, and
+/// only 1 if a listener asks for any free port (each socket would get a different one).
+fn proxy_threads(listeners: &Listeners, threads: usize) -> usize {
+    let any_port = listeners.http.port() == 0
+        || listeners
+            .tls
+            .as_ref()
+            .is_some_and(|tls| tls.addr.port() == 0);
+    if any_port { 1 } else { threads.max(1) }
+}
+
+/// A server whose services get one thread each.
+fn new_server() -> Server {
     let conf = ServerConf {
-        threads: threads.max(1),
+        threads: 1,
         grace_period_seconds: Some(GRACE_PERIOD_SECS),
         graceful_shutdown_timeout_seconds: Some(5),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    (server, Arc::new(Metrics::new()))
+    server
 }
 
 fn proxy_service(
     server: &Server,
     listeners: &Listeners,
     routes: Arc<RouteState>,
-    config: ProxyConfig,
-    metrics: &Arc<Metrics>,
+    config: &ProxyConfig,
     tls: Option<(SocketAddr, TlsSettings)>,
 ) -> Service<pingora_proxy::HttpProxy<Proxy>> {
     let mut options = HttpServerOptions::default();
@@ -185,16 +220,23 @@ fn proxy_service(
     options.h2c = true;
     let mut service = pingora_proxy::ProxyServiceBuilder::new(
         &server.configuration,
-        Proxy::new(routes, config, metrics.clone()),
+        Proxy::new(routes, config.clone()),
     )
     .name("stratus ingress")
     .server_options(options)
     .build();
-    service.add_tcp(&listeners.http.to_string());
+    service.add_tcp_with_settings(&listeners.http.to_string(), reuse_port());
     if let Some((addr, settings)) = tls {
-        service.add_tls_with_settings(&addr.to_string(), None, settings);
+        service.add_tls_with_settings(&addr.to_string(), Some(reuse_port()), settings);
     }
+    service.threads = Some(1);
     service
+}
+
+fn reuse_port() -> TcpSocketOptions {
+    let mut options = TcpSocketOptions::default();
+    options.so_reuseport = Some(true);
+    options
 }
 
 fn tls_settings(tls: &TlsListener) -> Result<(SocketAddr, TlsSettings), Error> {
@@ -257,31 +299,36 @@ impl Ingress {
         self.metrics.clone()
     }
 
-    /// Runs the server on a new OS thread (never inside a tokio runtime). The listener is
-    /// bound asynchronously: callers that need it wait until it accepts.
+    /// Runs each server on a new OS thread (never inside a tokio runtime). Listeners are
+    /// bound asynchronously: callers that need them wait until they accept.
     pub fn spawn(self) -> std::io::Result<IngressHandle> {
         let (stop_tx, stop_rx) = watch::channel(None);
-        let server = self.server;
-        let thread = std::thread::Builder::new()
-            .name("ingress".into())
-            .spawn(move || {
-                server.run(RunArgs {
-                    shutdown_signal: Box::new(StopWatch(stop_rx)),
-                });
-            })?;
-        Ok(IngressHandle {
+        // Built first, so that if a thread cannot start, dropping it stops the others.
+        let mut handle = IngressHandle {
             stop: stop_tx,
-            thread: Some(thread),
+            threads: Vec::with_capacity(self.servers.len()),
             listen: self.listen,
             metrics: self.metrics,
-        })
+        };
+        for (index, server) in self.servers.into_iter().enumerate() {
+            let stop = stop_rx.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("ingress-{index}"))
+                .spawn(move || {
+                    server.run(RunArgs {
+                        shutdown_signal: Box::new(StopWatch(stop)),
+                    });
+                })?;
+            handle.threads.push(thread);
+        }
+        Ok(handle)
     }
 }
 
 /// A running ingress. Dropping it stops it fast.
 pub struct IngressHandle {
     stop: watch::Sender<Option<Stop>>,
-    thread: Option<JoinHandle<()>>,
+    threads: Vec<JoinHandle<()>>,
     listen: SocketAddr,
     metrics: Arc<Metrics>,
 }
@@ -296,18 +343,18 @@ impl IngressHandle {
         self.metrics.clone()
     }
 
-    /// Stops the server and waits for its thread. Blocking: from async code, call it in
-    /// `spawn_blocking`.
+    /// Stops the servers and waits for their threads. Blocking: from async code, call it
+    /// in `spawn_blocking`.
     pub fn stop(mut self, how: Stop) {
         self.stop_and_join(how);
     }
 
     fn stop_and_join(&mut self, how: Stop) {
         self.stop.send_replace(Some(how));
-        if let Some(thread) = self.thread.take()
-            && thread.join().is_err()
-        {
-            tracing::error!("the ingress server thread panicked");
+        for thread in self.threads.drain(..) {
+            if thread.join().is_err() {
+                tracing::error!("an ingress server thread panicked");
+            }
         }
     }
 }

@@ -35,6 +35,7 @@ pub mod generation;
 pub mod health;
 pub mod hlc;
 pub mod load;
+pub mod logging;
 pub mod logs;
 pub mod membership;
 pub mod placement;

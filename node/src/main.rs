@@ -10,7 +10,6 @@ use clap::{Parser, Subcommand};
 use node::config::{AgentArgs, AgentConfig};
 use node::seal::ClusterKey;
 use rand::SeedableRng;
-use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
 #[command(
@@ -185,6 +184,11 @@ impl Target {
     }
 }
 
+/// mimalloc: the ingress allocates on every request (Pingora's headers, buffers and
+/// futures), and glibc's malloc cost about a fifth of its CPU in `testbed bench ingress`.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
@@ -196,7 +200,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Agent(args) => {
-            init_logging();
+            let _log = init_logging();
             run_agent(AgentConfig::resolve(args)?)
         }
         Command::Ingress {
@@ -207,7 +211,7 @@ fn main() -> anyhow::Result<()> {
             max_body_bytes,
             mut agent,
         } => {
-            init_logging();
+            let _log = init_logging();
             agent.no_workloads = true;
             agent.ingress_addr = Some(listen);
             agent.ingress_tls_addr = tls_listen.or(agent.ingress_tls_addr);
@@ -425,14 +429,9 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-fn init_logging() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("STRATUS_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+/// Keep the guard until the daemon exits: dropping it writes out the queued lines.
+fn init_logging() -> tracing_appender::non_blocking::WorkerGuard {
+    node::logging::init(node::logging::filter_from_env())
 }
 
 /// Completes on SIGINT or SIGTERM.

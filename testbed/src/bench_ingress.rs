@@ -841,16 +841,12 @@ pub fn serve_ingress(
     threads: usize,
     access_log: bool,
 ) -> anyhow::Result<()> {
-    // As `stratus agent`: STRATUS_LOG, `info` by default.
+    // As `stratus agent`: STRATUS_LOG, `info` by default, through the same writer.
     let mut filter = std::env::var("STRATUS_LOG").unwrap_or_else(|_| "info".into());
     if !access_log {
         filter.push_str(",ingress::access=off");
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
+    let _log = node::logging::init(tracing_subscriber::EnvFilter::new(filter));
     let record = ContainerRecord {
         id: "bench-0".into(),
         app: APP.into(),

@@ -1,5 +1,9 @@
 //! `testbed`: start a local cluster, or print benchmark figures.
 
+/// As the `stratus` binary, so that `bench ingress` measures the allocator that ships.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 

@@ -40,6 +40,7 @@ const INGRESS_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 252, 2);
 const NGINX_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 252, 3);
 const HAPROXY_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 252, 4);
 const INGRESS_NOLOG_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 252, 5);
+const PINGORA_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 252, 6);
 
 /// What the backend answers to every request.
 const BODY: &[u8] = b"hello from the bench backend\n";
@@ -94,15 +95,18 @@ pub enum Kind {
     Stratus,
     /// The ingress without the access log.
     StratusNoLog,
+    /// Pingora's proxy with no hooks of ours: the floor of any proxy built on it.
+    PingoraBare,
     Nginx,
     Haproxy,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::Direct,
         Kind::Stratus,
         Kind::StratusNoLog,
+        Kind::PingoraBare,
         Kind::Nginx,
         Kind::Haproxy,
     ];
@@ -225,6 +229,7 @@ fn start_target(
         }
         Kind::Stratus => INGRESS_IP,
         Kind::StratusNoLog => INGRESS_NOLOG_IP,
+        Kind::PingoraBare => PINGORA_IP,
         Kind::Nginx => NGINX_IP,
         Kind::Haproxy => HAPROXY_IP,
     };
@@ -241,6 +246,12 @@ fn start_target(
                 command.arg("--no-access-log");
                 ("stratus, no access log".to_string(), command)
             }
+        }
+        Kind::PingoraBare => {
+            let mut command = Command::new(exe);
+            command.args(["bench-pingora", "--listen", &addr.to_string()]);
+            command.args(["--backend", &backend.to_string(), "--threads", &threads]);
+            ("pingora, no hooks".to_string(), command)
         }
         Kind::Nginx => {
             let conf = write_nginx_conf(dir, addr, backend, bench)?;
@@ -296,10 +307,12 @@ fn print_figures(bench: &IngressBench, figures: &[TargetFigures]) {
     let (Some(best_rps), Some(best_p99)) = (best_rps, best_p99) else {
         return;
     };
-    for ours in figures
-        .iter()
-        .filter(|f| matches!(f.kind, Kind::Stratus | Kind::StratusNoLog))
-    {
+    for ours in figures.iter().filter(|f| {
+        matches!(
+            f.kind,
+            Kind::Stratus | Kind::StratusNoLog | Kind::PingoraBare
+        )
+    }) {
         println!(
             "{}: throughput {:.2}x {}, p99 {:.2}x {}'s",
             ours.name,

@@ -16,6 +16,7 @@
 pub mod bench;
 pub mod bench_failover;
 pub mod bench_ingress;
+pub mod bench_pingora;
 pub mod chaos;
 pub mod harness;
 pub mod sim;

@@ -10,6 +10,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use testbed::bench;
 use testbed::bench_ingress::{self, IngressBench};
+use testbed::bench_pingora;
 use testbed::harness::LocalCluster;
 
 #[derive(Parser)]
@@ -50,6 +51,16 @@ enum Command {
         threads: usize,
         #[arg(long)]
         no_access_log: bool,
+    },
+    /// `bench ingress`'s bare Pingora proxy to one backend, until killed
+    #[command(hide = true)]
+    BenchPingora {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        backend: SocketAddr,
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
     },
 }
 
@@ -137,6 +148,11 @@ fn main() -> anyhow::Result<()> {
             threads,
             no_access_log,
         } => bench_ingress::serve_ingress(listen, backend, threads, !no_access_log),
+        Command::BenchPingora {
+            listen,
+            backend,
+            threads,
+        } => bench_pingora::serve(listen, backend, threads),
         Command::Bench {
             which:
                 Bench::Ingress {

@@ -43,25 +43,28 @@ enum Command {
     /// `bench ingress`'s ingress: one app, `bench`, on one backend, until SIGTERM
     #[command(hide = true)]
     BenchIngress {
-        #[arg(long)]
-        listen: SocketAddr,
-        #[arg(long)]
-        backend: SocketAddr,
-        #[arg(long, default_value_t = 2)]
-        threads: usize,
+        #[command(flatten)]
+        proxy: BenchProxy,
         #[arg(long)]
         no_access_log: bool,
     },
     /// `bench ingress`'s bare Pingora proxy to one backend, until killed
     #[command(hide = true)]
     BenchPingora {
-        #[arg(long)]
-        listen: SocketAddr,
-        #[arg(long)]
-        backend: SocketAddr,
-        #[arg(long, default_value_t = 2)]
-        threads: usize,
+        #[command(flatten)]
+        proxy: BenchProxy,
     },
+}
+
+/// Where one of `bench ingress`'s proxies listens and what it proxies to.
+#[derive(clap::Args)]
+struct BenchProxy {
+    #[arg(long)]
+    listen: SocketAddr,
+    #[arg(long)]
+    backend: SocketAddr,
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
 }
 
 #[derive(Subcommand)]
@@ -143,16 +146,14 @@ fn main() -> anyhow::Result<()> {
         Command::Up { nodes } => up(nodes),
         Command::BenchBackend { listen, threads } => bench_ingress::serve_backend(listen, threads),
         Command::BenchIngress {
-            listen,
-            backend,
-            threads,
+            proxy,
             no_access_log,
-        } => bench_ingress::serve_ingress(listen, backend, threads, !no_access_log),
-        Command::BenchPingora {
-            listen,
-            backend,
-            threads,
-        } => bench_pingora::serve(listen, backend, threads),
+        } => {
+            bench_ingress::serve_ingress(proxy.listen, proxy.backend, proxy.threads, !no_access_log)
+        }
+        Command::BenchPingora { proxy } => {
+            bench_pingora::serve(proxy.listen, proxy.backend, proxy.threads)
+        }
         Command::Bench {
             which:
                 Bench::Ingress {

@@ -8,7 +8,7 @@
 //! that serves traffic is a thin driver on top: it reads the clock, feeds route updates,
 //! calls [`Balancer::pick`] and the outcome hooks, and acts on the answers. It lives in
 //! [`proxy`] (the `ProxyHttp` hooks and the swappable [`RouteState`]) and [`server`] (the
-//! Pingora server, run on a thread of its own): the only modules that do I/O, with
+//! Pingora servers, one per proxy thread, each on an OS thread of its own): the only modules that do I/O, with
 //! [`tls::SniResolver::load`], which reads certificate files once at start.
 //!
 //! It is fed route updates from outside and must never depend on `node` or the gossip
@@ -24,11 +24,12 @@
 //! - [`breaker`]: per-backend passive outlier detection (Closed → Open → HalfOpen);
 //! - [`retry`]: the retry decision and the proxy's timeouts;
 //! - [`error`]: the crate's error type;
-//! - [`metrics`]: the Prometheus metrics of one ingress, in a registry of its own;
+//! - [`metrics`]: the Prometheus metrics of one ingress, in a registry of its route state;
 //! - [`tls`]: certificate files and the SNI choice between them;
 //! - [`proxy`]: the Pingora `ProxyHttp` driver and the route state it reads;
-//! - [`server`]: [`build`] and [`run`], the Pingora server around the proxy (plain, TLS
-//!   and admin listeners), and its stop handle.
+//! - [`server`]: [`build`] and [`run`], the Pingora servers around the proxy (one per
+//!   thread with plain and TLS listeners, the admin listener on the first), and their
+//!   stop handle.
 
 pub mod balancer;
 pub mod breaker;

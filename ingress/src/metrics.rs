@@ -1,6 +1,8 @@
-//! The ingress's Prometheus metrics, in a registry of its own per ingress (several may run
-//! in one process, e.g. in tests, and must not mix their counts), rendered in the
-//! Prometheus text format by the admin service of [`crate::server`].
+//! The ingress's Prometheus metrics, in a registry of its own per route state, so one per
+//! ingress (several may run in one process, e.g. in tests, and must not mix their counts),
+//! rendered in the Prometheus text format by the admin service of [`crate::server`]. An
+//! app's request series exist, at zero, from when it enters the route table ([`AppMetrics`]
+//! are resolved then); error and retry series appear with their first count.
 //!
 //! Counters are fed by the proxy as requests end; the route-table and breaker gauges are
 //! set from the route state at each scrape, so they can never drift from it.

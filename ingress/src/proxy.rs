@@ -12,9 +12,9 @@
 //! attempt, counts the request in [`Metrics`] and writes one access-log line. Every pick
 //! thus gets exactly one `on_end`.
 //!
-//! Balancer calls happen under a `parking_lot` mutex held for well under a microsecond
-//! and never across an `.await` (its guard is not `Send`, so the compiler checks); the
-//! synchronous error hooks only record the failure in the context.
+//! Balancer calls happen under a `parking_lot` mutex held for a few balancer steps, never
+//! across an `.await` (its guard is not `Send`, so the compiler checks) nor while logging;
+//! the synchronous error hooks only record the failure in the context.
 //!
 //! This is the hot path: per request it looks up the route once, keeps the app's entry
 //! (balancer and pre-resolved metric handles) and the Host and request id as shared
@@ -36,7 +36,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use tokio::time::Instant;
 
-use crate::balancer::{Balancer, BalancerConfig, Outcome};
+use crate::balancer::{Balancer, BalancerConfig, BreakerEvent, Outcome};
 use crate::breaker::BreakerState;
 use crate::metrics::{AppMetrics, Metrics, RouteSummary, UpstreamError};
 use crate::retry::{self, Attempt, Failure, RetryDecision, Timeouts};
@@ -149,25 +149,34 @@ impl RouteState {
             ..RouteSummary::default()
         };
         for (app, entry) in &snapshot.apps {
-            let mut guard = entry.balancer.lock();
-            guard.handle_timeout(now);
-            drain_events(app, &mut guard, metrics);
-            summary.backends += guard.len();
-            for stats in guard.stats(now) {
-                match stats.breaker {
-                    BreakerState::Open => summary.open_breakers += 1,
-                    BreakerState::HalfOpen => summary.half_open_breakers += 1,
-                    BreakerState::Closed => {}
+            let events = {
+                let mut guard = entry.balancer.lock();
+                guard.handle_timeout(now);
+                summary.backends += guard.len();
+                for stats in guard.stats(now) {
+                    match stats.breaker {
+                        BreakerState::Open => summary.open_breakers += 1,
+                        BreakerState::HalfOpen => summary.half_open_breakers += 1,
+                        BreakerState::Closed => {}
+                    }
                 }
-            }
+                take_events(&mut guard)
+            };
+            report_events(app, events, metrics);
         }
         summary
     }
 }
 
-/// Logs and counts the balancer's pending breaker transitions.
-fn drain_events(app: &str, balancer: &mut Balancer, metrics: &Metrics) {
-    while let Some(event) = balancer.poll_event() {
+/// Takes the balancer's pending breaker transitions, to report once its lock is released
+/// (logging may wait for the log writer). Allocates only when there is one.
+fn take_events(balancer: &mut Balancer) -> Vec<BreakerEvent> {
+    std::iter::from_fn(|| balancer.poll_event()).collect()
+}
+
+/// Logs and counts breaker transitions.
+fn report_events(app: &str, events: Vec<BreakerEvent>, metrics: &Metrics) {
+    for event in events {
         tracing::info!(
             app,
             backend = %event.backend,
@@ -276,14 +285,17 @@ impl Proxy {
             return;
         };
         let now = Instant::now();
-        let mut guard = app.balancer.lock();
-        guard.on_end(
-            &attempt.backend,
-            now,
-            now.saturating_duration_since(attempt.started),
-            outcome,
-        );
-        drain_events(&app.name, &mut guard, &self.metrics);
+        let events = {
+            let mut guard = app.balancer.lock();
+            guard.on_end(
+                &attempt.backend,
+                now,
+                now.saturating_duration_since(attempt.started),
+                outcome,
+            );
+            take_events(&mut guard)
+        };
+        report_events(&app.name, events, &self.metrics);
     }
 
     /// Whether the failed attempt is retried; counts the retry.
@@ -356,9 +368,13 @@ async fn respond_page(
         .await
 }
 
-/// The Host header, or the HTTP/2 `:authority`; empty if neither.
+/// The Host header if it is text, else the HTTP/2 `:authority`; empty if neither.
 fn request_host(header: &RequestHeader) -> HeaderValue {
-    if let Some(host) = header.headers.get(http::header::HOST) {
+    if let Some(host) = header
+        .headers
+        .get(http::header::HOST)
+        .filter(|host| host.to_str().is_ok())
+    {
         return host.clone();
     }
     header
@@ -719,9 +735,9 @@ impl ProxyHttp for Proxy {
             method = %header.method,
             tls = ctx.tls,
             http2 = session.is_http2(),
-            host = header_text(&ctx.host),
+            host = %header_text(&ctx.host),
             path = %header.uri.path(),
-            request_id = header_text(&ctx.request_id),
+            request_id = %header_text(&ctx.request_id),
             error = e.map(|error| error.to_string()),
             "request"
         );

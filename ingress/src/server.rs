@@ -16,11 +16,12 @@
 //! issue 998). `testbed bench ingress` measures the difference. Servers, not services of
 //! one server: a Pingora server keeps one socket per address string for all its services
 //! (for graceful upgrades), so two services on one address would own the same file
-//! descriptor and close it twice. The price of `SO_REUSEPORT`: a second ingress started
-//! by the same user on the same address shares the port instead of failing to bind; with
-//! port 0 each thread would get a port of its own, so there is one thread then.
+//! descriptor and close it twice. [`build`] still refuses an address another ingress
+//! holds (it first binds each address with a plain socket); [`run`] does not check, so
+//! there a second ingress on the same address would share the port. With port 0 each
+//! thread would get a port of its own, so there is one thread then.
 //!
-//! Pingora defaults that do not suit us, set here: `threads` is 1 unless given; a graceful
+//! Pingora defaults that do not suit us, set here: `threads` is 1 (ours are servers); a graceful
 //! stop sleeps `grace_period_seconds` (default 300 s), set to [`GRACE_PERIOD_SECS`]; the
 //! Unix signal handlers are not installed, the caller decides when to stop. A listener
 //! that cannot bind panics on Pingora's thread, so [`build`] tries every address first.
@@ -294,7 +295,7 @@ impl Ingress {
         self.listen
     }
 
-    /// This ingress's metrics (a registry of its own).
+    /// This ingress's metrics: the registry of its [`RouteState`].
     pub fn metrics(&self) -> Arc<Metrics> {
         self.metrics.clone()
     }
@@ -338,7 +339,7 @@ impl IngressHandle {
         self.listen
     }
 
-    /// This ingress's metrics (a registry of its own).
+    /// This ingress's metrics: the registry of its [`RouteState`].
     pub fn metrics(&self) -> Arc<Metrics> {
         self.metrics.clone()
     }

@@ -97,7 +97,17 @@ async fn start(
     routes: Arc<RouteState>,
     config: ProxyConfig,
 ) -> IngressHandle {
-    let handle = ingress::build(&listeners, routes, config, 2)
+    start_on(listeners, routes, config, 2).await
+}
+
+/// As [`start`], on `threads` proxy threads (each with its own upstream pool).
+async fn start_on(
+    listeners: Listeners,
+    routes: Arc<RouteState>,
+    config: ProxyConfig,
+    threads: usize,
+) -> IngressHandle {
+    let handle = ingress::build(&listeners, routes, config, threads)
         .unwrap()
         .spawn()
         .unwrap();
@@ -816,14 +826,16 @@ async fn sse_events_arrive_one_by_one_as_they_are_sent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_body_of_unknown_length_leaves_the_pooled_connection_clean() {
-    // One keep-alive backend: every request reuses the connection the upload used.
+    // One keep-alive backend and one proxy thread (one upstream pool): every request
+    // reuses the connection the upload used.
     let (alpha, alpha_task) = backend(ip(33, 6), "alpha").await;
     let routes = Arc::new(RouteState::new(round_robin()));
     routes.update(table(&[alpha])).await;
-    let proxy = start(
+    let proxy = start_on(
         Listeners::http(free_addr(ip(33, 5))),
         routes,
         ProxyConfig::default(),
+        1,
     )
     .await;
     let listen = proxy.listen();

@@ -40,6 +40,9 @@ pub fn serve(listen: SocketAddr, backend: SocketAddr, threads: usize) -> anyhow:
             None,
             ServerConf {
                 threads: 1,
+                // The bench stops it with SIGTERM: no 300 s graceful wait.
+                grace_period_seconds: Some(0),
+                graceful_shutdown_timeout_seconds: Some(0),
                 ..ServerConf::default()
             },
         );

@@ -730,7 +730,8 @@ impl ProxyHttp for Proxy {
             app = ctx.app.as_ref().map_or("-", |app| app.name.as_str()),
             backend = backend.as_ref().map_or("-", BackendId::as_str),
             status,
-            duration_ms = duration.as_secs_f64() * 1000.0,
+            // Whole microseconds, so the line reads 2.877, not 2.8774759999999997.
+            duration_ms = duration.as_micros() as f64 / 1000.0,
             retries = ctx.retries,
             method = %header.method,
             tls = ctx.tls,

@@ -235,14 +235,6 @@ impl Metrics {
         &self.no_app
     }
 
-    /// A request ended with `status` (0: no answer sent) after `seconds`.
-    pub fn observe_request(&self, app: Option<&str>, status: u16, seconds: f64) {
-        match app {
-            Some(app) => self.app(app).observe(status, seconds),
-            None => self.no_app.observe(status, seconds),
-        }
-    }
-
     pub fn upstream_error(&self, app: &str, kind: UpstreamError) {
         self.upstream_errors
             .with_label_values(&[app, kind.as_str()])
@@ -304,11 +296,12 @@ mod tests {
     #[test]
     fn counts_requests_by_app_and_class() {
         let metrics = Metrics::new();
-        metrics.observe_request(Some("web"), 200, 0.002);
-        metrics.observe_request(Some("web"), 204, 0.002);
-        metrics.observe_request(Some("web"), 503, 0.002);
-        metrics.observe_request(None, 404, 0.0001);
-        metrics.observe_request(Some("web"), 0, 0.1);
+        let web = metrics.app("web");
+        web.observe(200, 0.002);
+        web.observe(204, 0.002);
+        web.observe(503, 0.002);
+        metrics.no_app().observe(404, 0.0001);
+        web.observe(0, 0.1);
         let text = text(&metrics);
         assert!(
             text.contains("stratus_ingress_requests_total{app=\"web\",class=\"2xx\"} 2"),

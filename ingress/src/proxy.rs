@@ -140,9 +140,9 @@ impl RouteState {
     }
 
     /// The table's size and the breakers not closed at `now`, for metrics. Moves breakers
-    /// whose backoff ended to HalfOpen first (reporting those transitions to `metrics`), so
-    /// an idle app's breaker does not read as open forever.
-    pub async fn summary(&self, now: Instant, metrics: &Metrics) -> RouteSummary {
+    /// whose backoff ended to HalfOpen first (reporting those transitions to the routes'
+    /// metrics), so an idle app's breaker does not read as open forever.
+    pub async fn summary(&self, now: Instant) -> RouteSummary {
         let snapshot = self.current.load_full();
         let mut summary = RouteSummary {
             apps: snapshot.table.len(),
@@ -162,7 +162,7 @@ impl RouteState {
                 }
                 take_events(&mut guard)
             };
-            report_events(app, events, metrics);
+            report_events(app, events, &self.metrics);
         }
         summary
     }
@@ -716,13 +716,10 @@ impl ProxyHttp for Proxy {
         };
         self.end_attempt(ctx, outcome);
         let duration: Duration = Instant::now().saturating_duration_since(ctx.started);
-        match &ctx.app {
-            Some(app) => app.metrics.observe(status, duration.as_secs_f64()),
-            None => self
-                .metrics
-                .no_app()
-                .observe(status, duration.as_secs_f64()),
-        }
+        ctx.app
+            .as_ref()
+            .map_or(self.metrics.no_app(), |app| &app.metrics)
+            .observe(status, duration.as_secs_f64());
         let header = session.req_header();
         // Field values are only computed when the access log is on.
         tracing::info!(

@@ -165,13 +165,7 @@ pub fn build(
         servers.push(server);
     }
     if let Some(admin) = listeners.admin {
-        let mut service = Service::new(
-            "stratus ingress admin".to_string(),
-            AdminApp {
-                metrics: metrics.clone(),
-                routes,
-            },
-        );
+        let mut service = Service::new("stratus ingress admin".to_string(), AdminApp { routes });
         service.add_tcp(&admin.to_string());
         if let Some(first) = servers.first_mut() {
             first.add_service(service);
@@ -256,7 +250,6 @@ fn tls_settings(tls: &TlsListener) -> Result<(SocketAddr, TlsSettings), Error> {
 
 /// The admin port: `GET /metrics` in the Prometheus text format.
 struct AdminApp {
-    metrics: Arc<Metrics>,
     routes: Arc<RouteState>,
 }
 
@@ -264,9 +257,10 @@ struct AdminApp {
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> http::Response<Vec<u8>> {
         let (status, content_type, body) = if session.req_header().uri.path() == "/metrics" {
-            let summary = self.routes.summary(Instant::now(), &self.metrics).await;
-            self.metrics.set_routes(summary);
-            (200, metrics::CONTENT_TYPE, self.metrics.render())
+            let summary = self.routes.summary(Instant::now()).await;
+            let metrics = self.routes.metrics();
+            metrics.set_routes(summary);
+            (200, metrics::CONTENT_TYPE, metrics.render())
         } else {
             (
                 404,

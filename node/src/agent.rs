@@ -20,20 +20,22 @@ use tokio::sync::{Mutex, Notify, watch};
 use tracing::{error, info, warn};
 
 use crate::bundle::{BlobStore, S3Store};
-use crate::catalog::CatalogStore;
+use crate::cluster::generation::bump_generation;
+use crate::cluster::load::LoadSampler;
+use crate::cluster::membership::{Membership, MembershipConfig, SealedUdpTransport};
+use crate::cluster::seal::constant_time_eq;
+use crate::cluster::seeds::{Seed, SeedResolver};
 use crate::config::{AgentConfig, RuntimeChoice};
-use crate::generation::bump_generation;
-use crate::hlc::Hlc;
-use crate::load::LoadSampler;
-use crate::membership::{Membership, MembershipConfig, SealedUdpTransport};
-use crate::runtime::{
+use crate::control::catalog::CatalogStore;
+use crate::control::hlc::Hlc;
+use crate::control::scheduler::Admission;
+use crate::control::{catalog_sync, reconciler_driver};
+use crate::operations::{changes, deploy};
+use crate::state::{AgentState, unix_ms};
+use crate::workload::runtime::{
     DockerDriver, DockerOptions, PortRange, ProcessDriver, ProcessOptions, RuntimeDriver,
 };
-use crate::scheduler::Admission;
-use crate::seal::constant_time_eq;
-use crate::seeds::{Seed, SeedResolver};
-use crate::state::{AgentState, unix_ms};
-use crate::{catalog_sync, changes, deploy, logs, placement, supervisor};
+use crate::workload::{logs, supervisor};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -56,7 +58,7 @@ pub enum AgentError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Membership(#[from] crate::membership::MembershipError),
+    Membership(#[from] crate::cluster::membership::MembershipError),
     #[error("cannot open the catalog: {0}")]
     Catalog(String),
     #[error("cannot start the container runtime: {0}")]
@@ -69,7 +71,7 @@ pub enum AgentError {
 /// catalog (apps and their domains). Sent on every change.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RouteFeed {
-    pub view: Arc<crate::membership::ClusterView>,
+    pub view: Arc<crate::cluster::membership::ClusterView>,
     pub apps: Vec<AppRecord>,
 }
 
@@ -222,7 +224,7 @@ pub async fn run_with_routes(
             stop_rx.clone(),
         )),
         tokio::spawn(catalog_sync::run(state.clone(), stop_rx.clone())),
-        tokio::spawn(placement::run(state.clone(), stop_rx.clone())),
+        tokio::spawn(reconciler_driver::run(state.clone(), stop_rx.clone())),
     ];
     if let Some(routes) = routes {
         tasks.push(tokio::spawn(route_feed(
@@ -454,7 +456,7 @@ impl api::NodeApi for AgentApi {
     }
 
     async fn place(&self, request: PlacementRequest) -> Result<PlacementReply, ApiError> {
-        placement::admit(&self.state, request).await
+        reconciler_driver::admit(&self.state, request).await
     }
 
     async fn reserve_release_number(&self, app: &str) -> Result<u64, ApiError> {
@@ -504,7 +506,7 @@ impl api::NodeApi for AgentApi {
     }
 
     async fn stop_replica(&self, request: StopRequest) -> Result<(), ApiError> {
-        placement::stop(&self.state, request).await
+        reconciler_driver::stop(&self.state, request).await
     }
 
     async fn replica_logs(

@@ -9,8 +9,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::bundle::{S3Config, S3Error};
-use crate::seal::{KeyError, Keyring};
-use crate::seeds::{Seed, SeedError};
+use crate::cluster::seal::{KeyError, Keyring};
+use crate::cluster::seeds::{Seed, SeedError};
 
 pub const DEFAULT_GOSSIP_PORT: u16 = 7946;
 pub const DEFAULT_API_PORT: u16 = 7070;
@@ -418,7 +418,7 @@ impl AgentConfig {
                 .reschedule_grace_ms
                 .or(file.reschedule_grace_ms)
                 .map_or(
-                    crate::reconciler::DEFAULT_RESCHEDULE_GRACE,
+                    crate::control::reconciler::DEFAULT_RESCHEDULE_GRACE,
                     Duration::from_millis,
                 ),
             load_interval: Duration::from_secs(load_interval_secs),

@@ -1,4 +1,4 @@
-//! The daemon's own log output through `tracing` (apps' logs are [`crate::logs`]).
+//! The daemon's own log output through `tracing` (apps' logs are [`crate::workload::logs`]).
 //!
 //! Lines are formatted on the thread that logs and written by a background thread through
 //! a buffer, flushed whenever no more lines are waiting: an ingress writes one access-log

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use node::cluster::seal::ClusterKey;
 use node::config::{AgentArgs, AgentConfig};
-use node::seal::ClusterKey;
 use rand::SeedableRng;
 
 #[derive(Parser)]

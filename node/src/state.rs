@@ -13,12 +13,12 @@ use tokio::sync::{Mutex, Notify};
 use tracing::warn;
 
 use crate::bundle::{BlobStore, S3Store};
-use crate::catalog::{Catalog, CatalogStore, StoreError};
+use crate::cluster::membership::{ClusterView, Membership, TransportStats};
 use crate::config::AgentConfig;
-use crate::hlc::Hlc;
-use crate::membership::{ClusterView, Membership, TransportStats};
-use crate::runtime::RuntimeDriver;
-use crate::scheduler::Admission;
+use crate::control::catalog::{Catalog, CatalogStore, StoreError};
+use crate::control::hlc::Hlc;
+use crate::control::scheduler::Admission;
+use crate::workload::runtime::RuntimeDriver;
 
 pub struct AgentState {
     pub config: AgentConfig,
@@ -33,14 +33,14 @@ pub struct AgentState {
     pub runtime: Arc<dyn RuntimeDriver>,
     pub admission: Mutex<Admission>,
     /// Replicas this node runs, by placement id (owned by the supervisor).
-    pub replicas: Mutex<BTreeMap<String, crate::supervisor::ReplicaHandle>>,
+    pub replicas: Mutex<BTreeMap<String, crate::workload::supervisor::ReplicaHandle>>,
     /// Woken when the catalog changes, so schedulers and supervisors act at once.
     pub catalog_changed: Notify,
     /// Highest release number this node handed out per app, as the app's first keeper.
     pub reserved_numbers: Mutex<BTreeMap<String, u64>>,
     /// Token this node presents to other nodes.
     pub node_token: String,
-    /// Drained by an operator: refuses new placements (see [`crate::changes::drain`]).
+    /// Drained by an operator: refuses new placements (see [`crate::operations::changes::drain`]).
     pub draining: std::sync::atomic::AtomicBool,
 }
 

@@ -6,8 +6,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use node::membership::{ClusterView, Membership, MembershipConfig, SealedUdpTransport};
-use node::seal::{ClusterKey, Keyring};
+use node::cluster::membership::{ClusterView, Membership, MembershipConfig, SealedUdpTransport};
+use node::cluster::seal::{ClusterKey, Keyring};
 use proto::api::NodeStatus;
 use proto::{ContainerHealth, ContainerRecord, ContainerState, NodeIdentity, NodeLoad};
 use rand::SeedableRng;

@@ -14,8 +14,8 @@ use std::process::Command;
 use std::sync::Once;
 use std::time::Duration;
 
-use node::health::probe;
-use node::runtime::{
+use node::workload::health::probe;
+use node::workload::runtime::{
     ContainerSpec, DockerDriver, DockerOptions, RunningContainer, RuntimeDriver, RuntimeError,
 };
 use proto::ContainerState;

@@ -10,8 +10,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use node::health::probe;
-use node::runtime::{
+use node::workload::health::probe;
+use node::workload::runtime::{
     ContainerSpec, ProcessDriver, ProcessOptions, RunningContainer, RuntimeDriver, RuntimeError,
 };
 use proto::ContainerState;

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use node::seal::{ClusterKey, Keyring, OVERHEAD};
+use node::cluster::seal::{ClusterKey, Keyring, OVERHEAD};
 use proto::api::NodeStatus;
 use rand::SeedableRng;
 use rand::rngs::StdRng;

@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use node::membership::{ChannelTransport, Membership, MembershipConfig};
-use node::seal::OVERHEAD;
+use node::cluster::membership::{ChannelTransport, Membership, MembershipConfig};
+use node::cluster::seal::OVERHEAD;
 use proto::gossip::container_key;
 use proto::{ContainerHealth, ContainerRecord, ContainerState, NodeIdentity, NodeLoad};
 

@@ -263,5 +263,5 @@ fn keygen_prints_a_fresh_key_each_time() {
     let first = testbed::harness::keygen(&bin).unwrap();
     let second = testbed::harness::keygen(&bin).unwrap();
     assert_ne!(first, second);
-    assert!(node::seal::ClusterKey::parse(&first).is_ok());
+    assert!(node::cluster::seal::ClusterKey::parse(&first).is_ok());
 }

@@ -9,7 +9,7 @@ use proto::api::ReplicaView;
 
 use crate::harness::LocalCluster;
 
-/// A running container of an app, from Docker's labels (see `node::runtime::labels`).
+/// A running container of an app, from Docker's labels (see `node::workload::runtime::labels`).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct DockerReplica {
     pub id: String,

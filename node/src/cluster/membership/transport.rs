@@ -17,7 +17,7 @@ use rand::rngs::StdRng;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use crate::seal::{Keyring, MAX_DATAGRAM, Reassembler};
+use crate::cluster::seal::{Keyring, MAX_DATAGRAM, Reassembler};
 
 /// Transport counters, shared with the API.
 #[derive(Debug, Default)]

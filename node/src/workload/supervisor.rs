@@ -15,9 +15,9 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::bundle::UnpackLimits;
-use crate::health::{HealthTracker, probe};
-use crate::runtime::{ContainerSpec, RunningContainer};
 use crate::state::AgentState;
+use crate::workload::health::{HealthTracker, probe};
+use crate::workload::runtime::{ContainerSpec, RunningContainer};
 
 /// A replica this node runs; dropping the sender stops nothing, sending `true` does.
 pub struct ReplicaHandle {
@@ -133,7 +133,7 @@ async fn run_replica(
                 record.state = ContainerState::Stopping;
                 state.membership.publish_container(&record).await;
                 tokio::time::sleep(drain_delay(state)).await;
-                crate::logs::retain(state, &record, &container.id).await;
+                crate::workload::logs::retain(state, &record, &container.id).await;
                 if let Err(err) = state.runtime.stop(&container.id, STOP_GRACE).await {
                     warn!(placement = %spec.placement_id, error = %err, "cannot stop replica");
                 }
@@ -141,7 +141,7 @@ async fn run_replica(
             }
             Outcome::Exited(detail) => {
                 // The restart replaces the container and its output with it: keep it.
-                crate::logs::retain(state, &record, &container.id).await;
+                crate::workload::logs::retain(state, &record, &container.id).await;
                 let tail = state
                     .runtime
                     .logs(&container.id, 5)
@@ -425,7 +425,7 @@ pub async fn adopt_existing(state: Arc<AgentState>) {
             }
             continue;
         };
-        let needs = crate::scheduler::Needs {
+        let needs = crate::control::scheduler::Needs {
             cpu_millis: release.manifest.resources.cpu_millis,
             mem_bytes: release.manifest.resources.memory_bytes,
         };
@@ -434,7 +434,7 @@ pub async fn adopt_existing(state: Arc<AgentState>) {
             .lock()
             .await
             .admit(&container.placement_id, needs);
-        if admitted != crate::scheduler::AdmitDecision::Admitted {
+        if admitted != crate::control::scheduler::AdmitDecision::Admitted {
             continue;
         }
         info!(placement = %container.placement_id, "adopting a container left by the previous agent");

@@ -1,4 +1,4 @@
-//! The reconciler's driver: on the app's reconciler node, runs [`crate::reconciler`] on
+//! The reconciler's driver: on the app's reconciler node, runs [`crate::control::reconciler`] on
 //! every gossip or catalog change and carries its actions out: asks target nodes to run
 //! replicas (a target admits or refuses against its real reservations), asks nodes to stop
 //! replicas, and records failed rollouts (going back to the previous release).
@@ -22,10 +22,12 @@ use rand::rngs::StdRng;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::catalog::keepers;
-use crate::membership::ClusterView;
-use crate::reconciler::{Action, AppState, Desired, Observed, ReconcileConfig, Reconciler};
-use crate::scheduler::{AdmitDecision, Needs, NodeCandidate, plan};
+use crate::cluster::membership::ClusterView;
+use crate::control::catalog::keepers;
+use crate::control::reconciler::{
+    Action, AppState, Desired, Observed, ReconcileConfig, Reconciler,
+};
+use crate::control::scheduler::{AdmitDecision, Needs, NodeCandidate, plan};
 use crate::state::AgentState;
 
 /// How long a placement that a node admitted may take to show up in gossip before it is
@@ -201,9 +203,15 @@ impl Driver {
                 rollback_to: Some(previous),
             } => {
                 warn!(app = %record.name, release = failed, %reason, to = previous, "rollout failed: going back");
-                crate::changes::roll_back_failed(state, &record.name, failed, previous, &reason)
-                    .await
-                    .map_err(|err| err.to_string())?;
+                crate::operations::changes::roll_back_failed(
+                    state,
+                    &record.name,
+                    failed,
+                    previous,
+                    &reason,
+                )
+                .await
+                .map_err(|err| err.to_string())?;
                 Ok(())
             }
             Action::Fail {
@@ -354,7 +362,7 @@ async fn send_stop(
         reason: reason.to_string(),
     };
     if node_id == state.node_id() {
-        crate::supervisor::stop_replica(state, &request).await;
+        crate::workload::supervisor::stop_replica(state, &request).await;
         return;
     }
     let client = view
@@ -487,7 +495,7 @@ pub async fn admit(
             request.placement_id
         ))),
         AdmitDecision::Admitted => {
-            crate::supervisor::spawn_replica(state.clone(), request);
+            crate::workload::supervisor::spawn_replica(state.clone(), request);
             Ok(PlacementReply::Admitted)
         }
     }
@@ -495,6 +503,6 @@ pub async fn admit(
 
 /// Node-to-node: the app's reconciler asks this node to stop one of its replicas.
 pub async fn stop(state: &Arc<AgentState>, request: StopRequest) -> Result<(), ApiError> {
-    crate::supervisor::stop_replica(state, &request).await;
+    crate::workload::supervisor::stop_replica(state, &request).await;
     Ok(())
 }

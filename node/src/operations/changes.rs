@@ -15,7 +15,7 @@ use proto::catalog::{AppRecord, Release};
 use proto::manifest::MAX_REPLICAS;
 use tracing::{info, warn};
 
-use crate::catalog::{KEEPERS, keepers};
+use crate::control::catalog::{KEEPERS, keepers};
 use crate::state::{AgentState, unix_ms};
 
 /// `POST /v1/apps/{app}/scale`.
@@ -110,7 +110,7 @@ async fn copy_release(
     ensure_bundle(state, &source).await?;
     let view = state.view().await;
     let live: Vec<&str> = view.live_nodes().map(|n| n.node_id.as_str()).collect();
-    let number = crate::deploy::release_number(state, &view, &app, &live).await;
+    let number = crate::operations::deploy::release_number(state, &view, &app, &live).await;
     let release = Release {
         number,
         created_at_ms: unix_ms(),
@@ -295,7 +295,7 @@ async fn ensure_bundle(state: &AgentState, release: &Release) -> Result<(), ApiE
         .filter(|node| node.node_id != state.node_id())
         .filter_map(|node| node.identity.as_ref().map(|identity| identity.api_addr))
         .collect();
-    crate::supervisor::fetch_bundle(state, &release.bundle.sha256, &holders, "change")
+    crate::workload::supervisor::fetch_bundle(state, &release.bundle.sha256, &holders, "change")
         .await
         .map_err(ApiError::Unavailable)
 }
@@ -307,7 +307,7 @@ pub async fn commit(state: &AgentState, record: &AppRecord) -> Result<Vec<String
     state
         .merge_record(record.clone())
         .await
-        .map_err(crate::deploy::store_unavailable)?;
+        .map_err(crate::operations::deploy::store_unavailable)?;
     state.membership.publish_app(record).await;
     let view = state.view().await;
     let live: Vec<&str> = view.live_nodes().map(|n| n.node_id.as_str()).collect();

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::catalog::{KEEPERS, keepers};
+use crate::control::catalog::{KEEPERS, keepers};
 use crate::state::{AgentState, unix_ms};
 
 /// A node that accepted a change keeps publishing it this long even if it is not a keeper,

@@ -4,7 +4,7 @@
 //! Pure and deterministic: inputs are plain data and `now`, outputs are [`Action`]s; it
 //! remembers only a few timestamps between calls (when a replica slot was last seen, when
 //! a new replica first appeared and first turned healthy). The driver
-//! ([`crate::placement`]) runs it on the app's reconciler node (one per app, chosen by
+//! ([`crate::control::reconciler_driver`]) runs it on the app's reconciler node (one per app, chosen by
 //! rendezvous hashing over live, non-draining nodes), carries the actions out and calls
 //! it again on every gossip change, so it can run 1,000 simulated nodes in a test.
 //!

@@ -14,8 +14,8 @@ use proto::manifest::validate_app_name;
 use tracing::{info, warn};
 
 use crate::bundle::{BundleError, UnpackLimits, inspect_and_unpack};
-use crate::catalog::{KEEPERS, keepers};
-use crate::membership::ClusterView;
+use crate::cluster::membership::ClusterView;
+use crate::control::catalog::{KEEPERS, keepers};
 use crate::state::{AgentState, unix_ms};
 
 pub async fn accept(
@@ -243,7 +243,7 @@ pub async fn hold_record(state: &AgentState, record: AppRecord) -> Result<(), Ap
     Ok(())
 }
 
-pub(crate) fn store_unavailable(err: crate::catalog::StoreError) -> ApiError {
+pub(crate) fn store_unavailable(err: crate::control::catalog::StoreError) -> ApiError {
     ApiError::Unavailable(format!(
         "this node cannot write its catalog ({err}): try another node"
     ))

@@ -114,7 +114,7 @@ pub async fn replica_logs(
 /// The kept outputs of `app` from every live node, one node after the other.
 async fn previous_everywhere(
     state: &AgentState,
-    view: &crate::membership::ClusterView,
+    view: &crate::cluster::membership::ClusterView,
     app: &str,
     tail: usize,
 ) -> LineStream {

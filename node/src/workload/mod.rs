@@ -1,0 +1,7 @@
+//! Running replicas on this node: the supervisor (start, watch, restart with backoff, stop),
+//! the runtime drivers (Docker, plain processes), health probes and replica output.
+
+pub mod health;
+pub mod logs;
+pub mod runtime;
+pub mod supervisor;

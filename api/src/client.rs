@@ -1,9 +1,10 @@
 //! Typed client of the API, used by the CLI, by agents calling each other, and the testbed.
 
 use std::path::Path;
+use std::pin::Pin;
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{Stream, StreamExt, TryStreamExt};
 use proto::api::{
     AppView, AppsResponse, ChangeAccepted, DeployAccepted, DrainReply, ErrorBody, HealthResponse,
     NodesResponse, PlacementReply, PlacementRequest, ReleasesResponse, RollbackRequest,
@@ -13,6 +14,8 @@ use proto::catalog::AppRecord;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
+use tokio_util::codec::{Decoder, FramedRead, LinesCodec, LinesCodecError};
+use url::Url;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -39,6 +42,16 @@ pub enum ClientError {
     },
     #[error("invalid API URL {0:?}: write http://host:port")]
     BadUrl(String),
+    #[error("{0:?} cannot be part of an API path: use a valid app, node or replica name")]
+    BadName(String),
+    #[error("{url} did not finish answering within {} s: the node is stuck or too slow", .after.as_secs_f32())]
+    Timeout { url: String, after: Duration },
+    #[error("the answer from {url} broke off: {source}")]
+    Stream {
+        url: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot read or write {path}: {source}")]
     File {
         path: String,
@@ -65,14 +78,60 @@ impl ClientError {
     }
 }
 
-/// Longest a JSON call may take, connection included.
-const JSON_TIMEOUT: Duration = Duration::from_secs(30);
+/// Lines of a log stream as the CLI reads them: a stream that breaks ends with the error,
+/// so a broken `logs -f` is not mistaken for one that ended.
+pub type LogLines = Pin<Box<dyn Stream<Item = Result<String, ClientError>> + Send>>;
+
+/// Lines of a log stream where an error can only be told in-band (the node merging its
+/// peers' streams into its own answer): a break ends the stream with a line saying so.
+type TextLines = Pin<Box<dyn Stream<Item = String> + Send>>;
+
+/// Longest log line the client accepts. The node cuts app lines at 16 KiB; this leaves
+/// room for the prefix a node adds and refuses anything that is not a log line.
+pub const MAX_LOG_LINE_BYTES: usize = 64 * 1024;
+
+/// How long each kind of call may take. Every call to a node has a deadline: a peer that
+/// accepts the connection and then never answers (or answers a byte a minute) must not
+/// stall a deploy, a replication or a log merge forever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Deadlines {
+    /// A JSON call, from connecting to the end of the answer.
+    json: Duration,
+    /// Until the headers of a streamed answer (logs, a blob download).
+    headers: Duration,
+    /// A blob transfer may take this long plus one second per `blob_bytes_per_sec`...
+    blob_base: Duration,
+    /// ...the slowest transfer rate that still counts as progress.
+    blob_bytes_per_sec: u64,
+    /// Longest wait for the next chunk of a blob download.
+    blob_idle: Duration,
+}
+
+const DEADLINES: Deadlines = Deadlines {
+    json: Duration::from_secs(30),
+    headers: Duration::from_secs(30),
+    blob_base: Duration::from_secs(30),
+    blob_bytes_per_sec: 512 << 10,
+    blob_idle: Duration::from_secs(30),
+};
+
+/// The size a download without a `Content-Length` is given time for: the largest bundle
+/// a node accepts by default is 256 MiB.
+const UNKNOWN_BLOB_BYTES: u64 = 1 << 30;
+
+impl Deadlines {
+    fn blob(&self, size: u64) -> Duration {
+        self.blob_base + Duration::from_secs(size / self.blob_bytes_per_sec.max(1))
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct Client {
     base: String,
+    base_url: Url,
     token: Option<String>,
     http: reqwest::Client,
+    deadlines: Deadlines,
 }
 
 impl Client {
@@ -87,14 +146,24 @@ impl Client {
         } else {
             format!("http://{base}")
         };
+        let base_url = Url::parse(&base).map_err(|_| ClientError::BadUrl(base.clone()))?;
+        if !matches!(base_url.scheme(), "http" | "https")
+            || !base_url.has_host()
+            || base_url.query().is_some()
+            || base_url.fragment().is_some()
+        {
+            return Err(ClientError::BadUrl(base));
+        }
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(3))
             .build()
             .map_err(|_| ClientError::BadUrl(base.clone()))?;
         Ok(Client {
             base,
+            base_url,
             token: None,
             http,
+            deadlines: DEADLINES,
         })
     }
 
@@ -109,39 +178,40 @@ impl Client {
     }
 
     pub async fn health(&self) -> Result<HealthResponse, ClientError> {
-        self.send(self.call(reqwest::Method::GET, "/v1/health"))
+        self.send(self.call(reqwest::Method::GET, &["v1", "health"], &[])?)
             .await
     }
 
     pub async fn nodes(&self) -> Result<NodesResponse, ClientError> {
-        self.send(self.call(reqwest::Method::GET, "/v1/nodes"))
+        self.send(self.call(reqwest::Method::GET, &["v1", "nodes"], &[])?)
             .await
     }
 
     pub async fn apps(&self) -> Result<AppsResponse, ClientError> {
-        self.send(self.call(reqwest::Method::GET, "/v1/apps")).await
+        self.send(self.call(reqwest::Method::GET, &["v1", "apps"], &[])?)
+            .await
     }
 
     pub async fn app(&self, name: &str) -> Result<AppView, ClientError> {
-        self.send(self.call(reqwest::Method::GET, &format!("/v1/apps/{name}")))
+        self.send(self.call(reqwest::Method::GET, &["v1", "apps", name], &[])?)
             .await
     }
 
     pub async fn destroy(&self, name: &str) -> Result<AppView, ClientError> {
-        self.send(self.call(reqwest::Method::DELETE, &format!("/v1/apps/{name}")))
+        self.send(self.call(reqwest::Method::DELETE, &["v1", "apps", name], &[])?)
             .await
     }
 
     /// Releases of an app, newest first.
     pub async fn releases(&self, app: &str) -> Result<ReleasesResponse, ClientError> {
-        self.send(self.call(reqwest::Method::GET, &format!("/v1/apps/{app}/releases")))
+        self.send(self.call(reqwest::Method::GET, &["v1", "apps", app, "releases"], &[])?)
             .await
     }
 
     /// Sets an app's replica count.
     pub async fn scale(&self, app: &str, replicas: u32) -> Result<ChangeAccepted, ClientError> {
         let request = self
-            .call(reqwest::Method::POST, &format!("/v1/apps/{app}/scale"))
+            .call(reqwest::Method::POST, &["v1", "apps", app, "scale"], &[])?
             .json(&ScaleRequest { replicas });
         self.send(request).await
     }
@@ -153,21 +223,21 @@ impl Client {
         to: Option<u64>,
     ) -> Result<ChangeAccepted, ClientError> {
         let request = self
-            .call(reqwest::Method::POST, &format!("/v1/apps/{app}/rollback"))
+            .call(reqwest::Method::POST, &["v1", "apps", app, "rollback"], &[])?
             .json(&RollbackRequest { to });
         self.send(request).await
     }
 
     /// Replaces every replica of an app, one at a time.
     pub async fn restart(&self, app: &str) -> Result<ChangeAccepted, ClientError> {
-        self.send(self.call(reqwest::Method::POST, &format!("/v1/apps/{app}/restart")))
+        self.send(self.call(reqwest::Method::POST, &["v1", "apps", app, "restart"], &[])?)
             .await
     }
 
     /// Drains (`true`) or undrains a node, by id.
     pub async fn drain(&self, node: &str, draining: bool) -> Result<DrainReply, ClientError> {
         let verb = if draining { "drain" } else { "undrain" };
-        self.send(self.call(reqwest::Method::POST, &format!("/v1/nodes/{node}/{verb}")))
+        self.send(self.call(reqwest::Method::POST, &["v1", "nodes", node, verb], &[])?)
             .await
     }
 
@@ -178,7 +248,7 @@ impl Client {
         draining: bool,
     ) -> Result<DrainReply, ClientError> {
         let request = self
-            .call(reqwest::Method::PUT, "/v1/internal/draining")
+            .call(reqwest::Method::PUT, &["v1", "internal", "draining"], &[])?
             .json(&DrainReply {
                 node_id: node.to_string(),
                 draining,
@@ -188,52 +258,93 @@ impl Client {
 
     /// Node-to-node: asks the node to stop one of its replicas.
     pub async fn stop_replica(&self, stop: &StopRequest) -> Result<(), ClientError> {
-        let request = self
-            .call(
-                reqwest::Method::POST,
-                &format!("/v1/internal/placements/{}/stop", stop.placement_id),
-            )
-            .json(stop);
+        let path = ["v1", "internal", "placements", &stop.placement_id, "stop"];
+        let request = self.call(reqwest::Method::POST, &path, &[])?.json(stop);
         let _: serde_json::Value = self.send(request).await?;
         Ok(())
     }
 
     /// Uploads a zipped app folder, streamed from `zip`; `progress` is called with the
     /// bytes sent so far.
+    ///
+    /// No overall deadline: the node answers once it has replicated the bundle to its
+    /// peers, and each of those transfers has its own.
     pub async fn deploy(
         &self,
         app: &str,
         zip: &Path,
         progress: impl Fn(u64) + Send + Sync + 'static,
     ) -> Result<DeployAccepted, ClientError> {
-        let body = file_body(zip, progress).await?;
+        let (body, _) = file_body(zip, progress).await?;
         let request = self
-            .request(reqwest::Method::POST, &format!("/v1/apps/{app}/deploys"))
+            .request(
+                reqwest::Method::POST,
+                self.url(&["v1", "apps", app, "deploys"], &[])?,
+            )
             .header(reqwest::header::CONTENT_TYPE, "application/zip")
             .body(body);
         self.send(request).await
     }
 
-    /// Node-to-node: sends a bundle copy.
+    /// Node-to-node: sends a bundle copy. The whole transfer, the peer's check of the
+    /// checksum included, has a deadline that grows with the blob's size.
     pub async fn put_blob(&self, sha256: &str, path: &Path) -> Result<(), ClientError> {
-        let body = file_body(path, |_| {}).await?;
+        let (body, size) = file_body(path, |_| {}).await?;
+        let deadline = self.deadlines.blob(size);
         let request = self
-            .request(reqwest::Method::PUT, &format!("/v1/blobs/{sha256}"))
+            .request(
+                reqwest::Method::PUT,
+                self.url(&["v1", "blobs", sha256], &[])?,
+            )
+            .timeout(deadline)
             .body(body);
-        let _: serde_json::Value = self.send(request).await?;
-        Ok(())
+        match self.send::<serde_json::Value>(request).await {
+            Ok(_) => Ok(()),
+            Err(ClientError::Timeout { url, .. }) => Err(ClientError::Timeout {
+                url,
+                after: deadline,
+            }),
+            Err(err) => Err(err),
+        }
     }
 
     /// Node-to-node: downloads a bundle to `dest`, verifying its checksum on the way; a
-    /// copy that does not match is deleted and reported.
+    /// copy that does not match, or a download that stalls or runs past its deadline
+    /// (which grows with the size the peer announces), is deleted and reported.
     pub async fn get_blob(&self, sha256: &str, dest: &Path) -> Result<u64, ClientError> {
-        let url = format!("{}/v1/blobs/{sha256}", self.base);
+        let url = self.url(&["v1", "blobs", sha256], &[])?;
+        let shown = url.to_string();
         let response = self
-            .check(
-                url.clone(),
-                self.request(reqwest::Method::GET, &format!("/v1/blobs/{sha256}")),
-            )
+            .check_within(&shown, self.request(reqwest::Method::GET, url))
             .await?;
+        let started = tokio::time::Instant::now();
+        let deadline = started
+            + self
+                .deadlines
+                .blob(response.content_length().unwrap_or(UNKNOWN_BLOB_BYTES));
+        let result = self
+            .download(&shown, response, dest, deadline, sha256)
+            .await;
+        if result.is_err() {
+            let _ = tokio::fs::remove_file(dest).await;
+        }
+        result.map_err(|err| match err {
+            ClientError::Timeout { url, .. } => ClientError::Timeout {
+                url,
+                after: started.elapsed(),
+            },
+            other => other,
+        })
+    }
+
+    async fn download(
+        &self,
+        url: &str,
+        response: reqwest::Response,
+        dest: &Path,
+        deadline: tokio::time::Instant,
+        sha256: &str,
+    ) -> Result<u64, ClientError> {
         let file_err = |source| ClientError::File {
             path: dest.display().to_string(),
             source,
@@ -242,9 +353,19 @@ impl Client {
         let mut hasher = Sha256::new();
         let mut size = 0u64;
         let mut stream = response.bytes_stream();
-        while let Some(chunk) = stream.next().await {
+        loop {
+            let idle_until = deadline.min(tokio::time::Instant::now() + self.deadlines.blob_idle);
+            let next = tokio::time::timeout_at(idle_until, stream.next())
+                .await
+                .map_err(|_| ClientError::Timeout {
+                    url: url.to_string(),
+                    after: Duration::ZERO,
+                })?;
+            let Some(chunk) = next else {
+                break;
+            };
             let chunk = chunk.map_err(|source| ClientError::Unreachable {
-                url: url.clone(),
+                url: url.to_string(),
                 source,
             })?;
             hasher.update(&chunk);
@@ -252,15 +373,10 @@ impl Client {
             file.write_all(&chunk).await.map_err(file_err)?;
         }
         file.sync_all().await.map_err(file_err)?;
-        let actual: String = hasher
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let actual = hex::encode(hasher.finalize());
         if actual != sha256 {
-            let _ = tokio::fs::remove_file(dest).await;
             return Err(ClientError::Checksum {
-                url,
+                url: url.to_string(),
                 expected: sha256.to_string(),
                 actual,
             });
@@ -269,23 +385,22 @@ impl Client {
     }
 
     /// Output of every replica of `app`, a line at a time; with `follow`, until dropped.
+    /// A stream that breaks ends with the error.
     pub async fn logs(
         &self,
         app: &str,
         follow: bool,
         tail: usize,
-    ) -> Result<crate::LineStream, ClientError> {
-        self.lines(&format!("/v1/apps/{app}/logs?follow={follow}&tail={tail}"))
+    ) -> Result<LogLines, ClientError> {
+        let query = [("follow", follow.to_string()), ("tail", tail.to_string())];
+        self.log_lines(self.url(&["v1", "apps", app, "logs"], &query)?)
             .await
     }
 
     /// The kept output of an app's stopped replicas (replaced, moved, crashed).
-    pub async fn previous_logs(
-        &self,
-        app: &str,
-        tail: usize,
-    ) -> Result<crate::LineStream, ClientError> {
-        self.lines(&format!("/v1/apps/{app}/logs?previous=true&tail={tail}"))
+    pub async fn previous_logs(&self, app: &str, tail: usize) -> Result<TextLines, ClientError> {
+        let query = [("previous", "true".to_string()), ("tail", tail.to_string())];
+        self.text_lines(self.url(&["v1", "apps", app, "logs"], &query)?)
             .await
     }
 
@@ -294,11 +409,10 @@ impl Client {
         &self,
         app: &str,
         tail: usize,
-    ) -> Result<crate::LineStream, ClientError> {
-        self.lines(&format!(
-            "/v1/internal/apps/{app}/previous-logs?tail={tail}"
-        ))
-        .await
+    ) -> Result<TextLines, ClientError> {
+        let path = ["v1", "internal", "apps", app, "previous-logs"];
+        self.text_lines(self.url(&path, &[("tail", tail.to_string())])?)
+            .await
     }
 
     /// Node-to-node: output of one replica the node runs.
@@ -307,33 +421,50 @@ impl Client {
         placement_id: &str,
         follow: bool,
         tail: usize,
-    ) -> Result<crate::LineStream, ClientError> {
-        self.lines(&format!(
-            "/v1/internal/replicas/{placement_id}/logs?follow={follow}&tail={tail}"
-        ))
-        .await
+    ) -> Result<TextLines, ClientError> {
+        let path = ["v1", "internal", "replicas", placement_id, "logs"];
+        let query = [("follow", follow.to_string()), ("tail", tail.to_string())];
+        self.text_lines(self.url(&path, &query)?).await
     }
 
-    async fn lines(&self, path: &str) -> Result<crate::LineStream, ClientError> {
-        let url = format!("{}{path}", self.base);
-        let response = self
-            .check(url, self.request(reqwest::Method::GET, path))
-            .await?;
-        let mut partial: Vec<u8> = Vec::new();
-        let lines = response
-            .bytes_stream()
-            .take_while(|chunk| futures_util::future::ready(chunk.is_ok()))
-            .map(move |chunk| {
-                let bytes = chunk.unwrap_or_default();
-                partial.extend_from_slice(&bytes);
-                let mut lines = Vec::new();
-                while let Some(end) = partial.iter().position(|b| *b == b'\n') {
-                    let line: Vec<u8> = partial.drain(..=end).collect();
-                    lines.push(String::from_utf8_lossy(&line[..line.len() - 1]).into_owned());
+    /// A log stream whose break can only be told in-band: it becomes a last line.
+    async fn text_lines(&self, url: Url) -> Result<TextLines, ClientError> {
+        let lines = self.log_lines(url).await?;
+        let lines = lines.scan(false, |broken, line| {
+            let line = match line {
+                _ if *broken => None,
+                Ok(line) => Some(line),
+                Err(err) => {
+                    *broken = true;
+                    Some(format!("({err})"))
                 }
-                futures_util::stream::iter(lines)
+            };
+            futures_util::future::ready(line)
+        });
+        Ok(Box::pin(lines))
+    }
+
+    /// The answer of a log call, decoded a line at a time, each at most
+    /// [`MAX_LOG_LINE_BYTES`]; the first error ends the stream.
+    async fn log_lines(&self, url: Url) -> Result<LogLines, ClientError> {
+        let shown = url.to_string();
+        let response = self
+            .check_within(&shown, self.request(reqwest::Method::GET, url))
+            .await?;
+        let body = tokio_util::io::StreamReader::new(
+            response.bytes_stream().map_err(std::io::Error::other),
+        );
+        let mut broken = false;
+        let lines = FramedRead::new(body, CappedLines::default())
+            .map_err(move |source| ClientError::Stream {
+                url: shown.clone(),
+                source,
             })
-            .flatten();
+            .take_while(move |line| {
+                let go_on = !broken;
+                broken = line.is_err();
+                futures_util::future::ready(go_on)
+            });
         Ok(Box::pin(lines))
     }
 
@@ -342,8 +473,9 @@ impl Client {
         let request = self
             .call(
                 reqwest::Method::PUT,
-                &format!("/v1/internal/apps/{}", record.name),
-            )
+                &["v1", "internal", "apps", &record.name],
+                &[],
+            )?
             .json(record);
         let _: serde_json::Value = self.send(request).await?;
         Ok(())
@@ -355,34 +487,81 @@ impl Client {
         struct Reserved {
             number: u64,
         }
-        let request = self.call(
-            reqwest::Method::POST,
-            &format!("/v1/internal/apps/{app}/numbers"),
-        );
-        let reserved: Reserved = self.send(request).await?;
+        let path = ["v1", "internal", "apps", app, "numbers"];
+        let reserved: Reserved = self
+            .send(self.call(reqwest::Method::POST, &path, &[])?)
+            .await?;
         Ok(reserved.number)
     }
 
     /// Node-to-node: asks the node to run a replica.
     pub async fn place(&self, placement: &PlacementRequest) -> Result<PlacementReply, ClientError> {
         let request = self
-            .call(reqwest::Method::POST, "/v1/internal/placements")
+            .call(
+                reqwest::Method::POST,
+                &["v1", "internal", "placements"],
+                &[],
+            )?
             .json(placement);
         self.send(request).await
     }
 
-    /// A JSON call (not an upload or a stream): a peer that accepts the connection and
-    /// never answers must not stall the caller forever.
-    fn call(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        self.request(method, path).timeout(JSON_TIMEOUT)
+    /// `base` with `segments` appended, each one percent-escaped (a `/` in a name stays
+    /// inside its segment), and `query` form-encoded.
+    fn url(&self, segments: &[&str], query: &[(&str, String)]) -> Result<Url, ClientError> {
+        // The url crate silently drops `.` and `..` segments: `app("..")` would become
+        // `GET /v1`, another call altogether.
+        if let Some(bad) = segments
+            .iter()
+            .find(|segment| matches!(**segment, "" | "." | ".."))
+        {
+            return Err(ClientError::BadName((*bad).to_string()));
+        }
+        let mut url = self.base_url.clone();
+        url.path_segments_mut()
+            .map_err(|()| ClientError::BadUrl(self.base.clone()))?
+            .pop_if_empty()
+            .extend(segments);
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query);
+        }
+        Ok(url)
     }
 
-    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        let request = self.http.request(method, format!("{}{path}", self.base));
+    /// A JSON call (not an upload or a stream): a peer that accepts the connection and
+    /// never answers must not stall the caller forever.
+    fn call(
+        &self,
+        method: reqwest::Method,
+        segments: &[&str],
+        query: &[(&str, String)],
+    ) -> Result<reqwest::RequestBuilder, ClientError> {
+        let url = self.url(segments, query)?;
+        Ok(self.request(method, url).timeout(self.deadlines.json))
+    }
+
+    fn request(&self, method: reqwest::Method, url: Url) -> reqwest::RequestBuilder {
+        let request = self.http.request(method, url);
         match &self.token {
             Some(token) => request.bearer_auth(token),
             None => request,
         }
+    }
+
+    /// [`Client::check`] for a streamed answer, whose headers must come within the
+    /// headers deadline (the body then has deadlines of its own, or none for `follow`).
+    async fn check_within(
+        &self,
+        url: &str,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, ClientError> {
+        let after = self.deadlines.headers;
+        tokio::time::timeout(after, self.check(url.to_string(), request))
+            .await
+            .map_err(|_| ClientError::Timeout {
+                url: url.to_string(),
+                after,
+            })?
     }
 
     async fn check(
@@ -390,13 +569,19 @@ impl Client {
         url: String,
         request: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, ClientError> {
-        let response = request
-            .send()
-            .await
-            .map_err(|source| ClientError::Unreachable {
-                url: url.clone(),
-                source,
-            })?;
+        let response = request.send().await.map_err(|source| {
+            if source.is_timeout() {
+                ClientError::Timeout {
+                    url: url.clone(),
+                    after: self.deadlines.json,
+                }
+            } else {
+                ClientError::Unreachable {
+                    url: url.clone(),
+                    source,
+                }
+            }
+        })?;
         let status = response.status();
         if status.is_success() {
             return Ok(response);
@@ -423,23 +608,71 @@ impl Client {
             .map(|r| r.url().to_string())
             .unwrap_or_else(|| self.base.clone());
         let response = self.check(url.clone(), request).await?;
-        response
-            .json()
-            .await
-            .map_err(|source| ClientError::Decode { url, source })
+        response.json().await.map_err(|source| {
+            if source.is_timeout() {
+                ClientError::Timeout {
+                    url: url.clone(),
+                    after: self.deadlines.json,
+                }
+            } else {
+                ClientError::Decode {
+                    url: url.clone(),
+                    source,
+                }
+            }
+        })
     }
 }
 
+/// `LinesCodec` with a maximum length that reports an over-long line in the stream and
+/// goes on, instead of ending it: one odd line must not cut a `logs -f` short.
+#[derive(Debug)]
+struct CappedLines(LinesCodec);
+
+impl Default for CappedLines {
+    fn default() -> Self {
+        CappedLines(LinesCodec::new_with_max_length(MAX_LOG_LINE_BYTES))
+    }
+}
+
+/// Stands for a line longer than [`MAX_LOG_LINE_BYTES`], which is dropped.
+const DROPPED_LINE: &str = "[stratus: line longer than 64 KiB dropped]";
+
+impl Decoder for CappedLines {
+    type Item = String;
+    type Error = std::io::Error;
+
+    fn decode(&mut self, buf: &mut bytes::BytesMut) -> Result<Option<String>, std::io::Error> {
+        capped(self.0.decode(buf))
+    }
+
+    fn decode_eof(&mut self, buf: &mut bytes::BytesMut) -> Result<Option<String>, std::io::Error> {
+        capped(self.0.decode_eof(buf))
+    }
+}
+
+fn capped(
+    decoded: Result<Option<String>, LinesCodecError>,
+) -> Result<Option<String>, std::io::Error> {
+    match decoded {
+        Ok(line) => Ok(line),
+        // The codec has started dropping the line up to its newline.
+        Err(LinesCodecError::MaxLineLengthExceeded) => Ok(Some(DROPPED_LINE.to_string())),
+        Err(LinesCodecError::Io(err)) => Err(err),
+    }
+}
+
+/// A streamed body of the file at `path`, and the file's size.
 async fn file_body(
     path: &Path,
     progress: impl Fn(u64) + Send + Sync + 'static,
-) -> Result<reqwest::Body, ClientError> {
-    let file = tokio::fs::File::open(path)
-        .await
-        .map_err(|source| ClientError::File {
-            path: path.display().to_string(),
-            source,
-        })?;
+) -> Result<(reqwest::Body, u64), ClientError> {
+    let file_err = |source| ClientError::File {
+        path: path.display().to_string(),
+        source,
+    };
+    let file = tokio::fs::File::open(path).await.map_err(file_err)?;
+    let size = file.metadata().await.map_err(file_err)?.len();
     let mut sent = 0u64;
     let stream = tokio_util::io::ReaderStream::new(file).map(move |chunk| {
         if let Ok(bytes) = &chunk {
@@ -448,5 +681,218 @@ async fn file_body(
         }
         chunk
     });
-    Ok(reqwest::Body::wrap_stream(stream))
+    Ok((reqwest::Body::wrap_stream(stream), size))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// Deadlines short enough for a test, long enough for a loaded machine.
+    const SHORT: Deadlines = Deadlines {
+        json: Duration::from_millis(300),
+        headers: Duration::from_millis(300),
+        blob_base: Duration::from_millis(300),
+        blob_bytes_per_sec: 1 << 30,
+        blob_idle: Duration::from_millis(300),
+    };
+
+    /// A one-connection HTTP server on port 0 that reads the request head and then
+    /// writes `answer` in pieces with `pause` between them, and keeps the connection open
+    /// (the peer that stalls) unless `close` is set. Returns the client and the request
+    /// line it received.
+    async fn server(
+        answer: Vec<Vec<u8>>,
+        pause: Duration,
+        close: bool,
+    ) -> (Client, tokio::sync::oneshot::Receiver<String>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (seen_tx, seen_rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                if socket.read(&mut byte).await.unwrap() == 0 {
+                    return;
+                }
+                head.push(byte[0]);
+            }
+            let line = String::from_utf8_lossy(&head)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string();
+            let _ = seen_tx.send(line);
+            for piece in answer {
+                if socket.write_all(&piece).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(pause).await;
+            }
+            if !close {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            }
+        });
+        let mut client = Client::new(&addr.to_string()).unwrap();
+        client.deadlines = SHORT;
+        (client, seen_rx)
+    }
+
+    fn chunked(pieces: &[&[u8]]) -> Vec<Vec<u8>> {
+        let mut out = vec![
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n"
+                .to_vec(),
+        ];
+        for piece in pieces {
+            let mut chunk = format!("{:x}\r\n", piece.len()).into_bytes();
+            chunk.extend_from_slice(piece);
+            chunk.extend_from_slice(b"\r\n");
+            out.push(chunk);
+        }
+        out
+    }
+
+    #[test]
+    fn path_segments_are_escaped_and_dot_segments_refused() {
+        let client = Client::new("http://127.0.0.1:7070/").unwrap();
+        let url = client
+            .url(
+                &["v1", "apps", "a b/c?d#e", "logs"],
+                &[("tail", "5".into())],
+            )
+            .unwrap();
+        assert_eq!(
+            url.as_str(),
+            "http://127.0.0.1:7070/v1/apps/a%20b%2Fc%3Fd%23e/logs?tail=5"
+        );
+        for bad in ["..", ".", ""] {
+            assert!(matches!(
+                client.url(&["v1", "apps", bad], &[]),
+                Err(ClientError::BadName(_))
+            ));
+        }
+        // A base with a path keeps it.
+        let prefixed = Client::new("https://example.test/stratus").unwrap();
+        assert_eq!(
+            prefixed.url(&["v1", "health"], &[]).unwrap().as_str(),
+            "https://example.test/stratus/v1/health"
+        );
+        assert!(matches!(Client::new(""), Err(ClientError::BadUrl(_))));
+        assert!(matches!(
+            Client::new("ftp://x"),
+            Err(ClientError::BadUrl(_))
+        ));
+        assert_eq!(
+            Client::new("127.0.0.1:1/").unwrap().base(),
+            "http://127.0.0.1:1"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_broken_log_stream_ends_with_an_error() {
+        // A line, then the connection closes in the middle of a chunked body.
+        let mut answer = chunked(&[b"first\nsecond\n"]);
+        answer.push(b"20\r\nhalf a li".to_vec());
+        let (client, seen) = server(answer, Duration::ZERO, true).await;
+        let lines: Vec<_> = client.logs("web", true, 10).await.unwrap().collect().await;
+        assert_eq!(
+            seen.await.unwrap(),
+            "GET /v1/apps/web/logs?follow=true&tail=10 HTTP/1.1"
+        );
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert_eq!(lines[0].as_ref().unwrap(), "first");
+        assert_eq!(lines[1].as_ref().unwrap(), "second");
+        assert!(
+            matches!(&lines[2], Err(ClientError::Stream { .. })),
+            "{:?}",
+            lines[2]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_broken_peer_log_stream_says_so_in_its_last_line() {
+        let mut answer = chunked(&[b"first\n"]);
+        answer.push(b"20\r\nhalf".to_vec());
+        let (client, _) = server(answer, Duration::ZERO, true).await;
+        let lines: Vec<String> = client
+            .replica_logs("web-1-0", false, 5)
+            .await
+            .unwrap()
+            .collect()
+            .await;
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert_eq!(lines[0], "first");
+        assert!(lines[1].contains("broke off"), "{}", lines[1]);
+    }
+
+    #[tokio::test]
+    async fn log_lines_are_capped_and_the_stream_goes_on() {
+        let long = vec![b'x'; MAX_LOG_LINE_BYTES + 10];
+        let mut body = long.clone();
+        body.extend_from_slice(b"\nafter\n");
+        let mut answer = chunked(&[&body[..1000], &body[1000..]]);
+        answer.push(b"0\r\n\r\n".to_vec());
+        let (client, _) = server(answer, Duration::ZERO, true).await;
+        let lines: Vec<_> = client.logs("web", false, 10).await.unwrap().collect().await;
+        let lines: Vec<String> = lines.into_iter().map(Result::unwrap).collect();
+        assert_eq!(lines, [DROPPED_LINE, "after"]);
+    }
+
+    #[tokio::test]
+    async fn a_stalled_blob_download_times_out_and_leaves_no_file() {
+        let head = b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n".to_vec();
+        let (client, _) = server(vec![head, vec![b'a'; 10]], Duration::ZERO, false).await;
+        let dir = tempfile_dir();
+        let dest = dir.join("blob");
+        let err = client.get_blob(&"0".repeat(64), &dest).await.unwrap_err();
+        assert!(matches!(err, ClientError::Timeout { .. }), "{err}");
+        assert!(!dest.exists(), "a stalled download left a partial file");
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_never_answers_a_blob_upload_times_out() {
+        let (client, _) = server(Vec::new(), Duration::ZERO, false).await;
+        let dir = tempfile_dir();
+        let blob = dir.join("blob");
+        std::fs::write(&blob, b"bundle").unwrap();
+        let started = tokio::time::Instant::now();
+        let err = client.put_blob(&"0".repeat(64), &blob).await.unwrap_err();
+        assert!(matches!(err, ClientError::Timeout { .. }), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_never_sends_log_headers_times_out() {
+        let (client, _) = server(Vec::new(), Duration::ZERO, false).await;
+        let err = match client.replica_logs("web-1-0", true, 5).await {
+            Err(err) => err,
+            Ok(_) => panic!("a peer without an answer gave a stream"),
+        };
+        assert!(matches!(err, ClientError::Timeout { .. }), "{err}");
+    }
+
+    #[test]
+    fn blob_deadlines_grow_with_the_size() {
+        assert_eq!(DEADLINES.blob(0), Duration::from_secs(30));
+        assert_eq!(DEADLINES.blob(256 << 20), Duration::from_secs(30 + 512));
+    }
+
+    /// A fresh folder under the system temp dir, unique to the test process and name.
+    fn tempfile_dir() -> std::path::PathBuf {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "stratus-client-test-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
 }

@@ -1,19 +1,35 @@
 //! The Stratus HTTP API: the server every agent embeds and the typed client the CLI uses.
 //!
-//! The server knows nothing about gossip or Docker: the agent hands it an implementation
-//! of [`NodeApi`] and it turns HTTP requests into calls on it. It must never depend on
-//! `node` (the dependency goes the other way) nor on the gossip library.
+//! The server knows nothing about gossip or Docker: the agent implements the service traits
+//! of [`service`] and the routers turn HTTP requests into calls on them. It must never
+//! depend on `node` (the dependency goes the other way) nor on the gossip library.
 //!
-//! Layout: [`server`] (authentication and routing), [`upload`] (bodies streamed to disk
-//! with their SHA-256), [`error`] (the one place an error becomes an HTTP status),
-//! [`client`] (typed client).
+//! Layout:
+//! - [`routes`]: one router per resource (`apps`, `nodes`, `blobs`, `internal`) and the
+//!   layers around them;
+//! - [`caller`]: the bearer token as an extractor ([`User`]) and the node-token layer;
+//! - [`service`]: what the agent provides, one trait per router;
+//! - [`error`]: the one place an error becomes an HTTP status;
+//! - [`openapi`]: the OpenAPI document, derived from the handlers;
+//! - [`server`]: connections (header timeout, connection cap, graceful shutdown);
+//! - [`upload`]: bodies streamed to disk with their SHA-256;
+//! - [`client`]: the typed client.
 
+pub mod caller;
 pub mod client;
 pub mod error;
+pub mod openapi;
+pub mod routes;
 pub mod server;
+pub mod service;
 pub mod upload;
 
+pub use caller::{Authenticate, Caller, Peer, User};
 pub use client::{Client, ClientError};
-pub use error::ApiError;
-pub use server::{Caller, LineStream, LogQuery, NodeApi, serve};
+pub use error::{ApiError, ErrorCode, ServiceError};
+pub use routes::{ApiConfig, router};
+pub use server::{ServeLimits, serve};
+pub use service::{
+    AppsService, BlobsService, InternalService, LineStream, LogQuery, NodesService, Service,
+};
 pub use upload::Upload;

@@ -3,8 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+use axum::body::Body;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
@@ -39,11 +39,7 @@ impl Drop for Upload {
 
 static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-pub(crate) async fn save_body(
-    mut body: Incoming,
-    dir: &Path,
-    limit: u64,
-) -> Result<Upload, ApiError> {
+pub(crate) async fn save_body(mut body: Body, dir: &Path, limit: u64) -> Result<Upload, ApiError> {
     tokio::fs::create_dir_all(dir).await.map_err(|err| {
         ApiError::Internal(format!("cannot create upload dir {}: {err}", dir.display()))
     })?;
@@ -60,14 +56,13 @@ pub(crate) async fn save_body(
     };
     let mut hasher = Sha256::new();
     while let Some(frame) = body.frame().await {
-        let frame =
-            frame.map_err(|err| ApiError::BadRequest(format!("upload interrupted: {err}")))?;
+        let frame = frame.map_err(upload_error)?;
         let Ok(data) = frame.into_data() else {
             continue;
         };
         upload.size += data.len() as u64;
         if upload.size > limit {
-            return Err(ApiError::PayloadTooLarge { limit });
+            return Err(ApiError::upload_too_large(limit));
         }
         hasher.update(&data);
         file.write_all(&data)
@@ -77,10 +72,21 @@ pub(crate) async fn save_body(
     file.sync_all()
         .await
         .map_err(|err| ApiError::Internal(format!("cannot sync upload: {err}")))?;
-    upload.sha256 = hex_lower(&hasher.finalize());
+    upload.sha256 = hex::encode(hasher.finalize());
     Ok(upload)
 }
 
-pub fn hex_lower(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+/// A body that failed while streaming in: the client went away, or it stalled longer than
+/// the router's body idle timeout.
+fn upload_error(err: axum::Error) -> ApiError {
+    let stalled = std::error::Error::source(&err)
+        .is_some_and(|source| source.is::<tower_http::timeout::TimeoutError>());
+    if stalled {
+        ApiError::BadRequest(
+            "upload stalled: no data arrived for too long; check the connection and deploy again"
+                .into(),
+        )
+    } else {
+        ApiError::BadRequest(format!("upload interrupted: {err}"))
+    }
 }

@@ -1,47 +1,51 @@
-//! `stratus agent`: wires membership, load sampling, seed resolution and the API together.
-//! The binary calls [`run`]; so could a test.
+//! `stratus agent` as a library function: [`run`] takes the sockets and the gossip
+//! transport the caller chose (the binary binds real ones; tests pass port-0 listeners and
+//! chitchat's in-memory transport), wires membership, the catalog, the control loops and
+//! the API together, and supervises every loop it spawns: one that ends before shutdown
+//! takes the node down loudly instead of leaving it half alive.
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use api::{ApiError, Caller, LineStream, LogQuery, Upload};
 use proto::NodeIdentity;
-use proto::api::{
-    AppView, AppsResponse, ChangeAccepted, DeployAccepted, DrainReply, HealthResponse,
-    NodesResponse, PlacementReply, PlacementRequest, ReleasesResponse, RollbackRequest,
-    ScaleRequest, StopRequest,
-};
 use proto::catalog::AppRecord;
+use proto::routes::RouteFeed;
 use tokio::net::TcpListener;
 use tokio::sync::{Mutex, Notify, watch};
+use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
 use crate::bundle::{BlobStore, S3Store};
 use crate::cluster::generation::bump_generation;
 use crate::cluster::load::LoadSampler;
-use crate::cluster::membership::{Membership, MembershipConfig, SealedUdpTransport};
-use crate::cluster::seal::constant_time_eq;
+use crate::cluster::membership::{
+    ChannelTransport, Membership, MembershipConfig, SealedUdpTransport, Transport, TransportStats,
+};
+use crate::cluster::seal::Keyring;
 use crate::cluster::seeds::{Seed, SeedResolver};
 use crate::config::{AgentConfig, RuntimeChoice};
 use crate::control::catalog::CatalogStore;
 use crate::control::hlc::Hlc;
 use crate::control::scheduler::Admission;
 use crate::control::{catalog_sync, reconciler_driver};
-use crate::operations::{changes, deploy};
+use crate::operations::changes;
+use crate::operations::service::AgentService;
 use crate::state::{AgentState, unix_ms};
 use crate::workload::runtime::{
     DockerDriver, DockerOptions, PortRange, ProcessDriver, ProcessOptions, RuntimeDriver,
 };
-use crate::workload::{logs, supervisor};
+use crate::workload::supervisor;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// How often seeds are resolved and dialed while this node knows no live peer, and after.
 const SEED_RETRY_ALONE: Duration = Duration::from_secs(2);
 const SEED_RETRY_JOINED: Duration = Duration::from_secs(30);
+
+/// After shutdown, how long the loops get to finish before they are abandoned.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -51,12 +55,8 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot listen for the API on {addr}: {source}")]
-    ApiBind {
-        addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("cannot read the API listener's address: {0}")]
+    ApiListener(#[source] std::io::Error),
     #[error(transparent)]
     Membership(#[from] crate::cluster::membership::MembershipError),
     #[error("cannot open the catalog: {0}")]
@@ -65,31 +65,75 @@ pub enum AgentError {
     Runtime(String),
     #[error("cannot use the S3 store: {0}")]
     Store(String),
+    #[error(
+        "the agent's {task} loop {how} while the node was running: stopping the node rather \
+         than leave it half alive (restart it; the log above says why)"
+    )]
+    TaskDied {
+        task: &'static str,
+        how: &'static str,
+    },
 }
 
-/// What an embedded ingress needs to route: the cluster view (live replicas) and the
-/// catalog (apps and their domains). Sent on every change.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RouteFeed {
-    pub view: Arc<crate::cluster::membership::ClusterView>,
-    pub apps: Vec<AppRecord>,
+/// The sockets the agent serves on, bound by the caller.
+pub struct Listeners {
+    /// The HTTP API. Its local address is what the node advertises (so port 0 works).
+    pub api: TcpListener,
+}
+
+/// The gossip transport, chosen by the caller: sealed UDP in production, chitchat's
+/// in-memory channels in in-process test clusters.
+pub struct Gossip {
+    transport: Box<dyn Transport>,
+    stats: Arc<TransportStats>,
+}
+
+impl Gossip {
+    /// UDP on the config's gossip address, every datagram sealed by `keyring` (clear text
+    /// with `None`, `--insecure-no-encryption`).
+    pub fn sealed_udp(keyring: Option<Keyring>) -> Gossip {
+        let transport = SealedUdpTransport::new(keyring);
+        let stats = transport.stats();
+        Gossip {
+            transport: Box::new(transport),
+            stats,
+        }
+    }
+
+    /// In-process channels shared by every node of a test cluster; links can be cut with
+    /// [`ChannelTransport::remove_link`].
+    pub fn in_memory(transport: ChannelTransport) -> Gossip {
+        Gossip {
+            transport: Box::new(transport),
+            stats: Arc::default(),
+        }
+    }
 }
 
 /// Runs the agent until `shutdown` completes, then leaves the cluster gracefully.
 pub async fn run(
     config: AgentConfig,
+    listeners: Listeners,
+    gossip: Gossip,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
-    run_with_routes(config, shutdown, None).await
+    run_with_routes(config, listeners, gossip, shutdown, None).await
 }
 
 /// [`run`], also sending a [`RouteFeed`] to `routes` whenever the cluster or the catalog
 /// changes (the binary wires it into the ingress; this crate never depends on it).
 pub async fn run_with_routes(
-    config: AgentConfig,
+    mut config: AgentConfig,
+    listeners: Listeners,
+    gossip: Gossip,
     shutdown: impl Future<Output = ()>,
     routes: Option<watch::Sender<Option<RouteFeed>>>,
 ) -> Result<(), AgentError> {
+    // The address actually bound, which differs from the config's with port 0.
+    config.api_addr = listeners
+        .api
+        .local_addr()
+        .map_err(AgentError::ApiListener)?;
     let now_ms = unix_ms();
     let generation =
         bump_generation(&config.data_dir, now_ms).map_err(|source| AgentError::DataDir {
@@ -105,13 +149,6 @@ pub async fn run_with_routes(
             config.gossip_addr, config.api_addr
         ),
     }
-    let listener =
-        TcpListener::bind(config.api_addr)
-            .await
-            .map_err(|source| AgentError::ApiBind {
-                addr: config.api_addr,
-                source,
-            })?;
 
     let resolver = SeedResolver::from_system();
     let mut initial_seeds = resolver.resolve(&config.seeds).await;
@@ -130,8 +167,6 @@ pub async fn run_with_routes(
     let first_load = sampler.sample((0, 0));
     let _ = sampler.poll_publish(first_load);
 
-    let transport = SealedUdpTransport::new(config.keyring.clone());
-    let stats = transport.stats();
     let membership_config = MembershipConfig {
         cluster_id: config.cluster_id.clone(),
         listen_addr: config.gossip_addr,
@@ -141,8 +176,15 @@ pub async fn run_with_routes(
         phi_threshold: config.phi_threshold,
         ..MembershipConfig::new(&config.node_id, generation, config.advertise_addr)
     };
-    let membership =
-        Arc::new(Membership::start(membership_config, &identity, first_load, &transport).await?);
+    let membership = Arc::new(
+        Membership::start(
+            membership_config,
+            &identity,
+            first_load,
+            gossip.transport.as_ref(),
+        )
+        .await?,
+    );
     info!(
         node_id = %config.node_id,
         generation,
@@ -184,7 +226,7 @@ pub async fn run_with_routes(
     };
     let state = Arc::new(AgentState {
         membership: membership.clone(),
-        stats,
+        stats: gossip.stats.clone(),
         catalog: Mutex::new(catalog),
         catalog_store,
         hlc: Mutex::new(Hlc::new(&config.node_id)),
@@ -214,46 +256,111 @@ pub async fn run_with_routes(
     // Before anything schedules: containers left running by a previous agent are ours.
     supervisor::adopt_existing(state.clone()).await;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut tasks = vec![
-        tokio::spawn(load_loop(state.clone(), sampler, stop_rx.clone())),
-        tokio::spawn(seed_loop(
+    let mut loops = Supervised::default();
+    loops.spawn("load", load_loop(state.clone(), sampler, stop_rx.clone()));
+    loops.spawn(
+        "seeds",
+        seed_loop(
             membership.clone(),
             resolver,
             config.seeds.clone(),
             config.advertise_addr,
             stop_rx.clone(),
-        )),
-        tokio::spawn(catalog_sync::run(state.clone(), stop_rx.clone())),
-        tokio::spawn(reconciler_driver::run(state.clone(), stop_rx.clone())),
-    ];
+        ),
+    );
+    loops.spawn(
+        "catalog sync",
+        catalog_sync::run(state.clone(), stop_rx.clone()),
+    );
+    loops.spawn(
+        "reconciler driver",
+        reconciler_driver::run(state.clone(), stop_rx.clone()),
+    );
     if let Some(routes) = routes {
-        tasks.push(tokio::spawn(route_feed(
-            state.clone(),
-            routes,
-            stop_rx.clone(),
-        )));
+        loops.spawn(
+            "route feed",
+            route_feed(state.clone(), routes, stop_rx.clone()),
+        );
     }
-    let api = Arc::new(AgentApi {
-        state: state.clone(),
-    });
+    let router = api::router(
+        Arc::new(AgentService::new(state.clone())),
+        api::ApiConfig::new(state.uploads_dir(), config.max_upload_bytes),
+    );
     let mut api_stop = stop_rx.clone();
-    let api_task = tokio::spawn(api::serve(listener, api, async move {
-        let _ = api_stop.wait_for(|stop| *stop).await;
-    }));
+    loops.spawn("API server", async move {
+        let stopped = async move {
+            let _ = api_stop.wait_for(|stop| *stop).await;
+        };
+        if let Err(err) =
+            api::serve(listeners.api, router, api::ServeLimits::default(), stopped).await
+        {
+            error!(error = %err, "the API server failed");
+        }
+    });
 
-    shutdown.await;
-    info!("shutting down: leaving the cluster");
+    let died = tokio::select! {
+        () = shutdown => None,
+        died = loops.first_exit() => Some(died),
+    };
+    match &died {
+        None => info!("shutting down: leaving the cluster"),
+        Some((task, how)) => error!(task, how, "an agent loop ended: leaving the cluster"),
+    }
     let _ = stop_tx.send(true);
     membership.leave().await;
-    for task in tasks {
-        let _ = task.await;
+    loops.finish(SHUTDOWN_GRACE).await;
+    match died {
+        None => Ok(()),
+        Some((task, how)) => Err(AgentError::TaskDied { task, how }),
     }
-    match api_task.await {
-        Ok(Err(err)) => warn!(error = %err, "API server stopped with an error"),
-        Err(err) => warn!(error = %err, "API server task failed"),
-        Ok(Ok(())) => {}
+}
+
+/// The agent's loops, each named: every one runs until the node stops, so one that ends
+/// first (it returned, or it panicked) is a failure of the node.
+#[derive(Default)]
+pub struct Supervised {
+    tasks: JoinSet<()>,
+    names: std::collections::HashMap<tokio::task::Id, &'static str>,
+}
+
+impl Supervised {
+    pub fn spawn(&mut self, name: &'static str, task: impl Future<Output = ()> + Send + 'static) {
+        let handle = self.tasks.spawn(task);
+        self.names.insert(handle.id(), name);
     }
-    Ok(())
+
+    /// Waits for the first loop to end, and says which and how. Pending forever when
+    /// there is none.
+    pub async fn first_exit(&mut self) -> (&'static str, &'static str) {
+        let Some(ended) = self.tasks.join_next_with_id().await else {
+            return std::future::pending().await;
+        };
+        let (id, how) = match ended {
+            Ok((id, ())) => (id, "returned"),
+            Err(err) if err.is_panic() => (err.id(), "panicked"),
+            Err(err) => (err.id(), "was cancelled"),
+        };
+        (self.names.get(&id).copied().unwrap_or("unnamed"), how)
+    }
+
+    /// Gives every loop `grace` to notice the stop, then aborts the rest.
+    pub async fn finish(mut self, grace: Duration) {
+        let drained = tokio::time::timeout(grace, async {
+            while let Some(ended) = self.tasks.join_next_with_id().await {
+                if let Err(err) = ended
+                    && err.is_panic()
+                {
+                    let name = self.names.get(&err.id()).copied().unwrap_or("unnamed");
+                    error!(task = name, "an agent loop panicked while stopping");
+                }
+            }
+        })
+        .await;
+        if drained.is_err() {
+            warn!(?grace, "agent loops still running after the grace: aborted");
+            self.tasks.shutdown().await;
+        }
+    }
 }
 
 /// Docker where its daemon answers (or when asked for), else plain processes.
@@ -306,7 +413,12 @@ async fn route_feed(
     loop {
         let view = views.borrow_and_update().clone();
         let apps: Vec<AppRecord> = state.catalog.lock().await.records().cloned().collect();
-        let feed = Some(RouteFeed { view, apps });
+        let replicas = view
+            .containers
+            .iter()
+            .map(|placed| (placed.node_id.clone(), placed.record.clone()))
+            .collect();
+        let feed = Some(RouteFeed { apps, replicas });
         routes.send_if_modified(|current| {
             let changed = *current != feed;
             if changed {
@@ -352,6 +464,8 @@ async fn seed_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     if seeds.is_empty() {
+        // Nothing to dial, but a supervised loop runs until the node stops.
+        let _ = stop.wait_for(|stop| *stop).await;
         return;
     }
     loop {
@@ -370,150 +484,5 @@ async fn seed_loop(
             _ = tokio::time::sleep(wait) => {}
             _ = stop.wait_for(|stop| *stop) => return,
         }
-    }
-}
-
-struct AgentApi {
-    state: Arc<AgentState>,
-}
-
-impl api::NodeApi for AgentApi {
-    async fn health(&self) -> HealthResponse {
-        HealthResponse {
-            status: "ok".to_string(),
-            node_id: self.state.node_id().to_string(),
-            version: VERSION.to_string(),
-            gossip: self.state.stats.snapshot(),
-        }
-    }
-
-    async fn nodes(&self) -> NodesResponse {
-        let view = self.state.view().await;
-        NodesResponse {
-            self_id: view.self_id,
-            nodes: view.nodes,
-        }
-    }
-
-    fn authenticate(&self, token: &str) -> Option<Caller> {
-        let node_token_ok = match &self.state.config.keyring {
-            Some(keyring) => keyring.accepts_node_token(token),
-            None => constant_time_eq(token.as_bytes(), self.state.node_token.as_bytes()),
-        };
-        if node_token_ok {
-            return Some(Caller::Node);
-        }
-        let user_token = self.state.config.api_token.as_deref()?;
-        constant_time_eq(token.as_bytes(), user_token.as_bytes()).then_some(Caller::User)
-    }
-
-    fn upload_dir(&self) -> PathBuf {
-        self.state.uploads_dir()
-    }
-
-    fn max_upload_bytes(&self) -> u64 {
-        self.state.config.max_upload_bytes
-    }
-
-    async fn apps(&self) -> AppsResponse {
-        deploy::apps(&self.state).await
-    }
-
-    async fn app(&self, name: &str) -> Result<AppView, ApiError> {
-        deploy::app_view(&self.state, name, false).await
-    }
-
-    async fn destroy(&self, name: &str) -> Result<AppView, ApiError> {
-        deploy::destroy(&self.state, name).await
-    }
-
-    async fn deploy(&self, app: &str, upload: Upload) -> Result<DeployAccepted, ApiError> {
-        deploy::accept(&self.state, app, upload).await
-    }
-
-    async fn blob_path(&self, sha256: &str) -> Result<PathBuf, ApiError> {
-        let blobs = self.state.blobs.clone();
-        let digest = sha256.to_string();
-        tokio::task::spawn_blocking(move || {
-            blobs
-                .open_verified(&digest)
-                .and_then(|_| blobs.path(&digest))
-        })
-        .await
-        .map_err(|err| ApiError::Internal(err.to_string()))?
-        .map_err(|err| ApiError::NotFound {
-            method: "GET".into(),
-            path: format!("/v1/blobs/{sha256}: {err}"),
-        })
-    }
-
-    async fn put_blob(&self, sha256: &str, upload: Upload) -> Result<(), ApiError> {
-        deploy::put_blob(&self.state, sha256, upload).await
-    }
-
-    async fn hold_record(&self, record: AppRecord) -> Result<(), ApiError> {
-        deploy::hold_record(&self.state, record).await
-    }
-
-    async fn place(&self, request: PlacementRequest) -> Result<PlacementReply, ApiError> {
-        reconciler_driver::admit(&self.state, request).await
-    }
-
-    async fn reserve_release_number(&self, app: &str) -> Result<u64, ApiError> {
-        proto::manifest::validate_app_name(app).map_err(ApiError::BadRequest)?;
-        Ok(self.state.reserve_release_number(app).await)
-    }
-
-    async fn app_logs(&self, app: &str, query: LogQuery) -> Result<LineStream, ApiError> {
-        logs::app_logs(&self.state, app, query).await
-    }
-
-    async fn previous_logs(&self, app: &str, query: LogQuery) -> Result<LineStream, ApiError> {
-        let lines = logs::previous_logs(&self.state, app, query.tail).await;
-        Ok(Box::pin(futures_util::stream::iter(lines)))
-    }
-
-    async fn releases(&self, app: &str) -> Result<ReleasesResponse, ApiError> {
-        changes::releases(&self.state, app).await
-    }
-
-    async fn scale(&self, app: &str, request: ScaleRequest) -> Result<ChangeAccepted, ApiError> {
-        changes::scale(&self.state, app, request.replicas).await
-    }
-
-    async fn rollback(
-        &self,
-        app: &str,
-        request: RollbackRequest,
-    ) -> Result<ChangeAccepted, ApiError> {
-        changes::rollback(&self.state, app, request.to).await
-    }
-
-    async fn restart(&self, app: &str) -> Result<ChangeAccepted, ApiError> {
-        changes::restart(&self.state, app).await
-    }
-
-    async fn drain(&self, node: &str, draining: bool) -> Result<DrainReply, ApiError> {
-        changes::drain(&self.state, node, draining).await
-    }
-
-    async fn set_draining(&self, draining: bool) -> Result<DrainReply, ApiError> {
-        changes::set_own_draining(&self.state, draining).await?;
-        Ok(DrainReply {
-            node_id: self.state.node_id().to_string(),
-            draining,
-        })
-    }
-
-    async fn stop_replica(&self, request: StopRequest) -> Result<(), ApiError> {
-        reconciler_driver::stop(&self.state, request).await
-    }
-
-    async fn replica_logs(
-        &self,
-        placement_id: &str,
-        query: LogQuery,
-    ) -> Result<LineStream, ApiError> {
-        logs::replica_logs(&self.state, placement_id, query).await
     }
 }

@@ -2,7 +2,6 @@
 //! logging and signals, and hands over to the `node` library.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -10,6 +9,8 @@ use clap::{Parser, Subcommand};
 use node::cluster::seal::ClusterKey;
 use node::config::{AgentArgs, AgentConfig};
 use rand::SeedableRng;
+
+mod embedded_ingress;
 
 #[derive(Parser)]
 #[command(
@@ -264,13 +265,15 @@ fn main() -> anyhow::Result<()> {
         } => runtime()?.block_on(async {
             use futures_util::StreamExt as _;
             let client = target.client()?;
-            let mut lines = if previous {
-                client.previous_logs(&app, tail).await?
+            let mut lines: api::client::LogLines = if previous {
+                Box::pin(client.previous_logs(&app, tail).await?.map(Ok))
             } else {
                 client.logs(&app, follow, tail).await?
             };
+            // A stream that breaks ends with its error, so `logs -f` fails loudly instead
+            // of exiting as if the app had stopped writing.
             while let Some(line) = lines.next().await {
-                println!("{line}");
+                println!("{}", line?);
             }
             Ok(())
         }),
@@ -330,73 +333,30 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-/// Runs the agent, with the ingress beside it when `--ingress-addr` is set: the Pingora
-/// server on its own threads (it must not run inside tokio), fed with route tables built
-/// from the agent's view and catalog.
+/// Binds the agent's sockets, starts the ingress beside it when `--ingress-addr` is set,
+/// and runs the agent until SIGINT or SIGTERM.
 fn run_agent(config: AgentConfig) -> anyhow::Result<()> {
     let runtime = runtime()?;
-    let Some(listen) = config.ingress_addr else {
-        runtime.block_on(node::agent::run(config, shutdown_signal()))?;
-        return Ok(());
+    let api = runtime
+        .block_on(tokio::net::TcpListener::bind(config.api_addr))
+        .with_context(|| format!("cannot listen for the API on {}", config.api_addr))?;
+    let gossip = node::agent::Gossip::sealed_udp(config.keyring.clone());
+    let listeners = node::agent::Listeners { api };
+    let ingress = embedded_ingress::start(&config, &runtime)?;
+    let (ingress, routes) = match ingress {
+        Some((ingress, routes)) => (Some(ingress), Some(routes)),
+        None => (None, None),
     };
-    let routes = Arc::new(ingress::proxy::RouteState::new(Default::default()));
-    let tls = match &config.ingress_tls {
-        Some((addr, certs)) => Some(ingress::TlsListener {
-            addr: *addr,
-            certs: certs
-                .iter()
-                .map(|cert| ingress::CertSpec::parse(cert))
-                .collect::<Result<_, _>>()?,
-        }),
-        None => None,
-    };
-    let listeners = ingress::Listeners {
-        http: listen,
-        tls,
-        admin: config.ingress_admin_addr,
-    };
-    let mut proxy_config = ingress::ProxyConfig::default();
-    if let Some(max) = config.ingress_max_body_bytes {
-        proxy_config.max_body_bytes = max;
-    }
-    let proxy = ingress::build(&listeners, routes.clone(), proxy_config, 2)
-        .context("cannot start the ingress")?
-        .spawn()
-        .context("cannot start the ingress thread")?;
-    tracing::info!(
-        %listen,
-        tls = ?listeners.tls.as_ref().map(|tls| tls.addr),
-        admin = ?listeners.admin,
-        base_domain = %config.base_domain,
-        "ingress ready"
-    );
-    let (feed_tx, mut feed_rx) =
-        tokio::sync::watch::channel::<Option<node::agent::RouteFeed>>(None);
-    let base_domain = config.base_domain.clone();
-    runtime.spawn(async move {
-        while feed_rx.changed().await.is_ok() {
-            let Some(feed) = feed_rx.borrow_and_update().clone() else {
-                continue;
-            };
-            let table = ingress::RouteTable::build(
-                &base_domain,
-                feed.apps
-                    .iter()
-                    .filter_map(ingress::routes::RouteApp::from_record),
-                feed.view
-                    .containers
-                    .iter()
-                    .map(|c| (c.node_id.as_str(), &c.record)),
-            );
-            routes.update(table).await;
-        }
-    });
     let result = runtime.block_on(node::agent::run_with_routes(
         config,
+        listeners,
+        gossip,
         shutdown_signal(),
-        Some(feed_tx),
+        routes,
     ));
-    proxy.stop(ingress::server::Stop::Graceful);
+    if let Some(ingress) = ingress {
+        ingress.stop();
+    }
     result?;
     Ok(())
 }

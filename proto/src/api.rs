@@ -9,6 +9,7 @@ use crate::{NodeIdentity, NodeLoad};
 
 /// Every error the API returns: `{ "error": "...", "detail": "..." }`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     /// Short machine-friendly cause, e.g. `not_found`.
     pub error: String,
@@ -18,15 +19,41 @@ pub struct ErrorBody {
 
 /// `GET /v1/health`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HealthResponse {
+    /// `ok` when every check passes, else `degraded`.
     pub status: String,
     pub node_id: String,
     pub version: String,
     pub gossip: GossipStats,
+    /// What `status` is made of. Absent from agents before it existed.
+    #[serde(default)]
+    pub checks: HealthChecks,
+}
+
+/// The checks behind `GET /v1/health`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct HealthChecks {
+    /// The catalog database takes writes.
+    pub catalog: Check,
+    /// The container runtime (Docker, or the process driver) answers.
+    pub runtime: Check,
+    /// This node hears from at least one live peer (or was given no seeds to find one).
+    pub gossip: Check,
+}
+
+/// One check: whether it passed, and what was seen.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Check {
+    pub ok: bool,
+    pub detail: String,
 }
 
 /// Counters of the gossip transport since the agent started.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct GossipStats {
     pub encrypted: bool,
     pub datagrams_sent: u64,
@@ -42,6 +69,7 @@ pub struct GossipStats {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum NodeStatus {
     /// Heard of through gossip, not yet confirmed live by this node's failure detector
@@ -56,10 +84,12 @@ pub enum NodeStatus {
 
 /// One node as the answering node sees it through gossip.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NodeView {
     pub node_id: String,
     /// Grows on every restart of the node.
     pub generation: u64,
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub gossip_addr: SocketAddr,
     pub status: NodeStatus,
     /// Absent until the node's identity key has reached the answering node.
@@ -74,6 +104,7 @@ pub struct NodeView {
 
 /// `GET /v1/nodes`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NodesResponse {
     /// The node that answered.
     pub self_id: String,
@@ -83,6 +114,7 @@ pub struct NodesResponse {
 /// `POST /v1/apps/{app}/deploys` answer (202): the release is recorded and its bundle held
 /// by enough nodes; the replicas start in the background.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeployAccepted {
     pub app: String,
     pub release: u64,
@@ -96,11 +128,13 @@ pub struct DeployAccepted {
 
 /// One replica of an app, as gossiped by the node that runs it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReplicaView {
     pub node_id: String,
     pub container_id: String,
     pub release: u64,
     pub replica: u32,
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub addr: SocketAddr,
     pub state: crate::ContainerState,
     pub health: crate::ContainerHealth,
@@ -110,6 +144,7 @@ pub struct ReplicaView {
 
 /// `GET /v1/apps/{app}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AppView {
     pub name: String,
     pub replicas_desired: u32,
@@ -128,6 +163,7 @@ pub struct AppView {
 
 /// One line of `GET /v1/apps/{app}/releases`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReleaseSummary {
     pub number: u64,
     pub sha256: String,
@@ -145,6 +181,7 @@ pub struct ReleaseSummary {
 
 /// `GET /v1/apps/{app}/releases`, newest first.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReleasesResponse {
     pub app: String,
     pub releases: Vec<ReleaseSummary>,
@@ -152,6 +189,7 @@ pub struct ReleasesResponse {
 
 /// `POST /v1/apps/{app}/scale`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ScaleRequest {
     pub replicas: u32,
 }
@@ -159,6 +197,7 @@ pub struct ScaleRequest {
 /// `POST /v1/apps/{app}/rollback`: `to` an earlier release, by default the last good one
 /// before the current.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RollbackRequest {
     #[serde(default)]
     pub to: Option<u64>,
@@ -166,6 +205,7 @@ pub struct RollbackRequest {
 
 /// Answer to scale, rollback and restart: the release that now should run and how many.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ChangeAccepted {
     pub app: String,
     pub release: u64,
@@ -175,6 +215,7 @@ pub struct ChangeAccepted {
 
 /// Node-to-node: stop one replica (gracefully: out of the routes first).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StopRequest {
     pub placement_id: String,
     pub reason: String,
@@ -182,6 +223,7 @@ pub struct StopRequest {
 
 /// `POST /v1/nodes/{node}/drain` and `/undrain` answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DrainReply {
     pub node_id: String,
     pub draining: bool,
@@ -189,6 +231,7 @@ pub struct DrainReply {
 
 /// One line of `GET /v1/apps`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AppSummary {
     pub name: String,
     pub release: Option<u64>,
@@ -198,25 +241,57 @@ pub struct AppSummary {
 
 /// `GET /v1/apps`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AppsResponse {
     pub apps: Vec<AppSummary>,
 }
 
 /// Node-to-node: asks a node to run one replica. Idempotent by `placement_id`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PlacementRequest {
     pub placement_id: String,
     pub app: String,
     pub release: crate::catalog::Release,
     pub replica: u32,
     /// API addresses of nodes that hold the bundle.
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
     pub holders: Vec<SocketAddr>,
 }
 
 /// Node-to-node answer to a placement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum PlacementReply {
     Admitted,
     AlreadyAdmitted,
+}
+
+/// `PUT /v1/blobs/{sha256}` answer (201).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct BlobStored {
+    pub sha256: String,
+}
+
+/// Node-to-node: the record is persisted and published here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct HeldReply {
+    pub held: bool,
+}
+
+/// Node-to-node: a release number reserved by the app's first keeper.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ReservedNumber {
+    pub number: u64,
+}
+
+/// Node-to-node: the replica is leaving the routes and will be stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct StoppingReply {
+    pub stopping: bool,
 }

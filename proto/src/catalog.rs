@@ -13,6 +13,7 @@ use crate::manifest::Manifest;
 
 /// A hybrid-logical-clock timestamp with the writer's node id as the final tie-break.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Stamp {
     pub wall_ms: u64,
     pub counter: u32,
@@ -21,6 +22,7 @@ pub struct Stamp {
 
 /// A bundle in the content-addressed artifact store.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BlobRef {
     /// Lowercase hex SHA-256 of the zip.
     pub sha256: String,
@@ -29,6 +31,7 @@ pub struct BlobRef {
 
 /// One numbered, immutable release of an app.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Release {
     pub number: u64,
     pub bundle: BlobRef,
@@ -43,6 +46,7 @@ pub struct Release {
 
 /// Everything the cluster must agree on about one app.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AppRecord {
     pub name: String,
     pub stamp: Stamp,

@@ -8,7 +8,13 @@
 //! - [`gossip`]: the versioned key schema and the values published under it;
 //! - [`node`]: what a node says about itself (identity, load);
 //! - [`container`]: one record per container a node runs;
+//! - [`catalog`]: app records and releases, last writer wins by hybrid logical clock;
+//! - [`manifest`]: `stratus.toml`, parsed and validated;
+//! - [`routes`]: what an agent feeds the ingress embedded beside it;
 //! - [`api`]: request and response bodies of the HTTP API.
+//!
+//! With the `openapi` feature the API bodies derive `utoipa::ToSchema`, for the document
+//! the api crate serves; without it the crate is serde and nothing else.
 
 pub mod api;
 pub mod catalog;
@@ -16,6 +22,7 @@ pub mod container;
 pub mod gossip;
 pub mod manifest;
 pub mod node;
+pub mod routes;
 
 pub use container::{ContainerHealth, ContainerRecord, ContainerState};
 pub use node::{NodeIdentity, NodeLoad};

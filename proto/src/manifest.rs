@@ -15,6 +15,7 @@ pub const MAX_REPLICAS: u32 = 100;
 
 /// A validated manifest.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Manifest {
     pub name: String,
     /// `None`: the node's default image.
@@ -38,6 +39,7 @@ pub struct Manifest {
 /// each given `health_timeout_ms` to become healthy before the rollout fails and the app
 /// goes back to its previous release.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Rollout {
     pub max_surge: u32,
     pub health_timeout_ms: u64,
@@ -54,6 +56,7 @@ impl Default for Rollout {
 
 /// Reservations, enforced as limits too.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Resources {
     pub cpu_millis: u64,
     pub memory_bytes: u64,
@@ -69,6 +72,7 @@ impl Default for Resources {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HealthCheck {
     /// HTTP path to GET; `None`: a TCP connect is enough.
     pub path: Option<String>,

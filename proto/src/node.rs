@@ -7,14 +7,18 @@ use serde::{Deserialize, Serialize};
 
 /// Who a node is and where to reach it. Published once at start (and again if it changes).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NodeIdentity {
     pub node_id: String,
     /// Address peers send gossip datagrams to.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub gossip_addr: SocketAddr,
     /// Address of this node's HTTP API.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub api_addr: SocketAddr,
     /// Address of the ingress embedded in this node, if it runs one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub ingress_addr: Option<SocketAddr>,
     /// Version of the `stratus` binary.
     pub version: String,
@@ -34,6 +38,7 @@ fn yes() -> bool {
 
 /// A node's capacity and how much of it is used. Republished only on meaningful change.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NodeLoad {
     pub cpu_cores: u32,
     /// Whole-machine CPU utilisation, 0.0 to 100.0.

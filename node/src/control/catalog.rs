@@ -182,6 +182,15 @@ impl CatalogStore {
         Ok(())
     }
 
+    /// Whether the database still takes a durable write (a commit of an empty write
+    /// transaction goes through the same fsync path as a real one).
+    pub fn check_writable(&self) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(APPS)?;
+        txn.commit()?;
+        Ok(())
+    }
+
     /// Persists a release in the history only.
     pub fn save_release(&self, app: &str, release: &Release) -> Result<(), StoreError> {
         let txn = self.db.begin_write()?;

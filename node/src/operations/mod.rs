@@ -1,6 +1,10 @@
-//! What users and peers ask of this node through the API: accepting deploys, changes
-//! (scale, rollback, restart) and drains. Each writes catalog records; the control loops
-//! act on them.
+//! What users and peers ask of this node through the API: [`service`] implements the API's
+//! service traits and hands each call to the module that does the work: [`deploy`]
+//! (accepting deploys, blobs, records), [`changes`] (scale, rollback, restart, drain) and
+//! [`health`] (the node's checks). Each writes catalog records; the control loops act on
+//! them.
 
 pub mod changes;
 pub mod deploy;
+pub mod health;
+pub mod service;

@@ -1,0 +1,80 @@
+//! `/v1/blobs/{sha256}`: bundle copies between nodes, nested behind the node-token layer.
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use proto::api::{BlobStored, ErrorBody};
+
+use super::{ApiConfig, ApiState, Json, Path, deadline};
+use crate::error::ApiError;
+use crate::service::Service;
+use crate::upload::save_body;
+
+pub fn router<S: Service>(config: &ApiConfig) -> Router<ApiState<S>> {
+    Router::new().route(
+        "/{sha256}",
+        deadline(get(fetch::<S>), config.request_timeout).merge(deadline(
+            axum::routing::put(store::<S>),
+            config.upload_timeout,
+        )),
+    )
+}
+
+/// A verified copy of a bundle, streamed.
+#[utoipa::path(get, path = "/v1/blobs/{sha256}", tag = "internal",
+    params(("sha256" = String, Path, description = "lowercase hex SHA-256 of the bundle")),
+    responses(
+        (status = 200, content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 500, body = ErrorBody),
+    ),
+    security(("node_token" = [])))]
+async fn fetch<S: Service>(
+    State(state): State<ApiState<S>>,
+    Path(sha256): Path<String>,
+) -> Result<Response, ApiError> {
+    let path = state.service.blob_path(&sha256).await?;
+    let file = tokio::fs::File::open(&path)
+        .await
+        .map_err(|err| ApiError::Internal(format!("cannot open {}: {err}", path.display())))?;
+    let body = Body::from_stream(tokio_util::io::ReaderStream::new(file));
+    Ok(([(CONTENT_TYPE, "application/octet-stream")], body).into_response())
+}
+
+/// Stores a copy of a bundle, checked against its SHA-256.
+#[utoipa::path(put, path = "/v1/blobs/{sha256}", tag = "internal",
+    params(("sha256" = String, Path, description = "lowercase hex SHA-256 of the bundle")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses(
+        (status = 201, body = BlobStored),
+        (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 413, body = ErrorBody),
+        (status = 422, body = ErrorBody),
+        (status = 500, body = ErrorBody),
+    ),
+    security(("node_token" = [])))]
+async fn store<S: Service>(
+    State(state): State<ApiState<S>>,
+    Path(sha256): Path<String>,
+    body: Body,
+) -> Result<(StatusCode, Json<BlobStored>), ApiError> {
+    let upload = save_body(
+        body,
+        &state.config.upload_dir,
+        state.config.max_upload_bytes,
+    )
+    .await?;
+    state.service.put_blob(&sha256, upload).await?;
+    Ok((StatusCode::CREATED, Json(BlobStored { sha256 })))
+}
+
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(fetch, store))]
+pub struct BlobsApi;

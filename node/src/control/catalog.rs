@@ -75,6 +75,27 @@ impl Catalog {
         in_history.max(current).unwrap_or(0) + 1
     }
 
+    /// What must be on disk before `record` may be merged: the record if it is newer than
+    /// the known one, else its release if the history lacks it, else nothing.
+    pub fn persist_needed(&self, record: &AppRecord) -> Persist {
+        let newer = self
+            .record(&record.name)
+            .is_none_or(|known| record.supersedes(known));
+        if newer {
+            return Persist::Record;
+        }
+        let has_new_release = record.release.as_ref().is_some_and(|release| {
+            !self
+                .releases
+                .contains_key(&(record.name.clone(), release.number))
+        });
+        if has_new_release {
+            Persist::ReleaseOnly
+        } else {
+            Persist::Nothing
+        }
+    }
+
     /// Every release of `app` this node has seen, oldest first.
     pub fn releases(&self, app: &str) -> Vec<&Release> {
         self.releases
@@ -82,6 +103,17 @@ impl Catalog {
             .map(|(_, release)| release)
             .collect()
     }
+}
+
+/// What merging a record needs written to disk first ([`Catalog::persist_needed`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Persist {
+    /// Already known: the merge changes nothing.
+    Nothing,
+    /// Newer than the known record: [`CatalogStore::save`].
+    Record,
+    /// Older, but its release is new to the history: [`CatalogStore::save_release`].
+    ReleaseOnly,
 }
 
 /// The `count` nodes that keep `app`: highest-random-weight (rendezvous) hashing, so every
@@ -135,6 +167,10 @@ db_err!(
 /// a node acknowledges holding a release only after this.
 pub struct CatalogStore {
     db: Database,
+    /// Held from deciding a write (against the in-memory catalog) until it is applied in
+    /// memory, so writes land on disk in the order they were decided while readers of
+    /// the in-memory catalog never wait for the disk.
+    write_order: tokio::sync::Mutex<()>,
 }
 
 impl CatalogStore {
@@ -144,7 +180,24 @@ impl CatalogStore {
         txn.open_table(APPS)?;
         txn.open_table(RELEASES)?;
         txn.commit()?;
-        Ok(CatalogStore { db })
+        Ok(CatalogStore {
+            db,
+            write_order: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The lock that orders writes: see [`crate::state::merge_in_order`].
+    pub fn write_order(&self) -> &tokio::sync::Mutex<()> {
+        &self.write_order
+    }
+
+    /// Writes what `needed` says of `record`.
+    pub fn persist(&self, record: &AppRecord, needed: Persist) -> Result<(), StoreError> {
+        match (needed, &record.release) {
+            (Persist::Record, _) => self.save(record),
+            (Persist::ReleaseOnly, Some(release)) => self.save_release(&record.name, release),
+            (Persist::ReleaseOnly, None) | (Persist::Nothing, _) => Ok(()),
+        }
     }
 
     pub fn load(&self) -> Result<Catalog, StoreError> {
@@ -305,6 +358,25 @@ mod tests {
         let remaining: Vec<&str> = nodes.iter().copied().filter(|n| *n != gone).collect();
         let after = keepers("web", &remaining, 3);
         assert!(keepers_all[1..].iter().all(|k| after.contains(k)));
+    }
+
+    #[test]
+    fn what_to_persist_follows_the_merge_rules() {
+        let mut catalog = Catalog::default();
+        let first = record("web", 10, "a", 1);
+        assert_eq!(catalog.persist_needed(&first), Persist::Record);
+        catalog.merge(first.clone());
+        assert_eq!(catalog.persist_needed(&first), Persist::Nothing);
+        catalog.merge(record("web", 30, "a", 3));
+        // Older than the known record, but release 2 is new to the history.
+        assert_eq!(
+            catalog.persist_needed(&record("web", 20, "a", 2)),
+            Persist::ReleaseOnly
+        );
+        assert_eq!(
+            catalog.persist_needed(&record("web", 40, "a", 4)),
+            Persist::Record
+        );
     }
 
     #[test]

@@ -109,6 +109,7 @@ pub struct AppState {
 }
 
 /// What to do.
+#[must_use = "an action does nothing unless the driver carries it out"]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// Place slot `slot` of the current release on some node (the scheduler picks it).
@@ -139,6 +140,10 @@ struct Memory {
     routable_since: BTreeMap<(String, String), Instant>,
     /// The current release has had every replica routable at once.
     established: bool,
+    /// The earliest instant after the last call at which a call with the same inputs
+    /// would decide differently (a grace period, a health timeout or a settle window
+    /// ends), if any.
+    next_deadline: Option<Instant>,
 }
 
 /// The reconciler of every app this node is responsible for.
@@ -162,6 +167,18 @@ impl Reconciler {
         self.apps.retain(|app, _| apps.contains(app));
     }
 
+    /// The earliest instant at which a decision could change with no new input: a vanished
+    /// slot's grace ends, a new replica's health timeout runs out, or a routable one has
+    /// settled long enough to retire an old one. `None` when only a change of the inputs
+    /// (gossip, the catalog) can change anything. The driver sleeps until then, or until
+    /// an input changes, instead of polling.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.apps
+            .values()
+            .filter_map(|memory| memory.next_deadline)
+            .min()
+    }
+
     /// Whether `app`'s current release has been fully routable at once (test and status
     /// helper).
     pub fn is_established(&self, app: &str) -> bool {
@@ -169,6 +186,7 @@ impl Reconciler {
     }
 
     /// Decides what to do for one app now.
+    #[must_use = "the actions do nothing unless the driver carries them out"]
     pub fn reconcile(&mut self, now: Instant, desired: &Desired, state: &AppState) -> Vec<Action> {
         let config = self.config;
         let memory = self.apps.entry(desired.app.clone()).or_default();
@@ -276,6 +294,8 @@ impl Reconciler {
                 rollback_to,
             });
             if rollback_to.is_some() {
+                // What happens next depends on the catalog (the rollback), not on time.
+                memory.next_deadline = None;
                 return actions;
             }
         }
@@ -339,6 +359,34 @@ impl Reconciler {
             };
             actions.push(stop(replica, reason));
         }
+
+        // When this decision could change with no new input.
+        let waiting_grace = (0..replicas)
+            .filter(|slot| {
+                !kept.contains_key(slot)
+                    && !state.pending.contains(slot)
+                    && !retiring_slots.contains(slot)
+            })
+            .filter_map(|slot| memory.slot_seen.get(&slot))
+            .map(|seen| *seen + config.reschedule_grace);
+        let health_timeouts = kept
+            .values()
+            .filter(|copy| {
+                !memory.established && !copy.routable() && copy.state != ContainerState::Exited
+            })
+            .filter_map(|copy| memory.first_seen.get(&copy.key()))
+            .map(|since| *since + desired.health_timeout);
+        // Settling only matters while there is something to retire.
+        let settles = kept
+            .values()
+            .filter(|_| !retiring.is_empty())
+            .filter_map(|copy| memory.routable_since.get(&copy.key()))
+            .map(|since| *since + config.route_settle);
+        memory.next_deadline = waiting_grace
+            .chain(health_timeouts)
+            .chain(settles)
+            .filter(|deadline| *deadline > now)
+            .min();
         actions
     }
 }

@@ -8,377 +8,336 @@
 //! the view, so an acknowledged deploy still rolls out if the node that accepted it dies.
 //! Placement ids are `app-r<release>-<replica>`: a retry of the same placement on the
 //! same node never starts a second copy.
+//!
+//! Split like quinn: [`decisions`] is the pure core ([`DriverCore`]: the election, the
+//! placements in flight, the stops sent, the failures published; tests on simulated time
+//! in `reconciler_driver/tests.rs`), and this file is the I/O around it: [`run`] feeds it,
+//! a [`Dispatcher`] sends its actions concurrently with a deadline each, and the loop
+//! sleeps until the core's next deadline or the next change.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use api::ApiError;
-use proto::api::{NodeStatus, PlacementReply, PlacementRequest, StopRequest};
-use proto::catalog::{AppRecord, Release};
-use proto::gossip::RolloutFailure;
+use proto::api::{PlacementReply, PlacementRequest, StopRequest};
+use proto::catalog::AppRecord;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::cluster::membership::ClusterView;
-use crate::control::catalog::keepers;
-use crate::control::reconciler::{
-    Action, AppState, Desired, Observed, ReconcileConfig, Reconciler,
-};
-use crate::control::scheduler::{AdmitDecision, Needs, NodeCandidate, plan};
+use crate::control::reconciler::ReconcileConfig;
+use crate::control::scheduler::{AdmitDecision, Needs};
 use crate::state::AgentState;
 
-/// How long a placement that a node admitted may take to show up in gossip before it is
-/// tried again (pulling the bundle, unpacking, starting the container).
-const PLACEMENT_PATIENCE: Duration = Duration::from_secs(60);
-/// Reconcile at least this often (grace periods and health timeouts run out between
-/// gossip changes), and at most every `MIN_SPACING`.
-const RECONCILE_EVERY: Duration = Duration::from_secs(1);
+mod decisions;
+#[cfg(test)]
+mod tests;
+
+pub use decisions::{
+    AppInput, DriverAction, DriverCore, Outcome, PLACE_RETRY, PLACEMENT_PATIENCE, STOP_RESEND,
+    Target, elected, placement_id,
+};
+
+/// At most this often: a burst of gossip changes costs one round, not one each.
 const MIN_SPACING: Duration = Duration::from_millis(100);
-/// A stop request is sent again if the replica still shows after this.
-const STOP_RESEND: Duration = Duration::from_secs(5);
 /// Gossip rounds a node must have heard peers for before it schedules.
 const SETTLE_ROUNDS: u32 = 6;
 /// A node with seeds but no peer schedules anyway after this: it may be the only one.
 const ALONE_PATIENCE: Duration = Duration::from_secs(10);
-
-pub fn placement_id(app: &str, release: u64, replica: u32) -> String {
-    format!("{app}-r{release}-{replica}")
-}
-
-/// A placement admitted by a node and not yet seen in gossip.
-struct InFlight {
-    since: Instant,
-    node_id: String,
-    app: String,
-    release: u64,
-    slot: u32,
-}
-
-/// The driver's memory between rounds.
-struct Driver {
-    reconciler: Reconciler,
-    in_flight: BTreeMap<String, InFlight>,
-    stops_sent: BTreeMap<(String, String), Instant>,
-    /// Apps whose failure this node published, to clear once they place again.
-    failing: BTreeSet<String>,
-    rng: StdRng,
-}
+/// Longest one call to one peer may take (a placement is only admitted there; the pull
+/// and the start happen afterwards): a slow or black-holed peer costs its own action this
+/// much, never the others'.
+pub const PEER_DEADLINE: Duration = Duration::from_secs(5);
+/// Actions carried out at once; the rest wait their turn.
+pub const PARALLEL_ACTIONS: usize = 8;
 
 /// The reconcile loop of this node: acts for the apps it is the reconciler of.
+///
+/// A thin loop around [`DriverCore`]: feeds it the view and the catalog, hands its actions
+/// to a [`Dispatcher`], feeds back what became of them, and sleeps until the core's next
+/// deadline or until something changes.
 pub async fn run(state: Arc<AgentState>, mut stop: tokio::sync::watch::Receiver<bool>) {
     if !wait_until_settled(&state, &mut stop).await {
         return;
     }
     let mut views = state.membership.subscribe().await;
-    let mut driver = Driver {
-        reconciler: Reconciler::new(ReconcileConfig {
+    let mut core = DriverCore::new(
+        state.node_id(),
+        ReconcileConfig {
             reschedule_grace: state.config.reschedule_grace,
             ..ReconcileConfig::default()
-        }),
-        in_flight: BTreeMap::new(),
-        stops_sent: BTreeMap::new(),
-        failing: BTreeSet::new(),
-        rng: StdRng::from_os_rng(),
-    };
+        },
+        StdRng::from_os_rng(),
+    );
+    let mut dispatcher = Dispatcher::new(PARALLEL_ACTIONS);
     loop {
-        driver.round(&state).await;
+        let view = state.view().await;
+        let apps = app_inputs(&state).await;
+        for action in core.plan(Instant::now(), &view, &apps) {
+            carry_out(&state, &mut dispatcher, action).await;
+        }
         tokio::time::sleep(MIN_SPACING).await;
+        let deadline = core.next_deadline();
         tokio::select! {
-            _ = tokio::time::sleep(RECONCILE_EVERY) => {}
+            _ = sleep_until(deadline) => {}
             _ = state.catalog_changed.notified() => {}
             changed = views.changed() => if changed.is_err() { return },
+            Some(outcome) = dispatcher.next() => {
+                if let Some(outcome) = outcome {
+                    core.handle_outcome(Instant::now(), outcome);
+                }
+                // Take in whatever else finished meanwhile before the next round.
+                while let Some(outcome) = dispatcher.try_next() {
+                    if let Some(outcome) = outcome {
+                        core.handle_outcome(Instant::now(), outcome);
+                    }
+                }
+            }
             _ = stop.wait_for(|stop| *stop) => return,
         }
     }
 }
 
-impl Driver {
-    async fn round(&mut self, state: &AgentState) {
-        let view = state.view().await;
-        let records: Vec<AppRecord> = state.catalog.lock().await.apps().cloned().collect();
-        let eligible: Vec<&str> = view
-            .live_nodes()
-            .filter(|node| !node.draining)
-            .map(|node| node.node_id.as_str())
-            .collect();
-        let live: BTreeSet<&str> = view.live_nodes().map(|n| n.node_id.as_str()).collect();
-        let gossiped: BTreeSet<(&str, &str)> = view
-            .containers
-            .iter()
-            .map(|c| (c.node_id.as_str(), c.record.id.as_str()))
-            .collect();
-        self.in_flight.retain(|id, flight| {
-            flight.since.elapsed() < PLACEMENT_PATIENCE
-                && live.contains(flight.node_id.as_str())
-                && !gossiped.contains(&(flight.node_id.as_str(), id.as_str()))
-        });
-        self.stops_sent
-            .retain(|_, sent| sent.elapsed() < STOP_RESEND);
-        let mine: BTreeSet<String> = records
-            .iter()
-            .filter(|record| {
-                keepers(&record.name, &eligible, 1)
-                    .first()
-                    .map(String::as_str)
-                    == Some(state.node_id())
-            })
-            .map(|record| record.name.clone())
-            .collect();
-        self.reconciler.retain(&mine);
-        for record in records.iter().filter(|r| mine.contains(&r.name)) {
-            let Some(release) = &record.release else {
-                continue;
-            };
-            let desired = desired(state, record, release).await;
-            let app_state = AppState {
-                observed: view
-                    .containers
-                    .iter()
-                    .filter(|c| c.record.app == record.name)
-                    .map(|c| Observed {
-                        node_id: c.node_id.clone(),
-                        placement_id: c.record.id.clone(),
-                        release: c.record.release,
-                        slot: c.record.replica,
-                        state: c.record.state,
-                        health: c.record.health,
-                        detail: c.record.detail.clone(),
-                    })
-                    .collect(),
-                pending: self
-                    .in_flight
-                    .values()
-                    .filter(|f| f.app == record.name && f.release == release.number)
-                    .map(|f| f.slot)
-                    .collect(),
-                draining: view
-                    .live_nodes()
-                    .filter(|node| node.draining)
-                    .map(|node| node.node_id.clone())
-                    .collect(),
-            };
-            let actions = self
-                .reconciler
-                .reconcile(Instant::now(), &desired, &app_state);
-            let mut problem = None;
-            for action in actions {
-                if let Err(reason) = self.act(state, &view, record, release, action).await {
-                    problem = Some(reason);
-                }
-            }
-            self.report(state, record, release.number, problem).await;
-        }
-    }
-
-    async fn act(
-        &mut self,
-        state: &AgentState,
-        view: &ClusterView,
-        record: &AppRecord,
-        release: &Release,
-        action: Action,
-    ) -> Result<(), String> {
-        match action {
-            Action::Place { slot } => self.place(state, view, record, release, slot).await,
-            Action::Stop {
-                node_id,
-                placement_id,
-                reason,
-            } => {
-                let key = (node_id.clone(), placement_id.clone());
-                if self.stops_sent.contains_key(&key) {
-                    return Ok(());
-                }
-                self.stops_sent.insert(key, Instant::now());
-                info!(app = %record.name, node = %node_id, placement = %placement_id, %reason, "stopping a replica");
-                send_stop(state, view, &node_id, &placement_id, &reason).await;
-                Ok(())
-            }
-            Action::Fail {
-                release: failed,
-                reason,
-                rollback_to: Some(previous),
-            } => {
-                warn!(app = %record.name, release = failed, %reason, to = previous, "rollout failed: going back");
-                crate::operations::changes::roll_back_failed(
-                    state,
-                    &record.name,
-                    failed,
-                    previous,
-                    &reason,
-                )
-                .await
-                .map_err(|err| err.to_string())?;
-                Ok(())
-            }
-            Action::Fail {
-                reason,
-                rollback_to: None,
-                ..
-            } => Err(reason),
-        }
-    }
-
-    /// Publishes (or clears) why the app's current release cannot run.
-    async fn report(
-        &mut self,
-        state: &AgentState,
-        record: &AppRecord,
-        release: u64,
-        problem: Option<String>,
-    ) {
-        match problem {
-            Some(reason) => {
-                warn!(app = %record.name, %reason, "the release cannot run");
-                self.failing.insert(record.name.clone());
-                state
-                    .membership
-                    .publish_failure(&RolloutFailure {
-                        app: record.name.clone(),
-                        release,
-                        reason,
-                    })
-                    .await;
-            }
-            None => {
-                if self.failing.remove(&record.name) {
-                    state.membership.clear_failure(&record.name).await;
-                }
-            }
-        }
-    }
-
-    async fn place(
-        &mut self,
-        state: &AgentState,
-        view: &ClusterView,
-        record: &AppRecord,
-        release: &Release,
-        slot: u32,
-    ) -> Result<(), String> {
-        let needs = Needs {
-            cpu_millis: release.manifest.resources.cpu_millis,
-            mem_bytes: release.manifest.resources.memory_bytes,
-        };
-        let mut candidates = candidates(view, &record.name);
-        // Placements admitted but not yet in gossip still occupy their node.
-        for flight in self.in_flight.values() {
-            if let Some(candidate) = candidates.iter_mut().find(|c| c.node_id == flight.node_id) {
-                occupy(candidate, needs, flight.app == record.name);
-            }
-        }
-        let plans =
-            plan(&candidates, needs, slot, 1, &mut self.rng).map_err(|err| err.to_string())?;
-        let Some(replica_plan) = plans.into_iter().next() else {
-            return Ok(());
-        };
-        let holders: Vec<std::net::SocketAddr> = view
-            .live_nodes()
-            .filter_map(|node| node.identity.as_ref().map(|identity| identity.api_addr))
-            .collect();
-        let id = placement_id(&record.name, release.number, slot);
-        let request = PlacementRequest {
-            placement_id: id.clone(),
-            app: record.name.clone(),
-            release: release.clone(),
-            replica: slot,
-            holders,
-        };
-        let mut refusals = Vec::new();
-        for target in &replica_plan.candidates {
-            let Some(addr) = view
-                .node(target)
-                .and_then(|n| n.identity.as_ref())
-                .map(|i| i.api_addr)
-            else {
-                continue;
-            };
-            let Some(client) = state.peer(addr) else {
-                continue;
-            };
-            match client.place(&request).await {
-                Ok(reply) => {
-                    info!(placement = %id, node = %target, ?reply, "replica placed");
-                    self.in_flight.insert(
-                        id.clone(),
-                        InFlight {
-                            since: Instant::now(),
-                            node_id: target.clone(),
-                            app: record.name.clone(),
-                            release: release.number,
-                            slot,
-                        },
-                    );
-                    return Ok(());
-                }
-                Err(err) => {
-                    debug!(placement = %id, node = %target, error = %err, "placement refused");
-                    refusals.push(format!("{target}: {err}"));
-                }
-            }
-        }
-        Err(format!(
-            "no node accepted replica {slot}: {}",
-            refusals.join("; ")
-        ))
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 
-/// What should run for `record`: its release, its count, its rollout settings, and the
-/// release to go back to (the newest earlier one that did not fail).
-async fn desired(state: &AgentState, record: &AppRecord, release: &Release) -> Desired {
-    let previous = state
-        .catalog
-        .lock()
-        .await
-        .releases(&record.name)
-        .iter()
-        .map(|r| r.number)
-        .filter(|number| *number < release.number && !record.failed.contains_key(number))
-        .max();
-    Desired {
-        app: record.name.clone(),
-        release: release.number,
-        replicas: record.replicas,
-        max_surge: release.manifest.rollout.max_surge,
-        health_timeout: Duration::from_millis(release.manifest.rollout.health_timeout_ms),
-        previous,
+/// Every app of the catalog with a release, and the release each would go back to.
+async fn app_inputs(state: &AgentState) -> Vec<AppInput> {
+    let catalog = state.catalog.lock().await;
+    catalog
+        .apps()
+        .filter_map(|record| {
+            let number = record.release.as_ref()?.number;
+            let previous = catalog
+                .releases(&record.name)
+                .iter()
+                .map(|r| r.number)
+                .filter(|earlier| *earlier < number && !record.failed.contains_key(earlier))
+                .max();
+            Some(AppInput {
+                record: AppRecord::clone(record),
+                previous,
+            })
+        })
+        .collect()
+}
+
+/// Gossip writes (local and quick) are done at once; peer calls and catalog writes go to
+/// the dispatcher.
+async fn carry_out(state: &Arc<AgentState>, dispatcher: &mut Dispatcher, action: DriverAction) {
+    match action {
+        DriverAction::PublishFailure(failure) => {
+            warn!(app = %failure.app, reason = %failure.reason, "the release cannot run");
+            state.membership.publish_failure(&failure).await;
+        }
+        DriverAction::ClearFailure { app } => state.membership.clear_failure(&app).await,
+        DriverAction::Place { request, targets } => {
+            let state = state.clone();
+            dispatcher.push(async move {
+                let outcome = place_on_first(&request, &targets, PEER_DEADLINE, |addr| {
+                    let client = state.peer(addr);
+                    let request = &request;
+                    async move {
+                        match client {
+                            Some(client) => client.place(request).await.map_err(|e| e.to_string()),
+                            None => Err(format!("no client for {addr}")),
+                        }
+                    }
+                })
+                .await;
+                Some(outcome)
+            });
+        }
+        DriverAction::Stop {
+            node_id,
+            api_addr,
+            request,
+        } => {
+            let state = state.clone();
+            dispatcher.push(async move {
+                info!(node = %node_id, placement = %request.placement_id, reason = %request.reason, "stopping a replica");
+                send_stop(&state, &node_id, api_addr, &request).await;
+                None
+            });
+        }
+        DriverAction::RollBack {
+            app,
+            failed,
+            previous,
+            reason,
+        } => {
+            let state = state.clone();
+            dispatcher.push(async move {
+                warn!(%app, release = failed, %reason, to = previous, "rollout failed: going back");
+                let result = crate::operations::changes::roll_back_failed(
+                    &state, &app, failed, previous, &reason,
+                )
+                .await
+                .map_err(|err| err.to_string());
+                Some(Outcome::RolledBack {
+                    app,
+                    failed,
+                    result,
+                })
+            });
+        }
+    }
+}
+
+/// Runs `call`, cut off at `deadline`: every peer call has one.
+pub async fn within<T>(
+    deadline: Duration,
+    call: impl Future<Output = Result<T, String>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(deadline, call).await {
+        Ok(result) => result,
+        Err(_) => Err(format!("no answer within {} ms", deadline.as_millis())),
+    }
+}
+
+/// Offers the placement to each target in turn until one admits it, each call cut off at
+/// `deadline`. `call` sends the request to one API address.
+pub async fn place_on_first<F, Fut>(
+    request: &PlacementRequest,
+    targets: &[Target],
+    deadline: Duration,
+    call: F,
+) -> Outcome
+where
+    F: Fn(std::net::SocketAddr) -> Fut,
+    Fut: Future<Output = Result<PlacementReply, String>>,
+{
+    let id = &request.placement_id;
+    let mut refusals = Vec::new();
+    for target in targets {
+        match within(deadline, call(target.api_addr)).await {
+            Ok(reply) => {
+                info!(placement = %id, node = %target.node_id, ?reply, "replica placed");
+                return Outcome::Placed {
+                    placement_id: id.clone(),
+                    node_id: target.node_id.clone(),
+                };
+            }
+            Err(err) => {
+                debug!(placement = %id, node = %target.node_id, error = %err, "placement refused");
+                refusals.push(format!("{}: {err}", target.node_id));
+            }
+        }
+    }
+    Outcome::Refused {
+        placement_id: id.clone(),
+        reason: format!(
+            "no node accepted replica {}: {}",
+            request.replica,
+            refusals.join("; ")
+        ),
+    }
+}
+
+type Task<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// Carries out actions concurrently, at most `limit` at once, in the order they came; each
+/// is a task of its own, so a slow one holds up only itself (and one of the slots).
+pub struct Dispatcher<T = Option<Outcome>> {
+    limit: usize,
+    queue: VecDeque<Task<T>>,
+    running: JoinSet<T>,
+}
+
+impl<T: Send + 'static> Dispatcher<T> {
+    pub fn new(limit: usize) -> Dispatcher<T> {
+        Dispatcher {
+            limit: limit.max(1),
+            queue: VecDeque::new(),
+            running: JoinSet::new(),
+        }
+    }
+
+    /// Queues `task`; it starts as soon as a slot is free (at once if one is).
+    pub fn push(&mut self, task: impl Future<Output = T> + Send + 'static) {
+        self.queue.push_back(Box::pin(task));
+        self.fill();
+    }
+
+    /// Actions started and not finished.
+    pub fn running(&self) -> usize {
+        self.running.len()
+    }
+
+    /// Actions waiting for a slot.
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    fn fill(&mut self) {
+        while self.running.len() < self.limit {
+            let Some(task) = self.queue.pop_front() else {
+                return;
+            };
+            self.running.spawn(task);
+        }
+    }
+
+    /// The result of the next action to finish; `None` when nothing runs. Cancel-safe.
+    /// A panicked action takes the caller down with it: a half-working driver must not
+    /// go unnoticed.
+    pub async fn next(&mut self) -> Option<T> {
+        let joined = self.running.join_next().await?;
+        self.fill();
+        Some(unwrap_joined(joined))
+    }
+
+    /// Like [`Dispatcher::next`], without waiting.
+    pub fn try_next(&mut self) -> Option<T> {
+        let joined = self.running.try_join_next()?;
+        self.fill();
+        Some(unwrap_joined(joined))
+    }
+}
+
+fn unwrap_joined<T>(joined: Result<T, tokio::task::JoinError>) -> T {
+    match joined {
+        Ok(value) => value,
+        Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+        // Tasks are only cancelled by dropping the dispatcher, which then no longer asks.
+        Err(err) => panic!("a driver action was cancelled: {err}"),
     }
 }
 
 /// Asks `node_id` to stop one replica (this node directly, others through their API).
 async fn send_stop(
     state: &AgentState,
-    view: &ClusterView,
     node_id: &str,
-    placement_id: &str,
-    reason: &str,
+    api_addr: Option<std::net::SocketAddr>,
+    request: &StopRequest,
 ) {
-    let request = StopRequest {
-        placement_id: placement_id.to_string(),
-        reason: reason.to_string(),
-    };
+    let placement = &request.placement_id;
     if node_id == state.node_id() {
-        crate::workload::supervisor::stop_replica(state, &request).await;
+        crate::workload::supervisor::stop_replica(state, request).await;
         return;
     }
-    let client = view
-        .node(node_id)
-        .and_then(|n| n.identity.as_ref())
-        .and_then(|i| state.peer(i.api_addr));
-    let Some(client) = client else {
-        warn!(
-            node = node_id,
-            placement = placement_id,
-            "no API address to send a stop to"
-        );
+    let Some(client) = api_addr.and_then(|addr| state.peer(addr)) else {
+        warn!(node = node_id, %placement, "no API address to send a stop to");
         return;
     };
-    if let Err(err) = client.stop_replica(&request).await {
-        warn!(node = node_id, placement = placement_id, error = %err, "stop request failed; will retry");
+    let sent = within(PEER_DEADLINE, async {
+        client
+            .stop_replica(request)
+            .await
+            .map_err(|err| err.to_string())
+    })
+    .await;
+    if let Err(err) = sent {
+        warn!(node = node_id, %placement, error = %err, "stop request failed; will retry");
     }
 }
 
@@ -412,46 +371,6 @@ async fn wait_until_settled(
             _ = stop.wait_for(|stop| *stop) => return false,
         }
     }
-}
-
-/// Counts a placement against a candidate, so the next replica spreads away from it.
-fn occupy(candidate: &mut NodeCandidate, needs: Needs, same_app: bool) {
-    if same_app {
-        candidate.replicas_of_app += 1;
-    }
-    candidate.containers += 1;
-    candidate.reserved_cpu_millis += needs.cpu_millis;
-    candidate.reserved_mem_bytes += needs.mem_bytes;
-}
-
-fn candidates(view: &ClusterView, app: &str) -> Vec<NodeCandidate> {
-    view.nodes
-        .iter()
-        .filter_map(|node| {
-            let load = node.load?;
-            let runs_workloads = node
-                .identity
-                .as_ref()
-                .is_some_and(|identity| identity.runs_workloads);
-            // Replicas on their way out no longer count against the node.
-            let containers = view.containers.iter().filter(|c| {
-                c.node_id == node.node_id && c.record.state != proto::ContainerState::Stopping
-            });
-            Some(NodeCandidate {
-                node_id: node.node_id.clone(),
-                live: node.status == NodeStatus::Live,
-                draining: !runs_workloads || node.draining,
-                cpu_capacity_millis: u64::from(load.cpu_cores) * 1000,
-                mem_capacity_bytes: load.mem_total_bytes,
-                reserved_cpu_millis: load.reserved_cpu_millis,
-                reserved_mem_bytes: load.reserved_mem_bytes,
-                cpu_usage_pct: load.cpu_usage_pct,
-                mem_available_bytes: load.mem_available_bytes,
-                containers: containers.clone().count(),
-                replicas_of_app: containers.filter(|c| c.record.app == app).count(),
-            })
-        })
-        .collect()
 }
 
 /// Node-to-node: a scheduler asks this node to run one replica.

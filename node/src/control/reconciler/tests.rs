@@ -43,6 +43,11 @@ struct Sim {
     failures: Vec<(u64, String, Option<u64>)>,
     rng: StdRng,
     next_node: usize,
+    /// Call the reconciler only when its inputs changed or its deadline came, as the
+    /// driver does, instead of at every tick.
+    event_driven: bool,
+    last_inputs: Option<(Desired, AppState)>,
+    calls: usize,
 }
 
 impl Sim {
@@ -67,6 +72,9 @@ impl Sim {
             failures: Vec::new(),
             rng: StdRng::seed_from_u64(7),
             next_node: 0,
+            event_driven: false,
+            last_inputs: None,
+            calls: 0,
         }
     }
 
@@ -141,6 +149,16 @@ impl Sim {
                 .collect(),
             draining: self.draining.clone(),
         };
+        let inputs = (self.desired.clone(), state.clone());
+        let due = self
+            .reconciler
+            .next_deadline()
+            .is_some_and(|deadline| deadline <= now);
+        if self.event_driven && !due && self.last_inputs.as_ref() == Some(&inputs) {
+            return;
+        }
+        self.last_inputs = Some(inputs);
+        self.calls += 1;
         let actions = self.reconciler.reconcile(now, &self.desired, &state);
         for action in actions {
             match action {
@@ -562,4 +580,104 @@ fn a_reconciler_taking_over_a_running_release_waits_the_grace_before_replacing()
         3,
         "nothing placed: the node came back in time"
     );
+}
+
+#[test]
+fn a_settled_app_needs_no_wake_up() {
+    let sim = settled(3);
+    assert_eq!(sim.reconciler.next_deadline(), None);
+}
+
+#[test]
+fn the_deadline_is_the_end_of_a_vanished_replicas_grace() {
+    let mut sim = settled(3);
+    let last_seen = sim.now;
+    let victim = sim.replicas[0].node.clone();
+    sim.dead.insert(victim);
+    sim.step();
+    assert!(sim.placing.is_empty());
+    assert_eq!(
+        sim.reconciler.next_deadline(),
+        Some(last_seen + DEFAULT_RESCHEDULE_GRACE)
+    );
+}
+
+#[test]
+fn the_deadline_is_a_new_replicas_health_timeout_then_its_settle_window() {
+    let mut sim = settled(1);
+    sim.deploy(2);
+    let mut appeared = None;
+    let mut routable = None;
+    for _ in 0..30 {
+        sim.step();
+        let new = sim.replicas.iter().find(|r| r.release == 2).cloned();
+        if let Some(new) = new {
+            if appeared.is_none() {
+                appeared = Some(sim.now);
+                assert_eq!(
+                    sim.reconciler.next_deadline(),
+                    Some(sim.now + sim.desired.health_timeout),
+                    "a new replica, not yet healthy"
+                );
+            }
+            if routable.is_none() && sim.healthy(&new) {
+                routable = Some(sim.now);
+                assert_eq!(
+                    sim.reconciler.next_deadline(),
+                    Some(sim.now + DEFAULT_ROUTE_SETTLE),
+                    "healthy: the old one goes once the route settled"
+                );
+            }
+        }
+    }
+    assert!(appeared.is_some() && routable.is_some());
+    assert_eq!(sim.all_copies(), 1, "the old replica was retired");
+}
+
+/// The scenarios above, with the reconciler called only on a change or at its deadline:
+/// if `next_deadline` missed a moment that matters, these would stall.
+#[test]
+fn called_only_on_changes_and_at_its_deadline_the_reconciler_reaches_the_same_ends() {
+    // A rolling deploy.
+    let mut sim = settled(3);
+    sim.event_driven = true;
+    sim.deploy(2);
+    sim.run_for(Duration::from_secs(20), |sim| assert!(sim.serving() >= 3));
+    assert_eq!((sim.current_copies(), sim.all_copies()), (3, 3));
+
+    // A dead node's replica replaced after the grace.
+    let mut sim = settled(3);
+    sim.event_driven = true;
+    sim.dead.insert(sim.replicas[0].node.clone());
+    sim.run_for(Duration::from_secs(10), |_| {});
+    assert_eq!(sim.serving(), 3);
+
+    // A release that never turns healthy fails at its health timeout.
+    let mut sim = settled(2);
+    sim.event_driven = true;
+    sim.desired.health_timeout = Duration::from_secs(4);
+    sim.deploy(2);
+    let started = sim.now;
+    let mut failed_at = None;
+    for _ in 0..100 {
+        sim.step();
+        for replica in &mut sim.replicas {
+            if replica.release == 2 {
+                replica.born = sim.now;
+            }
+        }
+        if failed_at.is_none() && !sim.failures.is_empty() {
+            failed_at = Some(sim.now);
+        }
+    }
+    let waited = failed_at.unwrap() - started;
+    assert!(waited < Duration::from_secs(6), "{waited:?}");
+    assert_eq!(sim.desired.release, 1);
+
+    // And a quiet cluster is not reconciled at every tick.
+    let mut sim = settled(3);
+    sim.event_driven = true;
+    let before = sim.calls;
+    sim.run_for(Duration::from_secs(10), |_| {});
+    assert!(sim.calls - before <= 1, "{} calls", sim.calls - before);
 }

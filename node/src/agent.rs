@@ -486,3 +486,37 @@ async fn seed_loop(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_loop_that_panics_is_reported_by_name() {
+        let mut loops = Supervised::default();
+        loops.spawn("forever", std::future::pending());
+        loops.spawn("reconciler driver", async {
+            tokio::task::yield_now().await;
+            panic!("bug in the driver");
+        });
+        assert_eq!(loops.first_exit().await, ("reconciler driver", "panicked"));
+        loops.finish(Duration::from_millis(10)).await;
+    }
+
+    #[tokio::test]
+    async fn a_loop_that_returns_early_is_a_failure_too() {
+        let mut loops = Supervised::default();
+        loops.spawn("forever", std::future::pending());
+        loops.spawn("route feed", async {});
+        assert_eq!(loops.first_exit().await, ("route feed", "returned"));
+    }
+
+    /// Paused clock: the grace passes at once, and a loop that ignores the stop is aborted
+    /// rather than holding the shutdown forever.
+    #[tokio::test(start_paused = true)]
+    async fn finish_aborts_what_ignores_the_stop() {
+        let mut loops = Supervised::default();
+        loops.spawn("stubborn", std::future::pending());
+        loops.finish(Duration::from_secs(15)).await;
+    }
+}

@@ -19,7 +19,8 @@
 //! - [`bundle`]: app bundles: packing, hostile-zip checks, the content-addressed store, S3;
 //! - [`state`]: the handles the agent's tasks share;
 //! - [`cli`]: tables and the deploy client of the `stratus` binary;
-//! - [`logging`]: the daemon's log output.
+//! - [`logging`]: the daemon's log output;
+//! - `testsuite` (feature `testsuite`): `cluster_for_test(n)`, agents in one process.
 
 pub mod agent;
 pub mod bundle;
@@ -30,4 +31,6 @@ pub mod control;
 pub mod logging;
 pub mod operations;
 pub mod state;
+#[cfg(feature = "testsuite")]
+pub mod testsuite;
 pub mod workload;

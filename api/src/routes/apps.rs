@@ -96,7 +96,8 @@ async fn destroy<S: Service>(
 /// nodes.
 #[utoipa::path(post, path = "/v1/apps/{app}/deploys", tag = "apps",
     params(("app" = String, Path, description = "app name; must match the manifest's")),
-    request_body(content = Vec<u8>, content_type = "application/zip"),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream",
+        description = "the zipped app folder, as `stratus deploy` packs it"),
     responses(
         (status = 202, body = DeployAccepted),
         (status = 400, body = ErrorBody),

@@ -42,6 +42,7 @@ async fn list<S: Service>(State(state): State<ApiState<S>>) -> Json<NodesRespons
     params(("node" = String, Path, description = "node id")),
     responses(
         (status = 200, body = DrainReply),
+        (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody),
         (status = 404, body = ErrorBody),
         (status = 503, body = ErrorBody),
@@ -60,6 +61,7 @@ async fn drain<S: Service>(
     params(("node" = String, Path, description = "node id")),
     responses(
         (status = 200, body = DrainReply),
+        (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody),
         (status = 404, body = ErrorBody),
         (status = 503, body = ErrorBody),

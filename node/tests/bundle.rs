@@ -648,6 +648,104 @@ fn too_many_entries() {
     );
 }
 
+/// `zip` with its end record (the last 22 bytes, no comment) patched at `offset`.
+fn patch_end_record(mut zip: Vec<u8>, offset: usize, value: &[u8]) -> Vec<u8> {
+    let end = zip.len() - 22;
+    assert_eq!(&zip[end..end + 4], b"PK\x05\x06");
+    zip[end + offset..end + offset + value.len()].copy_from_slice(value);
+    zip
+}
+
+/// `zip` turned into a zip64 archive: a zip64 end record declaring `entries` and the real
+/// directory, its locator, and an end record whose fields hold the zip64 sentinels.
+fn as_zip64(zip: &[u8], entries: u64) -> Vec<u8> {
+    let end = zip.len() - 22;
+    let directory_len = u32::from_le_bytes(zip[end + 12..end + 16].try_into().unwrap());
+    let directory_at = u32::from_le_bytes(zip[end + 16..end + 20].try_into().unwrap());
+    let mut out = zip[..end].to_vec();
+    let record_at = out.len() as u64;
+    out.extend(b"PK\x06\x06");
+    out.extend(44u64.to_le_bytes()); // size of the rest of the record
+    out.extend(45u16.to_le_bytes()); // made by
+    out.extend(45u16.to_le_bytes()); // needed
+    out.extend(0u32.to_le_bytes()); // this disk
+    out.extend(0u32.to_le_bytes()); // disk with the directory
+    out.extend(entries.to_le_bytes()); // entries on this disk
+    out.extend(entries.to_le_bytes()); // entries
+    out.extend(u64::from(directory_len).to_le_bytes());
+    out.extend(u64::from(directory_at).to_le_bytes());
+    out.extend(b"PK\x06\x07");
+    out.extend(0u32.to_le_bytes());
+    out.extend(record_at.to_le_bytes());
+    out.extend(1u32.to_le_bytes()); // disks
+    out.extend(b"PK\x05\x06");
+    out.extend(0u16.to_le_bytes());
+    out.extend(0u16.to_le_bytes());
+    out.extend(u16::MAX.to_le_bytes());
+    out.extend(u16::MAX.to_le_bytes());
+    out.extend(u32::MAX.to_le_bytes());
+    out.extend(u32::MAX.to_le_bytes());
+    out.extend(0u16.to_le_bytes());
+    out
+}
+
+#[test]
+fn an_end_record_declaring_too_many_entries_is_refused_before_the_directory_is_read() {
+    let zip = raw_zip(&[Raw::manifest()]);
+    let count = 60_000u16.to_le_bytes();
+    let zip = patch_end_record(patch_end_record(zip, 8, &count), 10, &count);
+    let err = refuse(&zip);
+    assert!(
+        matches!(err, BundleError::TooManyEntries { limit: 10_000 }),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_zip64_end_record_declaring_too_many_entries_is_refused() {
+    let err = refuse(&as_zip64(&raw_zip(&[Raw::manifest()]), 1 << 40));
+    assert!(
+        matches!(err, BundleError::TooManyEntries { limit: 10_000 }),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_honest_zip64_end_record_passes() {
+    let (_dir, path, _) = bundle_file(&as_zip64(&raw_zip(&[Raw::manifest()]), 1));
+    inspect_and_unpack(&path, None, UnpackLimits::default()).unwrap();
+}
+
+#[test]
+fn a_central_directory_larger_than_its_entries_need_is_refused() {
+    let zip = raw_zip(&[Raw::manifest()]);
+    let err = refuse(&patch_end_record(zip, 12, &(1u32 << 20).to_le_bytes()));
+    assert!(
+        matches!(&err, BundleError::Corrupt { reason } if reason.contains("larger than 1 entries can need")),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_end_record_hidden_in_the_comment_is_checked_too() {
+    // The real end record's comment holds a second one that declares 60,000 entries: the
+    // zip crate could pick either.
+    let mut fake = b"PK\x05\x06".to_vec();
+    fake.extend([0, 0, 0, 0]);
+    fake.extend(60_000u16.to_le_bytes());
+    fake.extend(60_000u16.to_le_bytes());
+    fake.extend([0; 8]);
+    fake.extend(0u16.to_le_bytes());
+    let zip = raw_zip(&[Raw::manifest()]);
+    let mut zip = patch_end_record(zip, 20, &(fake.len() as u16).to_le_bytes());
+    zip.extend(&fake);
+    let err = refuse(&zip);
+    assert!(
+        matches!(err, BundleError::TooManyEntries { limit: 10_000 }),
+        "{err}"
+    );
+}
+
 #[test]
 fn unsupported_entries() {
     let mut encrypted = Raw::file("secret.txt", b"xxxx");

@@ -1,8 +1,9 @@
 //! Checking a bundle received from the network, and unpacking it safely.
 //!
 //! A received zip is hostile until every check has passed. The checks run cheapest first:
-//! the magic number, the central directory (names, kinds, duplicates, entry count, declared
-//! sizes), then the manifest, then every entry is decompressed, through a counting sink when
+//! the magic number, the end-of-central-directory records (entry count and directory size,
+//! before the zip crate reads the directory), the central directory (names, kinds,
+//! duplicates, entry count, declared sizes), then the manifest, then every entry is decompressed, through a counting sink when
 //! only validating or into a staging folder when unpacking. Sizes are counted on the bytes
 //! that actually come out of the decompressor: headers are only used to fail early, never to
 //! decide that something is small enough.
@@ -64,6 +65,19 @@ const LOCAL_HEADER_MAGIC: [u8; 4] = *b"PK\x03\x04";
 const EMPTY_ARCHIVE_MAGIC: [u8; 4] = *b"PK\x05\x06";
 const CENTRAL_HEADER_MAGIC: [u8; 4] = *b"PK\x01\x02";
 const CENTRAL_HEADER_LEN: usize = 46;
+
+const END_MAGIC: [u8; 4] = EMPTY_ARCHIVE_MAGIC;
+const END_LEN: usize = 22;
+/// A zip comment is at most this long, so the end record lies in the last
+/// `END_LEN + MAX_COMMENT_LEN` bytes.
+const MAX_COMMENT_LEN: usize = 65_535;
+const ZIP64_LOCATOR_MAGIC: [u8; 4] = *b"PK\x06\x07";
+const ZIP64_LOCATOR_LEN: u64 = 20;
+const ZIP64_END_MAGIC: [u8; 4] = *b"PK\x06\x06";
+const ZIP64_END_LEN: usize = 56;
+/// Room for extra fields and a comment in one central record, beyond its fixed header
+/// and its name: a zip made by `stratus deploy` uses a few dozen bytes of it.
+const MAX_CENTRAL_RECORD_EXTRA: u64 = 1024;
 
 const S_IFMT: u32 = 0o170_000;
 const S_IFREG: u32 = 0o100_000;
@@ -217,6 +231,7 @@ pub fn inspect_and_unpack_file(
         }
     }
     check_magic(file)?;
+    check_end_records(file, limits)?;
     let mut archive = ZipArchive::new(file).map_err(archive_error)?;
     let records = central_directory_names(file, archive.central_directory_start(), limits)?;
     let entries = plan(&mut archive, &records, limits)?;
@@ -238,6 +253,136 @@ fn check_magic(file: &File) -> Result<(), BundleError> {
         Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => Err(BundleError::NotAZip),
         Err(err) => Err(corrupt(format!("cannot read it: {err}"))),
     }
+}
+
+/// Checks what the end-of-central-directory record (and its zip64 twin, if any) declares,
+/// before `ZipArchive::new` reads and indexes the whole central directory on their word:
+/// too many entries, or a directory larger than that many entries can need, is refused
+/// without reading it.
+///
+/// The zip crate may settle on any record that looks like an end record in the file's
+/// last 64 KiB (one can hide in a comment), so every such candidate must pass.
+fn check_end_records(file: &File, limits: UnpackLimits) -> Result<(), BundleError> {
+    let read_error = |err: io::Error| corrupt(format!("cannot read its end record: {err}"));
+    let len = file.metadata().map_err(read_error)?.len();
+    let tail_len = len.min((END_LEN + MAX_COMMENT_LEN) as u64) as usize;
+    let tail_start = len - tail_len as u64;
+    let mut tail = vec![0u8; tail_len];
+    file.read_exact_at(&mut tail, tail_start)
+        .map_err(read_error)?;
+    for at in (0..=tail_len.saturating_sub(END_LEN)).rev() {
+        let Some(record) = tail.get(at..at + END_LEN) else {
+            continue;
+        };
+        if record[..4] != END_MAGIC {
+            continue;
+        }
+        let comment_len = usize::from(le_u16(record, 20));
+        if at + END_LEN + comment_len > tail_len {
+            continue; // its comment would run past the end: not an end record
+        }
+        let mut entries = u64::from(le_u16(record, 8).max(le_u16(record, 10)));
+        let mut directory_len = u64::from(le_u32(record, 12));
+        // In a zip64 archive the fields too small for the real value hold all ones and
+        // the zip64 end record has it.
+        if let Some((entries64, directory_len64)) =
+            zip64_counts(file, tail_start + at as u64, len, read_error)?
+        {
+            if entries == u64::from(u16::MAX) {
+                entries = entries64;
+            }
+            if directory_len == u64::from(u32::MAX) {
+                directory_len = directory_len64;
+            }
+            check_declared(entries64, directory_len64, len, limits)?;
+        }
+        check_declared(entries, directory_len, len, limits)?;
+    }
+    // No end record at all: the zip crate says what is wrong in its own words.
+    Ok(())
+}
+
+/// What the zip64 end record declares, if a zip64 locator sits just before the end record
+/// at `end_at`. A locator that points at anything else is refused: the zip crate would go
+/// looking for the record elsewhere, and `stratus deploy` never makes such a zip.
+fn zip64_counts(
+    file: &File,
+    end_at: u64,
+    len: u64,
+    read_error: impl Fn(io::Error) -> BundleError,
+) -> Result<Option<(u64, u64)>, BundleError> {
+    let Some(locator_at) = end_at.checked_sub(ZIP64_LOCATOR_LEN) else {
+        return Ok(None);
+    };
+    let mut locator = [0u8; ZIP64_LOCATOR_LEN as usize];
+    file.read_exact_at(&mut locator, locator_at)
+        .map_err(&read_error)?;
+    if locator[..4] != ZIP64_LOCATOR_MAGIC {
+        return Ok(None);
+    }
+    let record_at = le_u64(&locator, 8);
+    let mut record = [0u8; ZIP64_END_LEN];
+    let fits = record_at
+        .checked_add(ZIP64_END_LEN as u64)
+        .is_some_and(|end| end <= locator_at);
+    if !fits {
+        return Err(corrupt(format!(
+            "its zip64 locator points at {record_at}, outside the archive of {len} bytes"
+        )));
+    }
+    file.read_exact_at(&mut record, record_at)
+        .map_err(&read_error)?;
+    if record[..4] != ZIP64_END_MAGIC {
+        return Err(corrupt(format!(
+            "its zip64 locator points at {record_at}, where there is no zip64 end record"
+        )));
+    }
+    let entries = le_u64(&record, 24).max(le_u64(&record, 32));
+    Ok(Some((entries, le_u64(&record, 40))))
+}
+
+fn check_declared(
+    entries: u64,
+    directory_len: u64,
+    file_len: u64,
+    limits: UnpackLimits,
+) -> Result<(), BundleError> {
+    if entries > limits.max_entries as u64 {
+        return Err(BundleError::TooManyEntries {
+            limit: limits.max_entries,
+        });
+    }
+    let most = entries.saturating_mul(
+        CENTRAL_HEADER_LEN as u64 + MAX_PATH_BYTES as u64 + MAX_CENTRAL_RECORD_EXTRA,
+    );
+    if directory_len > most {
+        return Err(corrupt(format!(
+            "its central directory of {directory_len} bytes is larger than {entries} entries \
+             can need"
+        )));
+    }
+    if directory_len > file_len {
+        return Err(corrupt(format!(
+            "its central directory of {directory_len} bytes is larger than the file"
+        )));
+    }
+    Ok(())
+}
+
+fn le_u16(bytes: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([bytes[at], bytes[at + 1]])
+}
+
+fn le_u32(bytes: &[u8], at: usize) -> u32 {
+    let mut word = [0u8; 4];
+    word.copy_from_slice(&bytes[at..at + 4]);
+    u32::from_le_bytes(word)
+}
+
+fn le_u64(bytes: &[u8], at: usize) -> u64 {
+    let mut word = [0u8; 8];
+    word.copy_from_slice(&bytes[at..at + 8]);
+    u64::from_le_bytes(word)
 }
 
 /// The raw name of every record in the central directory, read by hand: the zip crate keeps

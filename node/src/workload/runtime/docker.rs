@@ -401,20 +401,49 @@ impl RuntimeDriver for DockerDriver {
         if self.inspect(id).await?.is_none() {
             return Err(RuntimeError::NotFound { id: id.to_string() });
         }
-        let mut splitter = super::LineSplitter::default();
-        let lines = self
-            .docker
-            .logs(id, Some(options))
-            .take_while(|frame| futures_util::future::ready(frame.is_ok()))
-            .flat_map(move |frame| {
-                let lines = match frame {
-                    Ok(output) => splitter.push(output.as_ref()),
-                    Err(_) => Vec::new(),
-                };
-                futures_util::stream::iter(lines)
-            });
-        Ok(Box::pin(lines))
+        Ok(frames_to_lines(id, self.docker.logs(id, Some(options))))
     }
+}
+
+/// Docker's log frames (writes, not lines) as lines of at most
+/// [`super::MAX_LINE_BYTES`]. A broken stream must not look like a container that stopped
+/// writing: the error is logged and the stream ends with a line that says so.
+fn frames_to_lines<S, B, E>(container: &str, frames: S) -> LogStream
+where
+    S: futures_util::Stream<Item = Result<B, E>> + Send + 'static,
+    B: AsRef<[u8]>,
+    E: std::fmt::Display,
+{
+    let state = FollowState {
+        container: container.to_string(),
+        frames: Box::pin(frames),
+        splitter: super::LineSplitter::default(),
+    };
+    let lines = futures_util::stream::unfold(Some(state), |state| async move {
+        let mut state = state?;
+        match state.frames.next().await {
+            Some(Ok(output)) => {
+                let lines = state.splitter.push(output.as_ref());
+                Some((lines, Some(state)))
+            }
+            None => Some((state.splitter.finish().into_iter().collect(), None)),
+            Some(Err(err)) => {
+                warn!(container = %state.container, error = %err, "docker log stream broke");
+                let mut lines: Vec<String> = state.splitter.finish().into_iter().collect();
+                lines.push(format!("(log stream of {} broke: {err})", state.container));
+                Some((lines, None))
+            }
+        }
+    })
+    .flat_map(futures_util::stream::iter);
+    Box::pin(lines)
+}
+
+/// What [`frames_to_lines`] carries from one frame to the next.
+struct FollowState<S> {
+    container: String,
+    frames: std::pin::Pin<Box<S>>,
+    splitter: super::LineSplitter,
 }
 
 /// The container's create request. Pure, so the mapping from spec to Docker is testable
@@ -739,5 +768,32 @@ mod tests {
             None,
             "not ours without labels"
         );
+    }
+
+    #[tokio::test]
+    async fn a_broken_log_stream_ends_with_a_line_that_says_so() {
+        let frames = futures_util::stream::iter([
+            Ok(b"one\ntw".to_vec()),
+            Ok(b"o\npartial".to_vec()),
+            Err("connection reset"),
+            Ok(b"never read\n".to_vec()),
+        ]);
+        let lines: Vec<String> = frames_to_lines("c1", frames).collect().await;
+        assert_eq!(
+            lines,
+            [
+                "one",
+                "two",
+                "partial",
+                "(log stream of c1 broke: connection reset)"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_log_stream_that_ends_keeps_its_last_line_and_says_nothing() {
+        let frames = futures_util::stream::iter([Ok::<_, String>(b"a\nb".to_vec())]);
+        let lines: Vec<String> = frames_to_lines("c1", frames).collect().await;
+        assert_eq!(lines, ["a", "b"]);
     }
 }

@@ -8,7 +8,8 @@
 //! [`RunningContainer`]s. Host ports come from the pure [`ports::PortAllocator`].
 //!
 //! Neither driver pulls images or restarts what exits: a node runs only images built on
-//! it (`scripts/build-images.sh`), and restarting is the reconciler's decision.
+//! it (`scripts/build-images.sh`), and restarting, with backoff, is the supervisor's job
+//! ([`crate::workload::supervisor`]).
 
 pub mod docker;
 pub mod ports;
@@ -170,26 +171,84 @@ pub trait RuntimeDriver: Send + Sync + 'static {
 /// Lines of a container's output, as they come.
 pub type LogStream = std::pin::Pin<Box<dyn futures_util::Stream<Item = String> + Send>>;
 
-/// Splits a byte stream into lines, keeping a partial last line for the next chunk.
+/// Longest line of app output kept whole. An app that writes megabytes without a newline
+/// must not make the node buffer them, nor every log reader after it: a longer line is cut
+/// here, marked with [`CUT_MARKER`], and the rest of it up to its newline is dropped.
+pub const MAX_LINE_BYTES: usize = 16 * 1024;
+
+/// Ends a line that was cut at [`MAX_LINE_BYTES`], so a reader knows it lost the rest.
+pub const CUT_MARKER: &str = " [stratus: line cut at 16 KiB]";
+
+/// Splits a byte stream into lines of at most [`MAX_LINE_BYTES`], keeping a partial last
+/// line for the next chunk.
+///
+/// Not `tokio_util`'s `LinesCodec`: that one refuses output that is not UTF-8, and app
+/// output is decoded lossily instead. The length rule is the same as
+/// `LinesCodec::new_with_max_length`'s, except that the cut line is kept, marked.
 #[derive(Debug, Default)]
 pub(crate) struct LineSplitter {
     partial: Vec<u8>,
+    /// Inside a line already cut: drop bytes up to its newline.
+    discarding: bool,
 }
 
 impl LineSplitter {
     pub(crate) fn push(&mut self, bytes: &[u8]) -> Vec<String> {
-        self.partial.extend_from_slice(bytes);
         let mut lines = Vec::new();
-        while let Some(end) = self.partial.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = self.partial.drain(..=end).collect();
-            lines.push(
-                String::from_utf8_lossy(&line[..line.len() - 1])
-                    .trim_end_matches('\r')
-                    .to_string(),
-            );
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let newline = rest.iter().position(|b| *b == b'\n');
+            if self.discarding {
+                let Some(end) = newline else {
+                    break;
+                };
+                self.discarding = false;
+                rest = &rest[end + 1..];
+                continue;
+            }
+            let room = MAX_LINE_BYTES - self.partial.len();
+            match newline {
+                Some(end) if end <= room => {
+                    self.partial.extend_from_slice(&rest[..end]);
+                    lines.push(whole_line(&std::mem::take(&mut self.partial)));
+                    rest = &rest[end + 1..];
+                }
+                None if rest.len() <= room => {
+                    self.partial.extend_from_slice(rest);
+                    break;
+                }
+                _ => {
+                    self.partial.extend_from_slice(&rest[..room]);
+                    lines.push(cut_line(&std::mem::take(&mut self.partial)));
+                    self.discarding = true;
+                    rest = &rest[room..];
+                }
+            }
         }
         lines
     }
+
+    /// The last line if the stream ended without a newline after it.
+    pub(crate) fn finish(&mut self) -> Option<String> {
+        let partial = std::mem::take(&mut self.partial);
+        let discarding = std::mem::take(&mut self.discarding);
+        (!partial.is_empty() && !discarding).then(|| whole_line(&partial))
+    }
+}
+
+fn whole_line(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes.strip_suffix(b"\r").unwrap_or(bytes)).into_owned()
+}
+
+/// A line cut at the limit: a character split by the cut is dropped, not shown as U+FFFD.
+fn cut_line(bytes: &[u8]) -> String {
+    let whole = match std::str::from_utf8(bytes) {
+        Err(err) if err.error_len().is_none() => &bytes[..err.valid_up_to()],
+        _ => bytes,
+    };
+    let mut line = String::from_utf8_lossy(whole).into_owned();
+    line.push_str(CUT_MARKER);
+    line
 }
 
 /// The container (or process) name for a placement: `stratus-` and the placement id.
@@ -212,16 +271,16 @@ pub fn container_name(placement_id: &str) -> String {
         return format!("stratus-{placement_id}");
     }
     let digest = Sha256::digest(placement_id.as_bytes());
-    let hash: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
-    format!("stratus-{sanitized}-{hash}")
+    format!("stratus-{sanitized}-{}", hex::encode(&digest[..4]))
 }
 
-/// The last `tail` lines of `bytes`, lossily decoded.
+/// The last `tail` lines of `bytes`, lossily decoded, each cut at [`MAX_LINE_BYTES`].
 pub(crate) fn last_lines(bytes: &[u8], tail: usize) -> Vec<String> {
-    let text = String::from_utf8_lossy(bytes);
-    let lines: Vec<&str> = text.lines().collect();
+    let mut splitter = LineSplitter::default();
+    let mut lines = splitter.push(bytes);
+    lines.extend(splitter.finish());
     let skip = lines.len().saturating_sub(tail);
-    lines[skip..].iter().map(|line| line.to_string()).collect()
+    lines.split_off(skip)
 }
 
 #[cfg(test)]
@@ -249,10 +308,45 @@ mod tests {
     }
 
     #[test]
+    fn line_splitter_cuts_long_lines_and_drops_their_rest() {
+        let mut splitter = LineSplitter::default();
+        let long = vec![b'x'; MAX_LINE_BYTES * 3];
+        // A long line split over several chunks, none with a newline, is cut once.
+        assert!(splitter.push(&long[..100]).is_empty());
+        let cut = splitter.push(&long[100..]);
+        assert_eq!(cut.len(), 1);
+        assert_eq!(cut[0].len(), MAX_LINE_BYTES + CUT_MARKER.len());
+        assert!(cut[0].ends_with(CUT_MARKER));
+        // The rest of that line is dropped; the next line comes through whole.
+        assert_eq!(splitter.push(b"xxxx\nnext\n"), ["next"]);
+        // A line of exactly the limit is not cut.
+        let exact = [vec![b'y'; MAX_LINE_BYTES], b"\n".to_vec()].concat();
+        assert_eq!(splitter.push(&exact), ["y".repeat(MAX_LINE_BYTES)]);
+        assert_eq!(splitter.finish(), None);
+    }
+
+    #[test]
+    fn a_cut_never_leaves_half_a_character() {
+        let mut text = vec![b'a'; MAX_LINE_BYTES - 1];
+        text.extend("é\n".as_bytes()); // two bytes, the second one past the limit
+        let lines = LineSplitter::default().push(&text);
+        assert_eq!(
+            lines[0],
+            format!("{}{CUT_MARKER}", "a".repeat(MAX_LINE_BYTES - 1))
+        );
+    }
+
+    #[test]
     fn last_lines_keeps_the_tail() {
         assert_eq!(last_lines(b"a\nb\nc\n", 2), ["b", "c"]);
         assert_eq!(last_lines(b"a\nb", 5), ["a", "b"]);
+        assert_eq!(last_lines(b"a\r\n\nb\n", 5), ["a", "", "b"]);
         assert!(last_lines(b"", 5).is_empty());
+        let huge = [vec![b'z'; 10 * MAX_LINE_BYTES], b"\nend".to_vec()].concat();
+        let tail = last_lines(&huge, 5);
+        assert_eq!(tail.len(), 2);
+        assert!(tail[0].ends_with(CUT_MARKER) && tail[0].len() < 2 * MAX_LINE_BYTES);
+        assert_eq!(tail[1], "end");
     }
 
     #[test]

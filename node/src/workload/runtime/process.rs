@@ -375,8 +375,13 @@ impl RuntimeDriver for ProcessDriver {
                     if len > offset {
                         let mut file = tokio::fs::File::open(&path).await.ok()?;
                         file.seek(SeekFrom::Start(offset)).await.ok()?;
+                        // A chunk at a time: an app that wrote a gigabyte since the last
+                        // poll must not make us hold it all.
                         let mut bytes = Vec::new();
-                        file.read_to_end(&mut bytes).await.ok()?;
+                        file.take(LOG_READ_LIMIT)
+                            .read_to_end(&mut bytes)
+                            .await
+                            .ok()?;
                         offset += bytes.len() as u64;
                         let lines = splitter.push(&bytes);
                         if !lines.is_empty() {

@@ -1,6 +1,9 @@
 //! Real agents as child processes on loopback addresses `127.0.<net>.<2..>`.
 //!
-//! Each test picks its own `net` octet so tests running in parallel never share an address.
+//! Each test picks its own `net` octet so tests running in parallel never share an address,
+//! and holds it for as long as its cluster lives (a [`NetLease`]): a second cluster on the
+//! same net, in this process or another one running at the same time, fails at once with
+//! a clear error instead of sharing addresses and ports with the first.
 
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -19,6 +22,41 @@ use crate::chaos::partition::AgentCgroups;
 
 pub const GOSSIP_PORT: u16 = 7946;
 pub const API_PORT: u16 = 7070;
+/// The port of a net's lease, on `127.0.<net>.1` (agents use `.2` and up).
+pub const LEASE_PORT: u16 = 7069;
+
+/// Exclusive use of the loopback net `127.0.<net>.0/24` (its agent addresses and the app
+/// port ranges derived from it) while this value lives.
+///
+/// The lease is a TCP listener kept bound on `127.0.<net>.1:`[`LEASE_PORT`]: the kernel
+/// lets only one socket listen there, across every process, and frees it when the holder
+/// drops it or dies, so a lease can neither be shared nor leak. Nothing ever connects to it.
+#[derive(Debug)]
+pub struct NetLease {
+    net: u8,
+    _listener: std::net::TcpListener,
+}
+
+impl NetLease {
+    pub fn acquire(net: u8) -> anyhow::Result<NetLease> {
+        let addr = SocketAddr::new(Ipv4Addr::new(127, 0, net, 1).into(), LEASE_PORT);
+        match std::net::TcpListener::bind(addr) {
+            Ok(listener) => Ok(NetLease {
+                net,
+                _listener: listener,
+            }),
+            Err(err) if err.kind() == std::io::ErrorKind::AddrInUse => bail!(
+                "loopback net 127.0.{net}.0/24 is held by another running test ({addr} is \
+                 bound): give each test that may run at the same time a net of its own"
+            ),
+            Err(err) => Err(err).with_context(|| format!("cannot lease net {net} at {addr}")),
+        }
+    }
+
+    pub fn net(&self) -> u8 {
+        self.net
+    }
+}
 
 /// Path of the `stratus` binary: `$STRATUS_BIN`, else next to the running executable
 /// (cargo puts test binaries in `target/<profile>/deps` and binaries in `target/<profile>`).
@@ -140,6 +178,8 @@ pub struct LocalCluster {
     /// Set by [`LocalCluster::isolate_agents_in_cgroups`].
     cgroups: Option<AgentCgroups>,
     dir: TempDir,
+    /// Held until the agents are gone (fields drop after [`Drop::drop`] has killed them).
+    _lease: NetLease,
 }
 
 impl LocalCluster {
@@ -154,6 +194,7 @@ impl LocalCluster {
         count: usize,
         common_args: Vec<String>,
     ) -> anyhow::Result<LocalCluster> {
+        let lease = NetLease::acquire(net)?;
         let bin = stratus_bin()?;
         let key = keygen(&bin)?;
         let mut cluster = LocalCluster {
@@ -166,6 +207,7 @@ impl LocalCluster {
             dir: tempfile::Builder::new()
                 .prefix("stratus-testbed-")
                 .tempdir()?,
+            _lease: lease,
         };
         for _ in 0..count {
             cluster.add_agent(None, Vec::new())?;
@@ -443,4 +485,21 @@ pub fn live_ids(view: &NodesResponse) -> Vec<&str> {
         .filter(|node| node.status == NodeStatus::Live)
         .map(|node| node.node_id.as_str())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_net_is_leased_to_one_holder_at_a_time_and_freed_on_drop() {
+        // Net 60: no test cluster uses it.
+        let lease = NetLease::acquire(60).unwrap();
+        assert_eq!(lease.net(), 60);
+        let err = NetLease::acquire(60).unwrap_err().to_string();
+        assert!(err.contains("held by another running test"), "{err}");
+        assert!(NetLease::acquire(61).is_ok(), "other nets stay free");
+        drop(lease);
+        assert!(NetLease::acquire(60).is_ok(), "freed with its holder");
+    }
 }

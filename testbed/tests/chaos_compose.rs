@@ -3,8 +3,9 @@
 //! replicas are containers on the same network, traffic goes through node-1's ingress, and
 //! a partition is `docker network disconnect`. Scenarios 1 (host loss) and 3 (partition).
 //!
-//! Runs only where Docker Compose is installed (v2 `docker compose` or v1
-//! `docker-compose`); elsewhere each test says so and passes. The tests run one at a time,
+//! Needs Docker Compose (v2 `docker compose` or v1 `docker-compose`): without it each test
+//! fails and says how to install it (`scripts/install-deps.sh`, which CI runs, installs
+//! Debian's `docker-compose` when neither is present). The tests run one at a time,
 //! each as the compose project `stratus-chaos-49` on a network and a subnet of its own,
 //! with APIs and the ingress published on 127.0.49.x, and remove all of it at the end.
 
@@ -27,8 +28,19 @@ static SERIAL: Mutex<()> = Mutex::const_new(());
 
 const APP: &str = "chaos-compose";
 
+/// `docker compose` if present, else `docker-compose`; fails the test without either.
+fn compose_command() -> Vec<String> {
+    find_compose().unwrap_or_else(|| {
+        panic!(
+            "neither `docker compose` nor `docker-compose` is installed: run \
+             `bash scripts/install-deps.sh` (as root it installs Debian's docker-compose) \
+             or install the Compose v2 plugin"
+        )
+    })
+}
+
 /// `docker compose` if present, else `docker-compose`; `None` without either.
-fn compose_command() -> Option<Vec<String>> {
+fn find_compose() -> Option<Vec<String>> {
     let works = |program: &str, args: &[&str]| {
         Command::new(program)
             .args(args)
@@ -369,10 +381,7 @@ fn kill_agent_and_its_containers(cluster: &ComposeCluster, node: usize) -> usize
 
 #[tokio::test(flavor = "multi_thread")]
 async fn compose_host_loss_brings_the_replica_count_back_to_three() {
-    let Some(compose) = compose_command() else {
-        eprintln!("skipped: neither `docker compose` nor `docker-compose` is installed");
-        return;
-    };
+    let compose = compose_command();
     let _serial = SERIAL.lock().await;
     let cluster = ComposeCluster::up(compose, 49).await;
     cluster.deploy().await;
@@ -420,10 +429,7 @@ async fn compose_host_loss_brings_the_replica_count_back_to_three() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn compose_partition_heals_to_exactly_three_with_the_release_intact() {
-    let Some(compose) = compose_command() else {
-        eprintln!("skipped: neither `docker compose` nor `docker-compose` is installed");
-        return;
-    };
+    let compose = compose_command();
     let _serial = SERIAL.lock().await;
     let cluster = ComposeCluster::up(compose, 49).await;
     let release = cluster.deploy().await;

@@ -221,15 +221,69 @@ async fn the_cluster_key_rotates_node_by_node_without_losing_the_cluster() {
                 .unwrap();
         }
     }
-    // A node left on the old key is now an outsider.
+    // A node left on the old key is now an outsider: it keeps gossiping to its seed, the
+    // seed rejects every datagram, and no view ever holds both sides.
+    let seed = cluster.agents[0].client();
+    let rejected_before = seed.health().await.unwrap().gossip.dropped_unauthenticated;
     let straggler = cluster.add_agent(Some(old), Vec::new()).unwrap();
     let straggler_id = cluster.agents[straggler].node_id.clone();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    for (index, view) in cluster.views().await.unwrap() {
-        if index != straggler {
-            assert!(view.nodes.iter().all(|node| node.node_id != straggler_id));
-        }
-    }
+    let straggler_client = cluster.agents[straggler].client();
+    const REJECTED: u64 = 10;
+    cluster
+        .wait_for(
+            "the seed to reject 10 of the straggler's datagrams",
+            CONVERGE,
+            || {
+                let (seed, straggler_client, cluster) = (&seed, &straggler_client, &cluster);
+                let straggler_id = straggler_id.clone();
+                async move {
+                    // Every poll: the straggler stays out of every member's view and sees
+                    // nobody but itself.
+                    // (The straggler's API answers a moment after it starts.)
+                    let Ok(views) = cluster.views().await else {
+                        return false;
+                    };
+                    for (index, view) in &views {
+                        let ids: Vec<&str> = view
+                            .nodes
+                            .iter()
+                            .map(|node| node.node_id.as_str())
+                            .collect();
+                        if *index == straggler {
+                            assert_eq!(ids, vec![straggler_id.as_str()], "straggler joined");
+                        } else {
+                            assert!(
+                                !ids.contains(&straggler_id.as_str()),
+                                "straggler in node-{}'s view: {ids:?}",
+                                index + 1
+                            );
+                            assert_eq!(live_ids(view).len(), 3, "{ids:?}");
+                        }
+                    }
+                    // Read the seed first: what it rejected was sent before the straggler's
+                    // counter is read, so it can never exceed that counter.
+                    let rejected = seed.health().await.unwrap().gossip.dropped_unauthenticated
+                        - rejected_before;
+                    let Ok(straggler_health) = straggler_client.health().await else {
+                        return false;
+                    };
+                    let straggler_stats = straggler_health.gossip;
+                    assert!(
+                        rejected <= straggler_stats.datagrams_sent,
+                        "the seed rejected {rejected} datagrams, more than the straggler's {} \
+                         (something else sends with a wrong key)",
+                        straggler_stats.datagrams_sent
+                    );
+                    assert_eq!(
+                        straggler_stats.datagrams_received, 0,
+                        "a member answered the straggler"
+                    );
+                    rejected >= REJECTED
+                }
+            },
+        )
+        .await
+        .unwrap();
 }
 
 #[test]

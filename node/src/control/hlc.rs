@@ -148,7 +148,7 @@ mod tests {
         let local = hlc.tick(now + 1);
         assert_eq!((local.wall_ms, local.counter), (now + 1, 0));
         // Within the bound a peer still pulls the clock forward.
-        let close = broken.tick(now + MAX_DRIFT_MS);
+        let close = Hlc::new("close").tick(now + MAX_DRIFT_MS);
         assert_eq!(hlc.observe_at(&close, now), Observed::Adopted);
         assert!(hlc.tick(now + 2) > close);
     }
@@ -162,7 +162,10 @@ mod tests {
             hlc.observe_at(&peer.tick(1_100), 1_000),
             Observed::TooFarAhead { ahead_ms: 100 }
         ));
-        assert_eq!(hlc.observe_at(&peer.tick(500), 1_000), Observed::Behind);
+        assert_eq!(
+            hlc.observe_at(&Hlc::new("c").tick(500), 1_000),
+            Observed::Behind
+        );
     }
 
     #[test]

@@ -6,10 +6,12 @@
 
 use std::io::Write;
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
 
 use proto::{ContainerHealth, ContainerState};
 use testbed::harness::{API_TOKEN, LocalCluster, ensure_image, remove_containers_of, repo_root};
+use tokio::sync::Mutex;
 
 const CONVERGE: Duration = Duration::from_secs(60);
 
@@ -101,7 +103,8 @@ async fn deploy_runs_replicas_on_two_other_nodes_and_destroy_removes_them() {
         );
         assert!(logs.contains(&line), "missing {line:?} in:\n{logs}");
     }
-    // Following shows a request as it is served.
+    // Following: once `logs -f` is open, each new request shows up on it as it is served,
+    // from either node, while the stream stays open.
     let mut follow = tokio::process::Command::new(&cluster.bin)
         .args([
             "logs", "hello", "-f", "--tail", "0", "--api", &entry, "--token", API_TOKEN,
@@ -111,27 +114,91 @@ async fn deploy_runs_replicas_on_two_other_nodes_and_destroy_removes_them() {
         .spawn()
         .unwrap();
     let stdout = follow.stdout.take().unwrap();
-    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let _ = reqwest_get(&format!("http://{}/followed", replicas[0].addr)).await;
-    let seen = tokio::time::timeout(Duration::from_secs(20), async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if line.contains("/followed") {
-                return line;
+    let followed = Arc::new(Mutex::new(Vec::<String>::new()));
+    let reader = tokio::spawn({
+        let followed = followed.clone();
+        async move {
+            let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+            while let Ok(Some(line)) = lines.next_line().await {
+                followed.lock().await.push(line);
             }
         }
-        String::new()
-    })
-    .await
-    .expect("the request never showed up in `stratus logs -f`");
+    });
+    // 1. The stream is open once a request made after `logs -f` started shows up on it:
+    //    keep making fresh ones until one does (no guess at how long opening takes).
+    let mut probes = 0;
+    cluster
+        .wait_for(
+            "a request to show up in `stratus logs -f`",
+            CONVERGE,
+            || {
+                probes += 1;
+                let (url, followed) = (
+                    format!("http://{}/probe-{probes}", replicas[0].addr),
+                    followed.clone(),
+                );
+                async move {
+                    let _ = reqwest_get(&url).await;
+                    followed
+                        .lock()
+                        .await
+                        .iter()
+                        .any(|line| line.contains("/probe-"))
+                }
+            },
+        )
+        .await
+        .unwrap();
+    // 2. New output on each node, made now, arrives on the same open stream.
+    for replica in &replicas {
+        let path = format!("/followed-{}-{}", replica.node_id, rand::random::<u32>());
+        assert!(
+            !followed
+                .lock()
+                .await
+                .iter()
+                .any(|line| line.contains(&path)),
+            "{path} seen before it was requested"
+        );
+        let _ = reqwest_get(&format!("http://{}{path}", replica.addr)).await;
+        cluster
+            .wait_for(
+                &format!("{path} in `stratus logs -f`"),
+                CONVERGE,
+                || async {
+                    followed
+                        .lock()
+                        .await
+                        .iter()
+                        .any(|line| line.contains(&path))
+                },
+            )
+            .await
+            .unwrap();
+        let seen = followed
+            .lock()
+            .await
+            .iter()
+            .find(|line| line.contains(&path))
+            .cloned()
+            .unwrap();
+        assert!(
+            seen.starts_with(&format!("[v1/{} {}]", replica.replica, replica.node_id)),
+            "{seen}"
+        );
+    }
     assert!(
-        seen.starts_with(&format!(
-            "[v1/{} {}]",
-            replicas[0].replica, replicas[0].node_id
-        )),
-        "{seen}"
+        follow.try_wait().unwrap().is_none(),
+        "`stratus logs -f` ended instead of following"
+    );
+    // `--tail 0`: nothing from before the stream opened (the startup lines).
+    let shown = followed.lock().await.clone();
+    assert!(
+        !shown.iter().any(|line| line.contains("of hello serving")),
+        "--tail 0 showed old output: {shown:?}"
     );
     drop(follow);
+    reader.abort();
 
     let output = Command::new(&cluster.bin)
         .args(["destroy", "hello", "--api", &entry, "--token", API_TOKEN])

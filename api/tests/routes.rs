@@ -4,6 +4,7 @@
 //!
 //! The agent is replaced by `FakeNode`, which answers from a few fixed values: what is
 //! tested here is the HTTP layer, not the node.
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -37,7 +38,7 @@ const BROKEN_BLOB: &str = "bb";
 struct FakeNode {
     upload_dir: PathBuf,
     /// The last deploy's (app, sha256, size), to check what the router handed over.
-    deployed: std::sync::Mutex<Option<(String, String, u64)>>,
+    deployed: tokio::sync::Mutex<Option<(String, String, u64)>>,
 }
 
 fn app_view(name: &str) -> AppView {
@@ -118,7 +119,7 @@ impl AppsService for FakeNode {
             upload.path().exists(),
             "the upload is on disk while deploy runs"
         );
-        *self.deployed.lock().unwrap() = Some((app.into(), upload.sha256.clone(), upload.size));
+        *self.deployed.lock().await = Some((app.into(), upload.sha256.clone(), upload.size));
         Ok(DeployAccepted {
             app: app.into(),
             release: 1,
@@ -523,7 +524,7 @@ async fn oversized_bodies_are_refused_not_buffered() {
         "{}",
         body.detail
     );
-    assert!(f.node.deployed.lock().unwrap().is_none());
+    assert!(f.node.deployed.lock().await.is_none());
     let leftovers = std::fs::read_dir(&f.node.upload_dir).unwrap().count();
     assert_eq!(leftovers, 0, "a refused upload leaves no file");
 
@@ -556,7 +557,7 @@ async fn a_deploy_hands_the_service_the_saved_body_and_its_digest() {
     let sha = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
     assert_eq!(accepted.sha256, sha);
     assert_eq!(
-        *f.node.deployed.lock().unwrap(),
+        *f.node.deployed.lock().await,
         Some(("web".into(), sha.into(), 5))
     );
     assert_eq!(

@@ -2,6 +2,7 @@
 //! deploy end to end, with real HTTP between the agents and real replicas (the process
 //! runtime and busybox httpd, as `examples/hello` uses), but no processes to spawn and no
 //! UDP. What needs kill -9, nftables or Docker stays in the testbed.
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
 
 use std::time::Duration;
 

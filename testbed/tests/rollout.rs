@@ -5,18 +5,23 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::process::Stdio;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use proto::api::AppView;
 use proto::{ContainerHealth, ContainerState};
 use testbed::chaos::load::{Load, LoadConfig};
 use testbed::harness::{LocalCluster, ensure_image, remove_containers_of, repo_root};
+use tokio::io::AsyncBufReadExt as _;
+use tokio::sync::Mutex;
+use tokio::task::JoinHandle;
 
 const APP: &str = "roll";
 const INGRESS: &str = "127.0.18.2:18080";
 const ROLLOUT: Duration = Duration::from_secs(120);
+/// The manifest's default `rollout.max_surge`.
+const MAX_SURGE: usize = 1;
 
 struct Cleanup;
 
@@ -71,52 +76,340 @@ fn healthy(view: &AppView, release: u64) -> usize {
         .count()
 }
 
-/// Replicas not on their way out.
-fn active(view: &AppView) -> usize {
-    view.replicas
-        .iter()
-        .filter(|r| r.state != ContainerState::Stopping)
-        .count()
-}
-
-/// Waits for `release` to have `count` healthy replicas and nothing else running, checking
-/// on every poll that the rollout never exceeds `count + 1` active replicas (or `before`,
-/// the count it started from, when scaling down).
-async fn rolled_out(cluster: &LocalCluster, release: u64, count: usize, what: &str) -> Duration {
-    rolled_out_from(cluster, release, count, count, what).await
+/// Waits for `release` to have `count` healthy replicas and nothing else running, then
+/// ends a phase of the history: from the previous phase until now, at most `count` +
+/// max_surge replicas ran at once (or `before` + max_surge, `before` being the count it
+/// started from, when scaling down).
+async fn rolled_out(
+    cluster: &LocalCluster,
+    history: &mut History,
+    release: u64,
+    count: usize,
+    what: &str,
+) -> Duration {
+    rolled_out_from(cluster, history, release, count, count, what).await
 }
 
 async fn rolled_out_from(
     cluster: &LocalCluster,
+    history: &mut History,
     release: u64,
     before: usize,
     count: usize,
     what: &str,
 ) -> Duration {
     let client = cluster.agents[0].client();
-    let max_seen = Arc::new(AtomicU64::new(0));
     let took = cluster
-        .wait_for(what, ROLLOUT, || {
-            let (client, max_seen) = (client.clone(), max_seen.clone());
-            async move {
-                let Ok(view) = client.app(APP).await else {
-                    return false;
-                };
-                max_seen.fetch_max(active(&view) as u64, Ordering::Relaxed);
+        .wait_for(what, ROLLOUT, || async {
+            client.app(APP).await.is_ok_and(|view| {
                 view.release.as_ref().map(|r| r.number) == Some(release)
                     && healthy(&view, release) == count
                     && view.replicas.len() == count
-            }
+            })
         })
         .await
         .unwrap();
-    let max_seen = max_seen.load(Ordering::Relaxed) as usize;
-    assert!(
-        max_seen <= before.max(count) + 1,
-        "{what}: {max_seen} replicas at once, max_surge is 1"
-    );
+    history.phase(what, before.max(count) + MAX_SURGE);
     println!("{what}: {:.1} s", took.as_secs_f64());
     took
+}
+
+fn unix_nanos() -> i128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|since| since.as_nanos() as i128)
+        .unwrap_or_default()
+}
+
+/// One line of `docker events --format '{{json .}}'` about one of the app's containers.
+#[derive(Debug, Clone)]
+struct DockerEvent {
+    at: i128,
+    id: String,
+    action: String,
+    /// `stratus.node`, `stratus.placement`, `stratus.release` and `stratus.replica`.
+    labels: BTreeMap<String, String>,
+}
+
+impl DockerEvent {
+    fn parse(line: &str) -> Option<DockerEvent> {
+        let json: serde_json::Value = serde_json::from_str(line).ok()?;
+        let attributes = json["Actor"]["Attributes"].as_object()?;
+        let labels = [
+            "stratus.node",
+            "stratus.placement",
+            "stratus.release",
+            "stratus.replica",
+        ]
+        .iter()
+        .filter_map(|key| Some((key.to_string(), attributes.get(*key)?.as_str()?.to_string())))
+        .collect();
+        Some(DockerEvent {
+            at: i128::from(json["timeNano"].as_i64()?),
+            id: json["Actor"]["ID"].as_str()?.to_string(),
+            action: json["Action"].as_str()?.to_string(),
+            labels,
+        })
+    }
+
+    /// The container's process has been told to go, or is gone.
+    fn ends(&self) -> bool {
+        matches!(
+            self.action.as_str(),
+            "kill" | "die" | "stop" | "destroy" | "oom"
+        )
+    }
+
+    fn key(&self) -> (String, String) {
+        (
+            self.labels.get("stratus.node").cloned().unwrap_or_default(),
+            self.labels
+                .get("stratus.placement")
+                .cloned()
+                .unwrap_or_default(),
+        )
+    }
+
+    fn describe(&self) -> String {
+        let label = |key: &str| self.labels.get(key).map_or("?", String::as_str);
+        format!(
+            "v{}/{} on {} ({})",
+            label("stratus.release"),
+            label("stratus.replica"),
+            label("stratus.node"),
+            &self.id[..self.id.len().min(12)]
+        )
+    }
+}
+
+/// Every replica of the app this test's cluster ran, over the whole test, and not only at
+/// the moments a poll happened to look:
+/// - a container runs from Docker's `start` event (exact, from `docker events`),
+/// - until Docker's `kill` or `die`, or the first moment its own node reported it
+///   `stopping` (sampled continuously from each node's API), whichever is first.
+///
+/// Every end is at or after the true one (a sample sees `stopping` only once it is so;
+/// the agent kills a container only after announcing it), so the count of replicas running
+/// at once is never under-estimated.
+struct History {
+    docker: tokio::process::Child,
+    events: Arc<Mutex<Vec<DockerEvent>>>,
+    /// (node, placement) -> when its node's view first showed it stopping.
+    stopping: Arc<Mutex<BTreeMap<(String, String), i128>>>,
+    tasks: Vec<JoinHandle<()>>,
+    /// (end of the phase, most replicas allowed at once, what).
+    phases: Vec<(i128, usize, String)>,
+    labels: [String; 2],
+}
+
+impl History {
+    /// Starts recording before anything of the app exists (`--since` replays what happens
+    /// while `docker events` subscribes).
+    fn start(cluster: &LocalCluster) -> History {
+        let labels = [
+            format!("label=stratus.app={APP}"),
+            format!("label=stratus.cluster={}", cluster.cluster_id()),
+        ];
+        let since = unix_nanos() - 1_000_000_000;
+        let mut docker = tokio::process::Command::new("docker")
+            .args([
+                "events",
+                "--format",
+                "{{json .}}",
+                "--filter",
+                "type=container",
+            ])
+            .args(["--filter", &labels[0], "--filter", &labels[1]])
+            .args([
+                "--since",
+                &format!("{}.{:09}", since / 1_000_000_000, since % 1_000_000_000),
+            ])
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let stdout = docker.stdout.take().unwrap();
+        let mut tasks = vec![tokio::spawn({
+            let events = events.clone();
+            async move {
+                let mut lines = tokio::io::BufReader::new(stdout).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    match DockerEvent::parse(&line) {
+                        Some(event) => events.lock().await.push(event),
+                        None => panic!("unexpected `docker events` line: {line}"),
+                    }
+                }
+            }
+        })];
+        let stopping = Arc::new(Mutex::new(BTreeMap::new()));
+        for agent in &cluster.agents {
+            let (client, node_id, stopping) =
+                (agent.client(), agent.node_id.clone(), stopping.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut every = tokio::time::interval(Duration::from_millis(50));
+                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    every.tick().await;
+                    let Ok(view) = client.app(APP).await else {
+                        continue;
+                    };
+                    let seen = unix_nanos();
+                    let mut stopping = stopping.lock().await;
+                    for replica in view
+                        .replicas
+                        .iter()
+                        .filter(|r| r.node_id == node_id && r.state == ContainerState::Stopping)
+                    {
+                        stopping
+                            .entry((replica.node_id.clone(), replica.container_id.clone()))
+                            .or_insert(seen);
+                    }
+                }
+            }));
+        }
+        History {
+            docker,
+            events,
+            stopping,
+            tasks,
+            phases: Vec::new(),
+            labels,
+        }
+    }
+
+    /// Ends a phase: from the end of the previous one until now, at most `bound` replicas.
+    fn phase(&mut self, what: &str, bound: usize) {
+        self.phases.push((unix_nanos(), bound, what.to_string()));
+    }
+
+    /// Containers running now by Docker's events, which must be those `docker ps` lists:
+    /// the recorder saw everything up to now.
+    async fn running_by_events(&self) -> BTreeSet<String> {
+        let mut running = BTreeSet::new();
+        for event in self.events.lock().await.iter() {
+            if event.action == "start" {
+                running.insert(event.id.clone());
+            } else if event.ends() {
+                running.remove(&event.id);
+            }
+        }
+        running
+    }
+
+    fn running_by_ps(&self) -> BTreeSet<String> {
+        let output = std::process::Command::new("docker")
+            .args(["ps", "-q", "--no-trunc", "--filter", &self.labels[0]])
+            .args(["--filter", &self.labels[1]])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout)
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Checks every phase over the whole history; returns the most replicas seen at once
+    /// in each phase.
+    async fn check(mut self, cluster: &LocalCluster) -> BTreeMap<String, usize> {
+        cluster
+            .wait_for(
+                "`docker events` to catch up with `docker ps`",
+                ROLLOUT,
+                || async {
+                    let by_events = self.running_by_events().await;
+                    !by_events.is_empty() && by_events == self.running_by_ps()
+                },
+            )
+            .await
+            .unwrap();
+        for task in &self.tasks {
+            task.abort();
+        }
+        let _ = self.docker.kill().await;
+        let events = self.events.lock().await.clone();
+        let stopping = self.stopping.lock().await.clone();
+
+        // Every stretch a container ran; `until` is None while it still runs.
+        struct Stretch {
+            from: i128,
+            until: Option<i128>,
+            started: DockerEvent,
+        }
+        let mut stretches: Vec<Stretch> = Vec::new();
+        let mut open: BTreeMap<String, DockerEvent> = BTreeMap::new();
+        for event in &events {
+            if event.action == "start" {
+                open.insert(event.id.clone(), event.clone());
+            } else if event.ends()
+                && let Some(started) = open.remove(&event.id)
+            {
+                stretches.push(Stretch {
+                    from: started.at,
+                    until: Some(event.at),
+                    started,
+                });
+            }
+        }
+        stretches.extend(open.into_values().map(|started| Stretch {
+            from: started.at,
+            until: None,
+            started,
+        }));
+        // The node's `stopping` ends the stretch it falls in (a placement restarted after a
+        // crash is a new container under the same name, and stops only once).
+        for stretch in &mut stretches {
+            if let Some(&seen) = stopping.get(&stretch.started.key())
+                && seen >= stretch.from
+                && stretch.until.is_none_or(|until| seen < until)
+            {
+                stretch.until = Some(seen);
+            }
+        }
+
+        // Sweep: at each start, the stretches overlapping it must fit the phase's bound.
+        let mut points: Vec<(i128, bool, usize)> = Vec::new();
+        for (index, stretch) in stretches.iter().enumerate() {
+            points.push((stretch.from, true, index));
+            if let Some(until) = stretch.until {
+                points.push((until, false, index));
+            }
+        }
+        // At the same instant, an end comes before a start.
+        points.sort_by_key(|(at, starts, _)| (*at, *starts));
+        let mut running: BTreeSet<usize> = BTreeSet::new();
+        let mut most: BTreeMap<String, usize> = BTreeMap::new();
+        for (at, starts, index) in points {
+            if !starts {
+                running.remove(&index);
+                continue;
+            }
+            running.insert(index);
+            let (bound, what) = self
+                .phases
+                .iter()
+                .find(|(end, _, _)| at <= *end)
+                .map(|(_, bound, what)| (*bound, what.clone()))
+                .unwrap_or_else(|| {
+                    let (_, bound, what) = self.phases.last().unwrap();
+                    (*bound, format!("after {what}"))
+                });
+            let entry = most.entry(what.clone()).or_default();
+            *entry = (*entry).max(running.len());
+            assert!(
+                running.len() <= bound,
+                "{what}: {} replicas ran at once, at most {bound} allowed (max_surge \
+                 {MAX_SURGE}): {:?}",
+                running.len(),
+                running
+                    .iter()
+                    .map(|i| stretches[*i].started.describe())
+                    .collect::<Vec<_>>()
+            );
+        }
+        println!("most replicas at once, per phase: {most:?}");
+        most
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -138,9 +431,10 @@ async fn rollouts_rollbacks_scaling_and_drains_never_fail_a_request() {
         .await
         .unwrap();
     let client = cluster.agents[0].client();
+    let mut history = History::start(&cluster);
 
     let v1 = deploy(&cluster, app_dir("one", None).path()).await;
-    rolled_out(&cluster, v1, 3, "first release").await;
+    rolled_out(&cluster, &mut history, v1, 3, "first release").await;
     cluster
         .wait_for("the ingress routes to it", ROLLOUT, || async {
             reqwest::Client::new()
@@ -157,7 +451,7 @@ async fn rollouts_rollbacks_scaling_and_drains_never_fail_a_request() {
 
     // A rolling deploy: one new replica at a time, old ones stopped once the new serve.
     let v2 = deploy(&cluster, app_dir("two", None).path()).await;
-    rolled_out(&cluster, v2, 3, "rolling deploy of v2").await;
+    rolled_out(&cluster, &mut history, v2, 3, "rolling deploy of v2").await;
 
     // A release that crashes: the rollout stops, the app goes back to v2, which never
     // stopped serving, and the release is marked failed with the reason.
@@ -179,20 +473,34 @@ async fn rollouts_rollbacks_scaling_and_drains_never_fail_a_request() {
     assert_eq!(view.release.as_ref().unwrap().number, v2, "back on v2");
     let reason = &view.failed_releases[&v3];
     assert!(reason.contains("exited"), "{reason}");
-    rolled_out(&cluster, v2, 3, "v2 alone again after the failed v3").await;
+    rolled_out(
+        &cluster,
+        &mut history,
+        v2,
+        3,
+        "v2 alone again after the failed v3",
+    )
+    .await;
 
     // Scale up and down.
     client.scale(APP, 5).await.unwrap();
-    rolled_out(&cluster, v2, 5, "scaled to 5").await;
+    rolled_out(&cluster, &mut history, v2, 5, "scaled to 5").await;
     client.scale(APP, 2).await.unwrap();
-    rolled_out_from(&cluster, v2, 5, 2, "scaled to 2").await;
+    rolled_out_from(&cluster, &mut history, v2, 5, 2, "scaled to 2").await;
     client.scale(APP, 3).await.unwrap();
-    rolled_out(&cluster, v2, 3, "scaled back to 3").await;
+    rolled_out(&cluster, &mut history, v2, 3, "scaled back to 3").await;
 
     // A rolling restart: a new release copying v2.
     let restart = client.restart(APP).await.unwrap();
     assert!(restart.release > v3);
-    rolled_out(&cluster, restart.release, 3, "rolling restart").await;
+    rolled_out(
+        &cluster,
+        &mut history,
+        restart.release,
+        3,
+        "rolling restart",
+    )
+    .await;
 
     // Rollback with no --to: the last good release before the current (v3 failed).
     let back = client.rollback(APP, None).await.unwrap();
@@ -201,9 +509,16 @@ async fn rollouts_rollbacks_scaling_and_drains_never_fail_a_request() {
         "{}",
         back.message
     );
-    rolled_out(&cluster, back.release, 3, "rollback").await;
+    rolled_out(&cluster, &mut history, back.release, 3, "rollback").await;
     let back_to_one = client.rollback(APP, Some(v1)).await.unwrap();
-    rolled_out(&cluster, back_to_one.release, 3, "rollback --to v1").await;
+    rolled_out(
+        &cluster,
+        &mut history,
+        back_to_one.release,
+        3,
+        "rollback --to v1",
+    )
+    .await;
 
     // Drain the node that runs the most replicas: they move, nothing fails.
     let view = client.app(APP).await.unwrap();
@@ -227,6 +542,7 @@ async fn rollouts_rollbacks_scaling_and_drains_never_fail_a_request() {
         })
         .await
         .unwrap();
+    history.phase(&format!("drain of {drained}"), 3 + MAX_SURGE);
     println!("drain of {drained}: {:.1} s", took.as_secs_f64());
     let nodes = client.nodes().await.unwrap();
     assert!(
@@ -236,6 +552,15 @@ async fn rollouts_rollbacks_scaling_and_drains_never_fail_a_request() {
             .any(|n| n.node_id == drained && n.draining)
     );
     client.drain(&drained, false).await.unwrap();
+
+    // Over the whole history, not only at poll moments: never more than max_surge extra,
+    // and the rolling deploy did use its one extra replica (the recorder saw it).
+    let most = history.check(&cluster).await;
+    assert_eq!(
+        most.get("rolling deploy of v2"),
+        Some(&(3 + MAX_SURGE)),
+        "{most:?}"
+    );
 
     let report = load.stop().await;
     let releases_served: BTreeSet<u64> = report

@@ -19,8 +19,9 @@ CLUSTER_ID=schemathesis
 command -v schemathesis >/dev/null || python3 -m pip install -q 'schemathesis>=4,<5'
 
 cargo build -q -p node --bin stratus
+stratus="${CARGO_TARGET_DIR:-target}/debug/stratus"
 data="$(mktemp -d)"
-./target/debug/stratus agent --node-id schemathesis --cluster-id "$CLUSTER_ID" \
+"$stratus" agent --node-id schemathesis --cluster-id "$CLUSTER_ID" \
   --gossip-addr 127.0.0.1:7796 --api-addr "$API" --data-dir "$data" \
   --insecure-no-encryption --runtime process --port-range 29000-29099 \
   --api-token "$TOKEN" >"$data/agent.log" 2>&1 &

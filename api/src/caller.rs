@@ -10,7 +10,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 
 use crate::error::ApiError;
-use crate::routes::ApiState;
+use crate::state::ApiState;
 
 /// Who holds a token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -171,7 +171,7 @@ impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> ApiError {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             return ApiError::PayloadTooLarge {
-                limit: crate::routes::MAX_JSON_BODY as u64,
+                limit: crate::state::MAX_JSON_BODY as u64,
                 hint: "JSON bodies of the API are small: check what is being sent",
             };
         }

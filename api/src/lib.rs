@@ -9,6 +9,7 @@
 //!   layers around them;
 //! - [`caller`]: the bearer token as an extractor ([`User`]) and the node-token layer;
 //! - [`service`]: what the agent provides, one trait per router;
+//! - [`state`]: what every handler gets (the services, the limits);
 //! - [`error`]: the one place an error becomes an HTTP status;
 //! - [`openapi`]: the OpenAPI document, derived from the handlers;
 //! - [`server`]: connections (header timeout, connection cap, graceful shutdown);
@@ -22,14 +23,16 @@ pub mod openapi;
 pub mod routes;
 pub mod server;
 pub mod service;
+pub mod state;
 pub mod upload;
 
 pub use caller::{Authenticate, Caller, Peer, User};
 pub use client::{Client, ClientError};
 pub use error::{ApiError, ErrorCode, ServiceError};
-pub use routes::{ApiConfig, router};
+pub use routes::router;
 pub use server::{ServeLimits, serve};
 pub use service::{
     AppsService, BlobsService, InternalService, LineStream, LogQuery, NodesService, Service,
 };
+pub use state::{ApiConfig, ApiState};
 pub use upload::Upload;

@@ -38,7 +38,7 @@ use crate::workload::runtime::{
 };
 use crate::workload::supervisor;
 
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub use crate::config::VERSION;
 
 /// How often seeds are resolved and dialed while this node knows no live peer, and after.
 const SEED_RETRY_ALONE: Duration = Duration::from_secs(2);

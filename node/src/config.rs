@@ -12,6 +12,9 @@ use crate::bundle::{S3Config, S3Error};
 use crate::cluster::seal::{KeyError, Keyring};
 use crate::cluster::seeds::{Seed, SeedError};
 
+/// Version of the `stratus` binary, as every node publishes it and `/v1/health` reports.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
 pub const DEFAULT_GOSSIP_PORT: u16 = 7946;
 pub const DEFAULT_API_PORT: u16 = 7070;
 /// Measured with `testbed bench detect --busy`: 300 ms with phi 8 declares a killed node

@@ -35,7 +35,7 @@ pub struct AgentState {
     pub runtime: Arc<dyn RuntimeDriver>,
     pub admission: Mutex<Admission>,
     /// Replicas this node runs, by placement id (owned by the supervisor).
-    pub replicas: Mutex<BTreeMap<String, crate::workload::supervisor::ReplicaHandle>>,
+    pub replicas: Mutex<BTreeMap<String, crate::workload::replica::ReplicaHandle>>,
     /// Woken when the catalog changes, so schedulers and supervisors act at once.
     pub catalog_changed: Notify,
     /// Highest release number this node handed out per app, as the app's first keeper.

@@ -11,10 +11,11 @@ use proto::api::{
     RollbackRequest, ScaleRequest,
 };
 
-use super::{ApiConfig, ApiState, Json, Path, Query, deadline, lines_response};
+use super::shared::{Json, Path, Query, deadline, lines_response};
 use crate::caller::User;
 use crate::error::ApiError;
 use crate::service::{LogQuery, Service};
+use crate::state::{ApiConfig, ApiState};
 use crate::upload::save_body;
 
 pub fn router<S: Service>(config: &ApiConfig) -> Router<ApiState<S>> {

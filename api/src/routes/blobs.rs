@@ -9,9 +9,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use proto::api::{BlobStored, ErrorBody};
 
-use super::{ApiConfig, ApiState, Json, Path, deadline};
+use super::shared::{Json, Path, deadline};
 use crate::error::ApiError;
 use crate::service::Service;
+use crate::state::{ApiConfig, ApiState};
 use crate::upload::save_body;
 
 pub fn router<S: Service>(config: &ApiConfig) -> Router<ApiState<S>> {

@@ -10,9 +10,10 @@ use proto::api::{
 };
 use proto::catalog::AppRecord;
 
-use super::{ApiConfig, ApiState, Json, Path, Query, deadline, lines_response};
+use super::shared::{Json, Path, Query, deadline, lines_response};
 use crate::error::ApiError;
 use crate::service::{LogQuery, Service};
+use crate::state::{ApiConfig, ApiState};
 
 pub fn router<S: Service>(config: &ApiConfig) -> Router<ApiState<S>> {
     let answer = config.request_timeout;

@@ -6,10 +6,11 @@ use axum::extract::State;
 use axum::routing::{get, post};
 use proto::api::{DrainReply, ErrorBody, HealthResponse, NodesResponse};
 
-use super::{ApiConfig, ApiState, Json, Path, deadline};
+use super::shared::{Json, Path, deadline};
 use crate::caller::User;
 use crate::error::ApiError;
 use crate::service::Service;
+use crate::state::{ApiConfig, ApiState};
 
 pub fn router<S: Service>(config: &ApiConfig) -> Router<ApiState<S>> {
     let answer = config.request_timeout;

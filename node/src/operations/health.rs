@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use proto::api::{Check, HealthChecks, HealthResponse};
 
-use crate::agent::VERSION;
+use crate::config::VERSION;
 use crate::state::AgentState;
 
 /// A check that does not answer within this long has failed: a health endpoint that hangs

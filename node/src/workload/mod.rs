@@ -3,5 +3,6 @@
 
 pub mod health;
 pub mod logs;
+pub mod replica;
 pub mod runtime;
 pub mod supervisor;

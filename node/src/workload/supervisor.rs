@@ -17,33 +17,20 @@ use tracing::{info, warn};
 use crate::bundle::UnpackLimits;
 use crate::state::AgentState;
 use crate::workload::health::{HealthTracker, probe};
+use crate::workload::replica::ReplicaHandle;
 use crate::workload::runtime::{ContainerSpec, RunningContainer};
-
-/// A replica this node runs; dropping the sender stops nothing, sending `true` does.
-pub struct ReplicaHandle {
-    pub app: String,
-    pub release: u64,
-    pub replica: u32,
-    stop: watch::Sender<bool>,
-}
-
-impl ReplicaHandle {
-    pub fn stop(&self) {
-        let _ = self.stop.send(true);
-    }
-}
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
 pub fn spawn_replica(state: Arc<AgentState>, request: PlacementRequest) {
     let (stop, stop_rx) = watch::channel(false);
-    let handle = ReplicaHandle {
-        app: request.app.clone(),
-        release: request.release.number,
-        replica: request.replica,
+    let handle = ReplicaHandle::new(
+        request.app.clone(),
+        request.release.number,
+        request.replica,
         stop,
-    };
+    );
     tokio::spawn(async move {
         state
             .replicas

@@ -10,29 +10,29 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use proto::NodeIdentity;
-use proto::catalog::AppRecord;
 use proto::routes::RouteFeed;
 use tokio::net::TcpListener;
-use tokio::sync::{Mutex, Notify, watch};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
-use crate::bundle::{BlobStore, S3Store};
+use crate::bundle::{BlobStore, Bundles, S3Store};
 use crate::cluster::generation::bump_generation;
 use crate::cluster::load::LoadSampler;
 use crate::cluster::membership::{
     ChannelTransport, Membership, MembershipConfig, SealedUdpTransport, Transport, TransportStats,
 };
+use crate::cluster::peers::Peers;
 use crate::cluster::seal::Keyring;
 use crate::cluster::seeds::{Seed, SeedResolver};
 use crate::config::{AgentConfig, RuntimeChoice};
-use crate::control::catalog::CatalogStore;
-use crate::control::hlc::Hlc;
-use crate::control::scheduler::Admission;
+use crate::control::catalog_handle::CatalogHandle;
+use crate::control::hlc::unix_ms;
 use crate::control::{catalog_sync, reconciler_driver};
-use crate::operations::changes;
+use crate::handles::AgentHandles;
 use crate::operations::service::AgentService;
-use crate::state::{AgentState, unix_ms};
+use crate::workload::admission_control::AdmissionControl;
+use crate::workload::replica::Replicas;
 use crate::workload::runtime::{
     DockerDriver, DockerOptions, PortRange, ProcessDriver, ProcessOptions, RuntimeDriver,
 };
@@ -196,10 +196,7 @@ pub async fn run_with_routes(
 
     let runtime = choose_runtime(&config).await?;
     info!(runtime = runtime.name(), "container runtime ready");
-    let catalog_store = CatalogStore::open(&config.data_dir.join("catalog.redb"))
-        .map_err(|err| AgentError::Catalog(err.to_string()))?;
-    let catalog = catalog_store
-        .load()
+    let catalog = CatalogHandle::open(&config.data_dir.join("catalog.redb"), &config.node_id)
         .map_err(|err| AgentError::Catalog(err.to_string()))?;
     let blobs =
         BlobStore::open(&config.data_dir).map_err(|err| AgentError::Catalog(err.to_string()))?;
@@ -220,44 +217,42 @@ pub async fn run_with_routes(
     if config.api_token.is_none() {
         warn!("no --api-token: the app endpoints (deploy, apps, destroy) refuse every request");
     }
-    let node_token = match &config.keyring {
-        Some(keyring) => keyring.node_token().to_string(),
-        None => format!("insecure-{}", config.cluster_id),
-    };
-    let state = Arc::new(AgentState {
-        membership: membership.clone(),
-        stats: gossip.stats.clone(),
-        catalog: Mutex::new(catalog),
-        catalog_store,
-        hlc: Mutex::new(Hlc::new(&config.node_id)),
-        blobs,
-        s3,
-        runtime,
-        admission: Mutex::new(Admission::new(
-            u64::from(first_load.cpu_cores) * 1000,
-            first_load.mem_total_bytes,
-        )),
-        replicas: Mutex::new(Default::default()),
-        reserved_numbers: Mutex::new(Default::default()),
-        catalog_changed: Notify::new(),
-        node_token,
-        draining: Default::default(),
-        config: config.clone(),
-    });
-    if changes::draining_marker(&state).exists() {
+    let admission = AdmissionControl::new(
+        &config.data_dir,
+        u64::from(first_load.cpu_cores) * 1000,
+        first_load.mem_total_bytes,
+    );
+    if admission.is_draining() {
         info!(
             "this node was drained before it stopped: it stays drained (`stratus node undrain` ends it)"
         );
-        if let Err(err) = changes::set_own_draining(&state, true).await {
-            warn!(error = %err, "cannot restore the drain");
-        }
+        membership.set_draining(true).await;
     }
+    let agent = AgentHandles {
+        membership: membership.clone(),
+        gossip_stats: gossip.stats.clone(),
+        peers: Peers::new(config.keyring.clone(), &config.cluster_id),
+        catalog: Arc::new(catalog),
+        bundles: Arc::new(Bundles::new(&config.data_dir, blobs, s3)),
+        admission: Arc::new(admission),
+        replicas: Arc::new(Replicas::new(runtime)),
+        config: Arc::new(config.clone()),
+    };
 
     // Before anything schedules: containers left running by a previous agent are ours.
-    supervisor::adopt_existing(state.clone()).await;
+    supervisor::adopt_existing(agent.clone()).await;
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut loops = Supervised::default();
-    loops.spawn("load", load_loop(state.clone(), sampler, stop_rx.clone()));
+    loops.spawn(
+        "load",
+        load_loop(
+            agent.admission.clone(),
+            membership.clone(),
+            config.load_interval,
+            sampler,
+            stop_rx.clone(),
+        ),
+    );
     loops.spawn(
         "seeds",
         seed_loop(
@@ -270,21 +265,34 @@ pub async fn run_with_routes(
     );
     loops.spawn(
         "catalog sync",
-        catalog_sync::run(state.clone(), stop_rx.clone()),
+        catalog_sync::run(
+            agent.catalog.clone(),
+            membership.clone(),
+            config.node_id.clone(),
+            stop_rx.clone(),
+        ),
     );
     loops.spawn(
         "reconciler driver",
-        reconciler_driver::run(state.clone(), stop_rx.clone()),
+        reconciler_driver::run(agent.clone(), stop_rx.clone()),
     );
     if let Some(routes) = routes {
         loops.spawn(
             "route feed",
-            route_feed(state.clone(), routes, stop_rx.clone()),
+            route_feed(
+                agent.catalog.clone(),
+                membership.clone(),
+                routes,
+                stop_rx.clone(),
+            ),
         );
     }
     let router = api::router(
-        Arc::new(AgentService::new(state.clone())),
-        api::ApiConfig::new(state.uploads_dir(), config.max_upload_bytes),
+        Arc::new(AgentService::new(agent.clone())),
+        api::ApiConfig::new(
+            agent.bundles.uploads_dir().to_path_buf(),
+            config.max_upload_bytes,
+        ),
     );
     let mut api_stop = stop_rx.clone();
     loops.spawn("API server", async move {
@@ -405,14 +413,15 @@ async fn choose_runtime(config: &AgentConfig) -> Result<Arc<dyn RuntimeDriver>, 
 /// Sends the view and the catalog whenever either changes (a view change is also how app
 /// records arrive).
 async fn route_feed(
-    state: Arc<AgentState>,
+    catalog: Arc<CatalogHandle>,
+    membership: Arc<Membership>,
     routes: watch::Sender<Option<RouteFeed>>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut views = state.membership.subscribe().await;
+    let mut views = membership.subscribe().await;
     loop {
         let view = views.borrow_and_update().clone();
-        let apps: Vec<AppRecord> = state.catalog.lock().await.records().cloned().collect();
+        let apps = catalog.records().await;
         let replicas = view
             .containers
             .iter()
@@ -436,20 +445,22 @@ async fn route_feed(
 }
 
 async fn load_loop(
-    state: Arc<AgentState>,
+    admission: Arc<AdmissionControl>,
+    membership: Arc<Membership>,
+    interval: Duration,
     mut sampler: LoadSampler,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut ticker = tokio::time::interval(state.config.load_interval);
+    let mut ticker = tokio::time::interval(interval);
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
             _ = stop.wait_for(|stop| *stop) => return,
         }
-        let reserved = state.admission.lock().await.reserved();
+        let reserved = admission.reserved().await;
         let load = sampler.sample(reserved);
         if let Some(load) = sampler.poll_publish(load) {
-            state.membership.set_load(&load).await;
+            membership.set_load(&load).await;
         }
     }
 }

@@ -17,7 +17,8 @@
 //!   health probes and replica logs;
 //! - [`operations`]: what the API asks of the node: deploys, scale, rollback, restart, drain;
 //! - [`bundle`]: app bundles: packing, hostile-zip checks, the content-addressed store, S3;
-//! - [`state`]: the handles the agent's tasks share;
+//! - [`handles`]: the agent's handles (catalog, bundles, admission, replicas, peers), each
+//!   owning its state, given to the loops and services that use them;
 //! - [`cli`]: tables and the deploy client of the `stratus` binary;
 //! - [`logging`]: the daemon's log output;
 //! - `testsuite` (feature `testsuite`): `cluster_for_test(n)`, agents in one process.
@@ -28,9 +29,9 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod control;
+pub mod handles;
 pub mod logging;
 pub mod operations;
-pub mod state;
 #[cfg(feature = "testsuite")]
 pub mod testsuite;
 pub mod workload;

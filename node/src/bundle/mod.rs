@@ -21,6 +21,7 @@
 //! `tokio::task::spawn_blocking`. Unix only (file modes are part of a bundle), like the
 //! daemon and the CLI.
 
+mod bundles;
 mod hash;
 mod pack;
 mod s3;
@@ -32,6 +33,7 @@ use std::path::PathBuf;
 
 use proto::manifest::ManifestErrors;
 
+pub use bundles::Bundles;
 pub use hash::{Checksum, Sha256Writer, is_valid_digest, sha256_file, sha256_reader};
 pub use pack::{PackSummary, pack_dir};
 pub use s3::{DEFAULT_PREFIX, DEFAULT_REGION, S3Config, S3Error, S3Store};

@@ -6,5 +6,6 @@
 pub mod generation;
 pub mod load;
 pub mod membership;
+pub mod peers;
 pub mod seal;
 pub mod seeds;

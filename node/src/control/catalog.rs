@@ -186,7 +186,7 @@ impl CatalogStore {
         })
     }
 
-    /// The lock that orders writes: see [`crate::state::merge_in_order`].
+    /// The lock that orders writes: see [`crate::control::catalog_handle::merge_in_order`].
     pub fn write_order(&self) -> &tokio::sync::Mutex<()> {
         &self.write_order
     }

@@ -8,39 +8,44 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::cluster::membership::Membership;
 use crate::control::catalog::{KEEPERS, keepers};
-use crate::state::{AgentState, unix_ms};
+use crate::control::catalog_handle::CatalogHandle;
+use crate::control::hlc::unix_ms;
 
 /// A node that accepted a change keeps publishing it this long even if it is not a keeper,
 /// so the keepers surely hear it.
 const WRITER_GRACE_MS: u64 = 60_000;
 
-pub async fn run(state: Arc<AgentState>, mut stop: watch::Receiver<bool>) {
-    let mut views = state.membership.subscribe().await;
+pub async fn run(
+    catalog: Arc<CatalogHandle>,
+    membership: Arc<Membership>,
+    node_id: String,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut views = membership.subscribe().await;
     let mut published: BTreeSet<String> = BTreeSet::new();
     loop {
         let view = views.borrow_and_update().clone();
         for record in &view.app_records {
             // A failed write is retried with the next view: the record is still in gossip.
-            let _ = state.merge_record(record.clone()).await;
+            let _ = catalog.merge(record.clone()).await;
         }
         let live: Vec<&str> = view
             .live_nodes()
             .map(|node| node.node_id.as_str())
             .collect();
-        let records: Vec<_> = state.catalog.lock().await.records().cloned().collect();
+        let records = catalog.records().await;
         let now = unix_ms();
         for record in records {
-            let keeper = keepers(&record.name, &live, KEEPERS)
-                .iter()
-                .any(|k| k == state.node_id());
-            let fresh_write = record.stamp.node_id == state.node_id()
+            let keeper = keepers(&record.name, &live, KEEPERS).contains(&node_id);
+            let fresh_write = record.stamp.node_id == node_id
                 && now.saturating_sub(record.stamp.wall_ms) < WRITER_GRACE_MS;
             if keeper || fresh_write {
-                state.membership.publish_app(&record).await;
+                membership.publish_app(&record).await;
                 published.insert(record.name.clone());
             } else if published.remove(&record.name) {
-                state.membership.unpublish_app(&record.name).await;
+                membership.unpublish_app(&record.name).await;
             }
         }
         tokio::select! {

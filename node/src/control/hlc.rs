@@ -73,17 +73,9 @@ impl Hlc {
         }
     }
 
-    /// Takes note of a stamp received from a peer, so later local stamps order after it,
-    /// reading local wall time from the system clock. See [`Hlc::observe_at`].
-    pub fn observe(&mut self, seen: &Stamp) {
-        if let Observed::TooFarAhead { ahead_ms } = self.observe_at(seen, wall_clock_ms()) {
-            tracing::warn!(
-                node = %seen.node_id,
-                ahead_ms,
-                max_drift_ms = self.max_drift_ms,
-                "peer stamp is too far ahead of our clock; not adopted (check that node's clock)"
-            );
-        }
+    /// The furthest a peer's stamp may be ahead of local wall time and still be adopted.
+    pub fn max_drift_ms(&self) -> u64 {
+        self.max_drift_ms
     }
 
     /// Takes note of a stamp received from a peer at local wall time `now_ms`: the clock
@@ -102,7 +94,9 @@ impl Hlc {
     }
 }
 
-fn wall_clock_ms() -> u64 {
+/// Wall time in milliseconds since the Unix epoch, what local stamps start from (0 if the
+/// system clock is set before 1970).
+pub fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_millis() as u64)

@@ -5,6 +5,7 @@
 //! [`reconciler_driver`] and [`catalog_sync`] are the thin I/O loops around them.
 
 pub mod catalog;
+pub mod catalog_handle;
 pub mod catalog_sync;
 pub mod hlc;
 pub mod reconciler;

@@ -18,7 +18,6 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::time::Duration;
 
 use api::ApiError;
@@ -31,8 +30,9 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::control::reconciler::ReconcileConfig;
-use crate::control::scheduler::{AdmitDecision, Needs};
-use crate::state::AgentState;
+use crate::control::scheduler::Needs;
+use crate::handles::AgentHandles;
+use crate::workload::admission_control::Refusal;
 
 mod decisions;
 #[cfg(test)]
@@ -61,31 +61,31 @@ pub const PARALLEL_ACTIONS: usize = 8;
 /// A thin loop around [`DriverCore`]: feeds it the view and the catalog, hands its actions
 /// to a [`Dispatcher`], feeds back what became of them, and sleeps until the core's next
 /// deadline or until something changes.
-pub async fn run(state: Arc<AgentState>, mut stop: tokio::sync::watch::Receiver<bool>) {
-    if !wait_until_settled(&state, &mut stop).await {
+pub async fn run(agent: AgentHandles, mut stop: tokio::sync::watch::Receiver<bool>) {
+    if !wait_until_settled(&agent, &mut stop).await {
         return;
     }
-    let mut views = state.membership.subscribe().await;
+    let mut views = agent.membership.subscribe().await;
     let mut core = DriverCore::new(
-        state.node_id(),
+        agent.node_id(),
         ReconcileConfig {
-            reschedule_grace: state.config.reschedule_grace,
+            reschedule_grace: agent.config.reschedule_grace,
             ..ReconcileConfig::default()
         },
         StdRng::from_os_rng(),
     );
     let mut dispatcher = Dispatcher::new(PARALLEL_ACTIONS);
     loop {
-        let view = state.view().await;
-        let apps = app_inputs(&state).await;
+        let view = agent.view().await;
+        let apps = app_inputs(&agent).await;
         for action in core.plan(Instant::now(), &view, &apps) {
-            carry_out(&state, &mut dispatcher, action).await;
+            carry_out(&agent, &mut dispatcher, action).await;
         }
         tokio::time::sleep(MIN_SPACING).await;
         let deadline = core.next_deadline();
         tokio::select! {
             _ = sleep_until(deadline) => {}
-            _ = state.catalog_changed.notified() => {}
+            _ = agent.catalog.changed() => {}
             changed = views.changed() => if changed.is_err() { return },
             Some(outcome) = dispatcher.next() => {
                 if let Some(outcome) = outcome {
@@ -111,40 +111,44 @@ async fn sleep_until(deadline: Option<Instant>) {
 }
 
 /// Every app of the catalog with a release, and the release each would go back to.
-async fn app_inputs(state: &AgentState) -> Vec<AppInput> {
-    let catalog = state.catalog.lock().await;
-    catalog
-        .apps()
-        .filter_map(|record| {
-            let number = record.release.as_ref()?.number;
-            let previous = catalog
-                .releases(&record.name)
-                .iter()
-                .map(|r| r.number)
-                .filter(|earlier| *earlier < number && !record.failed.contains_key(earlier))
-                .max();
-            Some(AppInput {
-                record: AppRecord::clone(record),
-                previous,
-            })
+async fn app_inputs(agent: &AgentHandles) -> Vec<AppInput> {
+    agent
+        .catalog
+        .read(|catalog| {
+            catalog
+                .apps()
+                .filter_map(|record| {
+                    let number = record.release.as_ref()?.number;
+                    let previous = catalog
+                        .releases(&record.name)
+                        .iter()
+                        .map(|r| r.number)
+                        .filter(|earlier| *earlier < number && !record.failed.contains_key(earlier))
+                        .max();
+                    Some(AppInput {
+                        record: AppRecord::clone(record),
+                        previous,
+                    })
+                })
+                .collect()
         })
-        .collect()
+        .await
 }
 
 /// Gossip writes (local and quick) are done at once; peer calls and catalog writes go to
 /// the dispatcher.
-async fn carry_out(state: &Arc<AgentState>, dispatcher: &mut Dispatcher, action: DriverAction) {
+async fn carry_out(agent: &AgentHandles, dispatcher: &mut Dispatcher, action: DriverAction) {
     match action {
         DriverAction::PublishFailure(failure) => {
             warn!(app = %failure.app, reason = %failure.reason, "the release cannot run");
-            state.membership.publish_failure(&failure).await;
+            agent.membership.publish_failure(&failure).await;
         }
-        DriverAction::ClearFailure { app } => state.membership.clear_failure(&app).await,
+        DriverAction::ClearFailure { app } => agent.membership.clear_failure(&app).await,
         DriverAction::Place { request, targets } => {
-            let state = state.clone();
+            let agent = agent.clone();
             dispatcher.push(async move {
                 let outcome = place_on_first(&request, &targets, PEER_DEADLINE, |addr| {
-                    let client = state.peer(addr);
+                    let client = agent.peers.client(addr);
                     let request = &request;
                     async move {
                         match client {
@@ -162,10 +166,10 @@ async fn carry_out(state: &Arc<AgentState>, dispatcher: &mut Dispatcher, action:
             api_addr,
             request,
         } => {
-            let state = state.clone();
+            let agent = agent.clone();
             dispatcher.push(async move {
                 info!(node = %node_id, placement = %request.placement_id, reason = %request.reason, "stopping a replica");
-                send_stop(&state, &node_id, api_addr, &request).await;
+                send_stop(&agent, &node_id, api_addr, &request).await;
                 None
             });
         }
@@ -175,11 +179,11 @@ async fn carry_out(state: &Arc<AgentState>, dispatcher: &mut Dispatcher, action:
             previous,
             reason,
         } => {
-            let state = state.clone();
+            let agent = agent.clone();
             dispatcher.push(async move {
                 warn!(%app, release = failed, %reason, to = previous, "rollout failed: going back");
                 let result = crate::operations::changes::roll_back_failed(
-                    &state, &app, failed, previous, &reason,
+                    &agent, &app, failed, previous, &reason,
                 )
                 .await
                 .map_err(|err| err.to_string());
@@ -315,17 +319,17 @@ fn unwrap_joined<T>(joined: Result<T, tokio::task::JoinError>) -> T {
 
 /// Asks `node_id` to stop one replica (this node directly, others through their API).
 async fn send_stop(
-    state: &AgentState,
+    agent: &AgentHandles,
     node_id: &str,
     api_addr: Option<std::net::SocketAddr>,
     request: &StopRequest,
 ) {
     let placement = &request.placement_id;
-    if node_id == state.node_id() {
-        crate::workload::supervisor::stop_replica(state, request).await;
+    if node_id == agent.node_id() {
+        crate::workload::supervisor::stop_replica(agent, request).await;
         return;
     }
-    let Some(client) = api_addr.and_then(|addr| state.peer(addr)) else {
+    let Some(client) = api_addr.and_then(|addr| agent.peers.client(addr)) else {
         warn!(node = node_id, %placement, "no API address to send a stop to");
         return;
     };
@@ -345,14 +349,14 @@ async fn send_stop(
 /// and that no replica runs anywhere. Wait until it has heard the cluster for a few rounds
 /// (or, alone, for long enough to be sure it is alone). Returns false if told to stop.
 async fn wait_until_settled(
-    state: &AgentState,
+    agent: &AgentHandles,
     stop: &mut tokio::sync::watch::Receiver<bool>,
 ) -> bool {
-    let interval = state.config.gossip_interval;
+    let interval = agent.config.gossip_interval;
     let started = Instant::now();
     let mut peers_since: Option<Instant> = None;
     loop {
-        let has_peers = !state.membership.live_peer_addrs().await.is_empty();
+        let has_peers = !agent.membership.live_peer_addrs().await.is_empty();
         peers_since = match (has_peers, peers_since) {
             (true, None) => Some(Instant::now()),
             (true, since) => since,
@@ -360,7 +364,7 @@ async fn wait_until_settled(
         };
         let heard_enough =
             peers_since.is_some_and(|since| since.elapsed() >= interval * SETTLE_ROUNDS);
-        let alone_long_enough = state.config.seeds.is_empty()
+        let alone_long_enough = agent.config.seeds.is_empty()
             && started.elapsed() >= interval * SETTLE_ROUNDS
             || started.elapsed() >= ALONE_PATIENCE;
         if heard_enough || alone_long_enough {
@@ -375,53 +379,44 @@ async fn wait_until_settled(
 
 /// Node-to-node: a scheduler asks this node to run one replica.
 pub async fn admit(
-    state: &Arc<AgentState>,
+    agent: &AgentHandles,
     request: PlacementRequest,
 ) -> Result<PlacementReply, ApiError> {
-    let catalog_release = state
+    let catalog_release = agent
         .catalog
-        .lock()
+        .live_record(&request.app)
         .await
-        .record(&request.app)
-        .filter(|record| !record.deleted)
-        .and_then(|record| record.release.as_ref().map(|release| release.number));
+        .and_then(|record| record.release.map(|release| release.number));
     if catalog_release.is_some_and(|current| current > request.release.number) {
         return Err(ApiError::Conflict(format!(
             "release {} of {} is already superseded here",
             request.release.number, request.app
         )));
     }
-    if state.draining.load(std::sync::atomic::Ordering::SeqCst) {
-        return Err(ApiError::Conflict(format!(
-            "{} is draining: it takes no new replicas",
-            state.node_id()
-        )));
-    }
     let needs = Needs {
         cpu_millis: request.release.manifest.resources.cpu_millis,
         mem_bytes: request.release.manifest.resources.memory_bytes,
     };
-    let decision = state
-        .admission
-        .lock()
-        .await
-        .admit(&request.placement_id, needs);
-    match decision {
-        AdmitDecision::AlreadyAdmitted => Ok(PlacementReply::AlreadyAdmitted),
-        AdmitDecision::Refused { reason } => Err(ApiError::Conflict(format!(
+    match agent.admission.admit(&request.placement_id, needs).await {
+        Ok(false) => Ok(PlacementReply::AlreadyAdmitted),
+        Err(Refusal::Draining) => Err(ApiError::Conflict(format!(
+            "{} is draining: it takes no new replicas",
+            agent.node_id()
+        ))),
+        Err(Refusal::NoRoom(reason)) => Err(ApiError::Conflict(format!(
             "{} refuses {}: {reason}",
-            state.node_id(),
+            agent.node_id(),
             request.placement_id
         ))),
-        AdmitDecision::Admitted => {
-            crate::workload::supervisor::spawn_replica(state.clone(), request);
+        Ok(true) => {
+            crate::workload::supervisor::spawn_replica(agent.clone(), request);
             Ok(PlacementReply::Admitted)
         }
     }
 }
 
 /// Node-to-node: the app's reconciler asks this node to stop one of its replicas.
-pub async fn stop(state: &Arc<AgentState>, request: StopRequest) -> Result<(), ApiError> {
-    crate::workload::supervisor::stop_replica(state, &request).await;
+pub async fn stop(agent: &AgentHandles, request: StopRequest) -> Result<(), ApiError> {
+    crate::workload::supervisor::stop_replica(agent, &request).await;
     Ok(())
 }

@@ -7,8 +7,6 @@
 //! the new ones serve). Rollback and restart create a new release that copies an earlier
 //! one (as Heroku does), so `stratus releases` tells the whole story.
 
-use std::sync::atomic::Ordering;
-
 use api::ApiError;
 use proto::api::{ChangeAccepted, DrainReply, ReleaseSummary, ReleasesResponse};
 use proto::catalog::{AppRecord, Release};
@@ -16,11 +14,12 @@ use proto::manifest::MAX_REPLICAS;
 use tracing::{info, warn};
 
 use crate::control::catalog::{KEEPERS, keepers};
-use crate::state::{AgentState, unix_ms};
+use crate::control::hlc::unix_ms;
+use crate::handles::AgentHandles;
 
 /// `POST /v1/apps/{app}/scale`.
 pub async fn scale(
-    state: &AgentState,
+    agent: &AgentHandles,
     app: &str,
     replicas: u32,
 ) -> Result<ChangeAccepted, ApiError> {
@@ -29,14 +28,14 @@ pub async fn scale(
             "{replicas} replicas is out of range: use 0 to {MAX_REPLICAS}"
         )));
     }
-    let existing = current(state, app).await?;
+    let existing = current(agent, app).await?;
     let release = release_of(&existing, app)?;
     let record = AppRecord {
-        stamp: state.stamp().await,
+        stamp: agent.catalog.stamp().await,
         replicas,
         ..existing.clone()
     };
-    commit(state, &record).await?;
+    commit(agent, &record).await?;
     info!(app, from = existing.replicas, to = replicas, "scaled");
     Ok(ChangeAccepted {
         app: app.to_string(),
@@ -52,20 +51,13 @@ pub async fn scale(
 /// `POST /v1/apps/{app}/rollback`: a new release copying `to` (by default the newest
 /// earlier release that did not fail).
 pub async fn rollback(
-    state: &AgentState,
+    agent: &AgentHandles,
     app: &str,
     to: Option<u64>,
 ) -> Result<ChangeAccepted, ApiError> {
-    let existing = current(state, app).await?;
+    let existing = current(agent, app).await?;
     let now = release_of(&existing, app)?.number;
-    let releases: Vec<Release> = state
-        .catalog
-        .lock()
-        .await
-        .releases(app)
-        .into_iter()
-        .cloned()
-        .collect();
+    let releases = agent.catalog.releases(app).await;
     let target = match to {
         Some(number) if number == now => {
             return Err(ApiError::BadRequest(format!(
@@ -88,42 +80,42 @@ pub async fn rollback(
             })?,
     };
     let note = format!("rollback to v{}", target.number);
-    copy_release(state, existing, target.clone(), note).await
+    copy_release(agent, existing, target.clone(), note).await
 }
 
 /// `POST /v1/apps/{app}/restart`: a new release copying the current one, rolled out one
 /// replica at a time like any other.
-pub async fn restart(state: &AgentState, app: &str) -> Result<ChangeAccepted, ApiError> {
-    let existing = current(state, app).await?;
+pub async fn restart(agent: &AgentHandles, app: &str) -> Result<ChangeAccepted, ApiError> {
+    let existing = current(agent, app).await?;
     let release = release_of(&existing, app)?.clone();
     let note = format!("restart of v{}", release.number);
-    copy_release(state, existing, release, note).await
+    copy_release(agent, existing, release, note).await
 }
 
 async fn copy_release(
-    state: &AgentState,
+    agent: &AgentHandles,
     existing: AppRecord,
     source: Release,
     note: String,
 ) -> Result<ChangeAccepted, ApiError> {
     let app = existing.name.clone();
-    ensure_bundle(state, &source).await?;
-    let view = state.view().await;
+    ensure_bundle(agent, &source).await?;
+    let view = agent.view().await;
     let live: Vec<&str> = view.live_nodes().map(|n| n.node_id.as_str()).collect();
-    let number = crate::operations::deploy::release_number(state, &view, &app, &live).await;
+    let number = crate::operations::deploy::release_number(agent, &view, &app, &live).await;
     let release = Release {
         number,
         created_at_ms: unix_ms(),
-        created_on: state.node_id().to_string(),
+        created_on: agent.node_id().to_string(),
         note: Some(note.clone()),
         ..source
     };
     let record = AppRecord {
-        stamp: state.stamp().await,
+        stamp: agent.catalog.stamp().await,
         release: Some(release),
         ..existing
     };
-    commit(state, &record).await?;
+    commit(agent, &record).await?;
     info!(app = %app, release = number, %note, "new release");
     Ok(ChangeAccepted {
         app: app.clone(),
@@ -137,43 +129,42 @@ async fn copy_release(
 /// replicas still serve) and `failed` is marked failed with `reason`. Ignored if the app
 /// has moved on meanwhile.
 pub async fn roll_back_failed(
-    state: &AgentState,
+    agent: &AgentHandles,
     app: &str,
     failed: u64,
     previous: u64,
     reason: &str,
 ) -> Result<(), ApiError> {
-    let existing = current(state, app).await?;
+    let existing = current(agent, app).await?;
     if existing.release.as_ref().map(|r| r.number) != Some(failed) {
         return Ok(());
     }
-    let target = state
+    let target = agent
         .catalog
-        .lock()
-        .await
         .releases(app)
+        .await
         .into_iter()
         .find(|r| r.number == previous)
-        .cloned()
         .ok_or_else(|| ApiError::Internal(format!("release {previous} of {app} is unknown")))?;
     let mut failed_map = existing.failed.clone();
     failed_map.insert(failed, reason.to_string());
     let record = AppRecord {
-        stamp: state.stamp().await,
+        stamp: agent.catalog.stamp().await,
         release: Some(target),
         failed: failed_map,
         ..existing
     };
-    commit(state, &record).await.map(|_| ())
+    commit(agent, &record).await.map(|_| ())
 }
 
 /// `GET /v1/apps/{app}/releases`, newest first.
-pub async fn releases(state: &AgentState, app: &str) -> Result<ReleasesResponse, ApiError> {
-    let record = current(state, app).await?;
+pub async fn releases(agent: &AgentHandles, app: &str) -> Result<ReleasesResponse, ApiError> {
+    let record = current(agent, app).await?;
     let current_number = record.release.as_ref().map(|r| r.number);
-    let catalog = state.catalog.lock().await;
-    let mut releases: Vec<ReleaseSummary> = catalog
+    let mut releases: Vec<ReleaseSummary> = agent
+        .catalog
         .releases(app)
+        .await
         .into_iter()
         .map(|release| {
             let failure = record.failed.get(&release.number).cloned();
@@ -186,11 +177,11 @@ pub async fn releases(state: &AgentState, app: &str) -> Result<ReleasesResponse,
             };
             ReleaseSummary {
                 number: release.number,
-                sha256: release.bundle.sha256.clone(),
+                sha256: release.bundle.sha256,
                 size: release.bundle.size,
                 created_at_ms: release.created_at_ms,
-                created_on: release.created_on.clone(),
-                note: release.note.clone(),
+                created_on: release.created_on,
+                note: release.note,
                 status: status.to_string(),
                 failure,
             }
@@ -205,18 +196,18 @@ pub async fn releases(state: &AgentState, app: &str) -> Result<ReleasesResponse,
 
 /// `POST /v1/nodes/{node}/drain|undrain`: this node, or forwarded to the named one.
 pub async fn drain(
-    state: &AgentState,
+    agent: &AgentHandles,
     node_id: &str,
     draining: bool,
 ) -> Result<DrainReply, ApiError> {
-    if node_id == state.node_id() {
-        set_own_draining(state, draining).await?;
+    if node_id == agent.node_id() {
+        set_own_draining(agent, draining).await?;
         return Ok(DrainReply {
             node_id: node_id.to_string(),
             draining,
         });
     }
-    let view = state.view().await;
+    let view = agent.view().await;
     let node = view.node(node_id).ok_or_else(|| {
         ApiError::BadRequest(format!(
             "no node {node_id:?} in the cluster: `stratus nodes` lists them"
@@ -225,7 +216,7 @@ pub async fn drain(
     let client = node
         .identity
         .as_ref()
-        .and_then(|identity| state.peer(identity.api_addr))
+        .and_then(|identity| agent.peers.client(identity.api_addr))
         .ok_or_else(|| ApiError::Unavailable(format!("no API address known for {node_id}")))?;
     client.set_draining(node_id, draining).await.map_err(|err| {
         ApiError::Unavailable(format!(
@@ -236,43 +227,24 @@ pub async fn drain(
 
 /// Drains (or undrains) this node: remembered across restarts, gossiped, and new
 /// placements are refused while it lasts.
-pub async fn set_own_draining(state: &AgentState, draining: bool) -> Result<(), ApiError> {
-    let marker = draining_marker(state);
-    let written = if draining {
-        tokio::fs::write(&marker, b"drained by an operator\n").await
-    } else {
-        match tokio::fs::remove_file(&marker).await {
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            other => other,
-        }
-    };
-    written.map_err(|err| {
-        ApiError::Unavailable(format!(
-            "cannot record the drain in {}: {err}",
-            marker.display()
-        ))
-    })?;
-    state.draining.store(draining, Ordering::SeqCst);
-    state.membership.set_draining(draining).await;
+pub async fn set_own_draining(agent: &AgentHandles, draining: bool) -> Result<(), ApiError> {
+    agent
+        .admission
+        .set_draining(draining)
+        .await
+        .map_err(ApiError::Unavailable)?;
+    agent.membership.set_draining(draining).await;
     // The reconcilers act on the next gossip change; wake this node's own at once.
-    state.catalog_changed.notify_one();
+    agent.catalog.wake();
     info!(draining, "drain state changed");
     Ok(())
 }
 
-/// The file whose presence means this node is drained.
-pub fn draining_marker(state: &AgentState) -> std::path::PathBuf {
-    state.config.data_dir.join("draining")
-}
-
-async fn current(state: &AgentState, app: &str) -> Result<AppRecord, ApiError> {
-    state
+async fn current(agent: &AgentHandles, app: &str) -> Result<AppRecord, ApiError> {
+    agent
         .catalog
-        .lock()
+        .live_record(app)
         .await
-        .record(app)
-        .filter(|record| !record.deleted)
-        .cloned()
         .ok_or_else(|| ApiError::UnknownApp(app.to_string()))
 }
 
@@ -285,55 +257,56 @@ fn release_of<'a>(record: &'a AppRecord, app: &str) -> Result<&'a Release, ApiEr
 
 /// Makes sure this node holds the bundle of `release` (fetching it from a peer if not),
 /// so it can hand it to keepers that lack it.
-async fn ensure_bundle(state: &AgentState, release: &Release) -> Result<(), ApiError> {
-    if state.s3.is_some() || state.blobs.has(&release.bundle.sha256) {
+async fn ensure_bundle(agent: &AgentHandles, release: &Release) -> Result<(), ApiError> {
+    if agent.bundles.reachable(&release.bundle.sha256) {
         return Ok(());
     }
-    let view = state.view().await;
+    let view = agent.view().await;
     let holders: Vec<std::net::SocketAddr> = view
         .live_nodes()
-        .filter(|node| node.node_id != state.node_id())
+        .filter(|node| node.node_id != agent.node_id())
         .filter_map(|node| node.identity.as_ref().map(|identity| identity.api_addr))
         .collect();
-    crate::workload::supervisor::fetch_bundle(state, &release.bundle.sha256, &holders, "change")
+    crate::workload::supervisor::fetch_bundle(agent, &release.bundle.sha256, &holders, "change")
         .await
         .map_err(ApiError::Unavailable)
 }
 
 /// Stores `record` here and on the app's keepers (sending the bundle to those that lack
 /// it); acknowledged only once held by as many nodes as a deploy needs.
-pub async fn commit(state: &AgentState, record: &AppRecord) -> Result<Vec<String>, ApiError> {
+pub async fn commit(agent: &AgentHandles, record: &AppRecord) -> Result<Vec<String>, ApiError> {
     let app = record.name.as_str();
-    state
-        .merge_record(record.clone())
+    agent
+        .catalog
+        .merge(record.clone())
         .await
         .map_err(crate::operations::deploy::store_unavailable)?;
-    state.membership.publish_app(record).await;
-    let view = state.view().await;
+    agent.membership.publish_app(record).await;
+    let view = agent.view().await;
     let live: Vec<&str> = view.live_nodes().map(|n| n.node_id.as_str()).collect();
     let needed = KEEPERS.min(live.len().max(1));
-    let mut holders = vec![state.node_id().to_string()];
+    let mut holders = vec![agent.node_id().to_string()];
     for target in keepers(app, &live, live.len()) {
         if holders.len() >= needed {
             break;
         }
-        if target == state.node_id() {
+        if target == agent.node_id() {
             continue;
         }
         let Some(client) = view
             .node(&target)
             .and_then(|n| n.identity.as_ref())
-            .and_then(|identity| state.peer(identity.api_addr))
+            .and_then(|identity| agent.peers.client(identity.api_addr))
         else {
             continue;
         };
         let mut held = client.hold_record(record).await;
         if held.as_ref().is_err_and(|err| err.status() == Some(409))
-            && state.s3.is_none()
+            && agent.bundles.s3().is_none()
             && let Some(release) = &record.release
         {
             // The keeper lacks the bundle (keepers moved since the deploy): send it.
-            held = match state.blobs.path(&release.bundle.sha256) {
+            held = match agent.bundles.local().path(&release.bundle.sha256) {
                 Ok(blob) => match client.put_blob(&release.bundle.sha256, &blob).await {
                     Ok(()) => client.hold_record(record).await,
                     Err(err) => Err(err),

@@ -16,10 +16,11 @@ use tracing::{info, warn};
 use crate::bundle::{BundleError, UnpackLimits, inspect_and_unpack};
 use crate::cluster::membership::ClusterView;
 use crate::control::catalog::{KEEPERS, keepers};
-use crate::state::{AgentState, unix_ms};
+use crate::control::hlc::unix_ms;
+use crate::handles::AgentHandles;
 
 pub async fn accept(
-    state: &AgentState,
+    agent: &AgentHandles,
     app: &str,
     upload: Upload,
 ) -> Result<DeployAccepted, ApiError> {
@@ -39,8 +40,8 @@ pub async fn accept(
     }
     let sha256 = upload.sha256.clone();
     let size = upload.size;
-    let blob_path = store_blob(state, upload).await?;
-    if let Some(s3) = &state.s3 {
+    let blob_path = store_blob(agent, upload).await?;
+    if let Some(s3) = agent.bundles.s3() {
         // In S3 mode the bucket is the durable copy; peers then need only the record.
         s3.put_file(&blob_path, &sha256).await.map_err(|err| {
             ApiError::Unavailable(format!(
@@ -50,7 +51,7 @@ pub async fn accept(
         })?;
     }
 
-    let view = state.view().await;
+    let view = agent.view().await;
     let live: Vec<&str> = view
         .live_nodes()
         .map(|node| node.node_id.as_str())
@@ -59,20 +60,18 @@ pub async fn accept(
     // Keepers first (they will publish the record), then any other live node as fallback.
     let targets: Vec<String> = keepers(app, &live, live.len())
         .into_iter()
-        .filter(|node| node != state.node_id())
+        .filter(|node| node != agent.node_id())
         .collect();
-    let number = release_number(state, &view, app, &live).await;
-    let previous_failures = state
+    let number = release_number(agent, &view, app, &live).await;
+    let previous_failures = agent
         .catalog
-        .lock()
+        .live_record(app)
         .await
-        .record(app)
-        .filter(|record| !record.deleted)
-        .map(|record| record.failed.clone())
+        .map(|record| record.failed)
         .unwrap_or_default();
     let record = AppRecord {
         name: app.to_string(),
-        stamp: state.stamp().await,
+        stamp: agent.catalog.stamp().await,
         deleted: false,
         replicas: manifest.replicas,
         release: Some(Release {
@@ -83,22 +82,23 @@ pub async fn accept(
             },
             manifest,
             created_at_ms: unix_ms(),
-            created_on: state.node_id().to_string(),
+            created_on: agent.node_id().to_string(),
             note: None,
         }),
         failed: previous_failures,
     };
-    let mut holders = vec![state.node_id().to_string()];
-    state
-        .merge_record(record.clone())
+    let mut holders = vec![agent.node_id().to_string()];
+    agent
+        .catalog
+        .merge(record.clone())
         .await
         .map_err(store_unavailable)?;
-    state.membership.publish_app(&record).await;
+    agent.membership.publish_app(&record).await;
     for target in targets {
         if holders.len() >= needed {
             break;
         }
-        match replicate_to(state, &view, &target, &record, &blob_path).await {
+        match replicate_to(agent, &view, &target, &record, &blob_path).await {
             Ok(()) => holders.push(target),
             Err(err) => warn!(app, node = %target, error = %err, "could not replicate the release"),
         }
@@ -126,7 +126,7 @@ pub async fn accept(
 /// Asks the app's first keeper for the next number (so two nodes deploying the same app at
 /// once get different ones); falls back to this node's own count if the keeper is away.
 pub(crate) async fn release_number(
-    state: &AgentState,
+    agent: &AgentHandles,
     view: &ClusterView,
     app: &str,
     live: &[&str],
@@ -134,15 +134,15 @@ pub(crate) async fn release_number(
     let keeper = keepers(app, live, 1).into_iter().next();
     let peer = keeper
         .as_deref()
-        .filter(|keeper| *keeper != state.node_id())
+        .filter(|keeper| *keeper != agent.node_id())
         .and_then(|keeper| view.node(keeper))
         .and_then(|node| node.identity.as_ref())
-        .and_then(|identity| state.peer(identity.api_addr));
+        .and_then(|identity| agent.peers.client(identity.api_addr));
     if let Some(client) = peer {
         match client.reserve_release_number(app).await {
             Ok(number) => {
                 // Keep our own counter ahead too, in case we become the keeper.
-                let mine = state.reserve_release_number(app).await;
+                let mine = agent.catalog.reserve_release_number(app).await;
                 return number.max(mine);
             }
             Err(err) => {
@@ -150,11 +150,11 @@ pub(crate) async fn release_number(
             }
         }
     }
-    state.reserve_release_number(app).await
+    agent.catalog.reserve_release_number(app).await
 }
 
 async fn replicate_to(
-    state: &AgentState,
+    agent: &AgentHandles,
     view: &ClusterView,
     node_id: &str,
     record: &AppRecord,
@@ -165,9 +165,9 @@ async fn replicate_to(
         .and_then(|node| node.identity.as_ref())
         .map(|identity| identity.api_addr)
         .ok_or_else(|| format!("no API address known for {node_id}"))?;
-    let client = state.peer(api_addr).ok_or("invalid peer address")?;
+    let client = agent.peers.client(api_addr).ok_or("invalid peer address")?;
     let release = record.release.as_ref().ok_or("record without release")?;
-    if state.s3.is_none() {
+    if agent.bundles.s3().is_none() {
         client
             .put_blob(&release.bundle.sha256, blob)
             .await
@@ -181,11 +181,11 @@ async fn replicate_to(
 
 /// Files an uploaded bundle under its digest; returns where it now lives.
 pub async fn store_blob(
-    state: &AgentState,
+    agent: &AgentHandles,
     upload: Upload,
 ) -> Result<std::path::PathBuf, ApiError> {
     let sha256 = upload.sha256.clone();
-    let blobs = state.blobs.clone();
+    let blobs = agent.bundles.local().clone();
     tokio::task::spawn_blocking(move || {
         let tmp = upload.keep();
         let stored = blobs.put_verified(&tmp, &sha256);
@@ -198,22 +198,22 @@ pub async fn store_blob(
 }
 
 /// Node-to-node: store a bundle copy sent by the accepting node.
-pub async fn put_blob(state: &AgentState, sha256: &str, upload: Upload) -> Result<(), ApiError> {
+pub async fn put_blob(agent: &AgentHandles, sha256: &str, upload: Upload) -> Result<(), ApiError> {
     if upload.sha256 != sha256 {
         return Err(ApiError::BadRequest(format!(
             "bundle checksum mismatch: the URL says {sha256}, the bytes hash to {}; send it again",
             upload.sha256
         )));
     }
-    store_blob(state, upload).await.map(|_| ())
+    store_blob(agent, upload).await.map(|_| ())
 }
 
 /// Node-to-node: persist an app record, durably, before answering.
-pub async fn hold_record(state: &AgentState, record: AppRecord) -> Result<(), ApiError> {
+pub async fn hold_record(agent: &AgentHandles, record: AppRecord) -> Result<(), ApiError> {
     validate_app_name(&record.name).map_err(ApiError::BadRequest)?;
-    let bundle_held = match (&record.release, &state.s3) {
+    let bundle_held = match (&record.release, agent.bundles.s3()) {
         (None, _) => true,
-        (Some(release), None) => state.blobs.has(&release.bundle.sha256),
+        (Some(release), None) => agent.bundles.local().has(&release.bundle.sha256),
         (Some(release), Some(s3)) => s3.has(&release.bundle.sha256).await.unwrap_or(false),
     };
     if let Some(release) = &record.release
@@ -224,21 +224,22 @@ pub async fn hold_record(state: &AgentState, record: AppRecord) -> Result<(), Ap
             release.bundle.sha256, record.name
         )));
     }
-    state
-        .merge_record(record.clone())
+    agent
+        .catalog
+        .merge(record.clone())
         .await
         .map_err(store_unavailable)?;
     // Keepers publish; a fallback holder only stores (catalog_sync publishes what it keeps).
-    let view = state.view().await;
+    let view = agent.view().await;
     let live: Vec<&str> = view
         .live_nodes()
         .map(|node| node.node_id.as_str())
         .collect();
     if keepers(&record.name, &live, KEEPERS)
         .iter()
-        .any(|k| k == state.node_id())
+        .any(|k| k == agent.node_id())
     {
-        state.membership.publish_app(&record).await;
+        agent.membership.publish_app(&record).await;
     }
     Ok(())
 }
@@ -251,30 +252,30 @@ pub(crate) fn store_unavailable(err: crate::control::catalog::StoreError) -> Api
 
 /// `DELETE /v1/apps/{app}`: a tombstone, so every node stops the app's replicas and a node
 /// that was away learns the app is gone.
-pub async fn destroy(state: &AgentState, app: &str) -> Result<AppView, ApiError> {
-    let existing = state.catalog.lock().await.record(app).cloned();
-    let Some(existing) = existing.filter(|record| !record.deleted) else {
+pub async fn destroy(agent: &AgentHandles, app: &str) -> Result<AppView, ApiError> {
+    let Some(existing) = agent.catalog.live_record(app).await else {
         return Err(ApiError::UnknownApp(app.to_string()));
     };
     let tombstone = AppRecord {
-        stamp: state.stamp().await,
+        stamp: agent.catalog.stamp().await,
         deleted: true,
         release: None,
         replicas: 0,
         ..existing
     };
-    state
-        .merge_record(tombstone.clone())
+    agent
+        .catalog
+        .merge(tombstone.clone())
         .await
         .map_err(store_unavailable)?;
-    state.membership.publish_app(&tombstone).await;
-    let view = state.view().await;
+    agent.membership.publish_app(&tombstone).await;
+    let view = agent.view().await;
     let live: Vec<&str> = view
         .live_nodes()
         .map(|node| node.node_id.as_str())
         .collect();
     for keeper in keepers(app, &live, KEEPERS) {
-        if keeper == state.node_id() {
+        if keeper == agent.node_id() {
             continue;
         }
         let Some(addr) = view
@@ -284,55 +285,60 @@ pub async fn destroy(state: &AgentState, app: &str) -> Result<AppView, ApiError>
         else {
             continue;
         };
-        if let Some(client) = state.peer(addr)
+        if let Some(client) = agent.peers.client(addr)
             && let Err(err) = client.hold_record(&tombstone).await
         {
             warn!(app, node = %keeper, error = %err, "could not pass on the destroy; gossip will");
         }
     }
     info!(app, "app destroyed");
-    app_view(state, app, true).await
+    app_view(agent, app, true).await
 }
 
-pub async fn apps(state: &AgentState) -> AppsResponse {
-    let view = state.view().await;
-    let catalog = state.catalog.lock().await;
-    let apps = catalog
-        .apps()
-        .map(|record| {
-            let release = record.release.as_ref().map(|release| release.number);
-            let healthy = view
-                .containers
-                .iter()
-                .filter(|c| {
-                    c.record.app == record.name
-                        && Some(c.record.release) == release
-                        && c.record.is_routable()
+pub async fn apps(agent: &AgentHandles) -> AppsResponse {
+    let view = agent.view().await;
+    let apps = agent
+        .catalog
+        .read(|catalog| {
+            catalog
+                .apps()
+                .map(|record| {
+                    let release = record.release.as_ref().map(|release| release.number);
+                    let healthy = view
+                        .containers
+                        .iter()
+                        .filter(|c| {
+                            c.record.app == record.name
+                                && Some(c.record.release) == release
+                                && c.record.is_routable()
+                        })
+                        .map(|c| c.record.replica)
+                        .collect::<BTreeSet<_>>()
+                        .len() as u32;
+                    AppSummary {
+                        name: record.name.clone(),
+                        release,
+                        replicas_desired: record.replicas,
+                        replicas_healthy: healthy,
+                    }
                 })
-                .map(|c| c.record.replica)
-                .collect::<BTreeSet<_>>()
-                .len() as u32;
-            AppSummary {
-                name: record.name.clone(),
-                release,
-                replicas_desired: record.replicas,
-                replicas_healthy: healthy,
-            }
+                .collect()
         })
-        .collect();
+        .await;
     AppsResponse { apps }
 }
 
 /// `GET /v1/apps/{app}`; `allow_deleted` for the answer to a destroy.
 pub async fn app_view(
-    state: &AgentState,
+    agent: &AgentHandles,
     app: &str,
     allow_deleted: bool,
 ) -> Result<AppView, ApiError> {
-    let view = state.view().await;
-    let catalog = state.catalog.lock().await;
-    let record = catalog
+    let view = agent.view().await;
+    let record = agent
+        .catalog
         .record(app)
+        .await
         .filter(|record| allow_deleted || !record.deleted)
         .ok_or_else(|| ApiError::UnknownApp(app.to_string()))?;
     let release_number = record.release.as_ref().map(|release| release.number);
@@ -360,17 +366,19 @@ pub async fn app_view(
         (a.release, a.replica, &a.node_id).cmp(&(b.release, b.replica, &b.node_id))
     });
     Ok(AppView {
-        name: record.name.clone(),
-        replicas_desired: record.replicas,
-        release: record.release.clone(),
-        releases: catalog
+        releases: agent
+            .catalog
             .releases(app)
+            .await
             .iter()
             .map(|release| release.number)
             .collect(),
+        name: record.name,
+        replicas_desired: record.replicas,
+        release: record.release,
         replicas,
         failure,
-        failed_releases: record.failed.clone(),
+        failed_releases: record.failed,
     })
 }
 

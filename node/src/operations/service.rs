@@ -2,7 +2,6 @@
 //! module that owns the work (deploys, changes, logs, the reconciler's driver).
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use api::{ApiError, Caller, ErrorCode, LineStream, LogQuery, ServiceError, Upload};
 use proto::api::{
@@ -15,42 +14,38 @@ use proto::catalog::AppRecord;
 use crate::bundle::BundleError;
 use crate::cluster::seal::constant_time_eq;
 use crate::control::reconciler_driver;
+use crate::handles::AgentHandles;
 use crate::operations::{changes, deploy, health};
-use crate::state::AgentState;
 use crate::workload::logs;
 
 /// What the API calls on this node.
 pub struct AgentService {
-    state: Arc<AgentState>,
+    agent: AgentHandles,
 }
 
 impl AgentService {
-    pub fn new(state: Arc<AgentState>) -> AgentService {
-        AgentService { state }
+    pub fn new(agent: AgentHandles) -> AgentService {
+        AgentService { agent }
     }
 }
 
 impl api::Authenticate for AgentService {
     fn authenticate(&self, token: &str) -> Option<Caller> {
-        let node_token_ok = match &self.state.config.keyring {
-            Some(keyring) => keyring.accepts_node_token(token),
-            None => constant_time_eq(token.as_bytes(), self.state.node_token.as_bytes()),
-        };
-        if node_token_ok {
+        if self.agent.peers.accepts(token) {
             return Some(Caller::Node);
         }
-        let user_token = self.state.config.api_token.as_deref()?;
+        let user_token = self.agent.config.api_token.as_deref()?;
         constant_time_eq(token.as_bytes(), user_token.as_bytes()).then_some(Caller::User)
     }
 }
 
 impl api::NodesService for AgentService {
     async fn health(&self) -> HealthResponse {
-        health::report(&self.state).await
+        health::report(&self.agent).await
     }
 
     async fn nodes(&self) -> NodesResponse {
-        let view = self.state.view().await;
+        let view = self.agent.view().await;
         NodesResponse {
             self_id: view.self_id,
             nodes: view.nodes,
@@ -58,33 +53,33 @@ impl api::NodesService for AgentService {
     }
 
     async fn drain(&self, node: &str, draining: bool) -> Result<DrainReply, ApiError> {
-        changes::drain(&self.state, node, draining).await
+        changes::drain(&self.agent, node, draining).await
     }
 }
 
 impl api::AppsService for AgentService {
     async fn apps(&self) -> AppsResponse {
-        deploy::apps(&self.state).await
+        deploy::apps(&self.agent).await
     }
 
     async fn app(&self, name: &str) -> Result<AppView, ApiError> {
-        deploy::app_view(&self.state, name, false).await
+        deploy::app_view(&self.agent, name, false).await
     }
 
     async fn destroy(&self, name: &str) -> Result<AppView, ApiError> {
-        deploy::destroy(&self.state, name).await
+        deploy::destroy(&self.agent, name).await
     }
 
     async fn deploy(&self, app: &str, upload: Upload) -> Result<DeployAccepted, ApiError> {
-        deploy::accept(&self.state, app, upload).await
+        deploy::accept(&self.agent, app, upload).await
     }
 
     async fn releases(&self, app: &str) -> Result<ReleasesResponse, ApiError> {
-        changes::releases(&self.state, app).await
+        changes::releases(&self.agent, app).await
     }
 
     async fn scale(&self, app: &str, request: ScaleRequest) -> Result<ChangeAccepted, ApiError> {
-        changes::scale(&self.state, app, request.replicas).await
+        changes::scale(&self.agent, app, request.replicas).await
     }
 
     async fn rollback(
@@ -92,21 +87,21 @@ impl api::AppsService for AgentService {
         app: &str,
         request: RollbackRequest,
     ) -> Result<ChangeAccepted, ApiError> {
-        changes::rollback(&self.state, app, request.to).await
+        changes::rollback(&self.agent, app, request.to).await
     }
 
     async fn restart(&self, app: &str) -> Result<ChangeAccepted, ApiError> {
-        changes::restart(&self.state, app).await
+        changes::restart(&self.agent, app).await
     }
 
     async fn app_logs(&self, app: &str, query: LogQuery) -> Result<LineStream, ApiError> {
-        logs::app_logs(&self.state, app, query).await
+        logs::app_logs(&self.agent, app, query).await
     }
 }
 
 impl api::BlobsService for AgentService {
     async fn blob_path(&self, sha256: &str) -> Result<PathBuf, ApiError> {
-        let blobs = self.state.blobs.clone();
+        let blobs = self.agent.bundles.local().clone();
         let digest = sha256.to_string();
         tokio::task::spawn_blocking(move || {
             blobs
@@ -119,32 +114,32 @@ impl api::BlobsService for AgentService {
     }
 
     async fn put_blob(&self, sha256: &str, upload: Upload) -> Result<(), ApiError> {
-        deploy::put_blob(&self.state, sha256, upload).await
+        deploy::put_blob(&self.agent, sha256, upload).await
     }
 }
 
 impl api::InternalService for AgentService {
     async fn hold_record(&self, record: AppRecord) -> Result<(), ApiError> {
-        deploy::hold_record(&self.state, record).await
+        deploy::hold_record(&self.agent, record).await
     }
 
     async fn reserve_release_number(&self, app: &str) -> Result<u64, ApiError> {
         proto::manifest::validate_app_name(app).map_err(ApiError::BadRequest)?;
-        Ok(self.state.reserve_release_number(app).await)
+        Ok(self.agent.catalog.reserve_release_number(app).await)
     }
 
     async fn place(&self, request: PlacementRequest) -> Result<PlacementReply, ApiError> {
-        reconciler_driver::admit(&self.state, request).await
+        reconciler_driver::admit(&self.agent, request).await
     }
 
     async fn stop_replica(&self, request: StopRequest) -> Result<(), ApiError> {
-        reconciler_driver::stop(&self.state, request).await
+        reconciler_driver::stop(&self.agent, request).await
     }
 
     async fn set_draining(&self, draining: bool) -> Result<DrainReply, ApiError> {
-        changes::set_own_draining(&self.state, draining).await?;
+        changes::set_own_draining(&self.agent, draining).await?;
         Ok(DrainReply {
-            node_id: self.state.node_id().to_string(),
+            node_id: self.agent.node_id().to_string(),
             draining,
         })
     }
@@ -154,11 +149,11 @@ impl api::InternalService for AgentService {
         placement_id: &str,
         query: LogQuery,
     ) -> Result<LineStream, ApiError> {
-        logs::replica_logs(&self.state, placement_id, query).await
+        logs::replica_logs(&self.agent, placement_id, query).await
     }
 
     async fn previous_logs(&self, app: &str, query: LogQuery) -> Result<LineStream, ApiError> {
-        let lines = logs::previous_logs(&self.state, app, query.tail).await;
+        let lines = logs::previous_logs(&self.agent, app, query.tail).await;
         Ok(Box::pin(futures_util::stream::iter(lines)))
     }
 }

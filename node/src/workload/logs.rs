@@ -13,7 +13,8 @@ use futures_util::StreamExt as _;
 use proto::ContainerRecord;
 use tracing::warn;
 
-use crate::state::{AgentState, unix_ms};
+use crate::control::hlc::unix_ms;
+use crate::handles::AgentHandles;
 
 /// How long the output of a stopped replica is kept.
 pub const RETAIN_FOR: Duration = Duration::from_secs(24 * 3600);
@@ -24,22 +25,16 @@ pub const RETAIN_LINES: usize = 1_000;
 
 /// Every replica's lines, each prefixed with `[release/replica node]`, merged as they come.
 pub async fn app_logs(
-    state: &AgentState,
+    agent: &AgentHandles,
     app: &str,
     query: LogQuery,
 ) -> Result<LineStream, ApiError> {
-    if state
-        .catalog
-        .lock()
-        .await
-        .record(app)
-        .is_none_or(|record| record.deleted)
-    {
+    if agent.catalog.live_record(app).await.is_none() {
         return Err(ApiError::UnknownApp(app.to_string()));
     }
-    let view = state.view().await;
+    let view = agent.view().await;
     if query.previous {
-        return Ok(previous_everywhere(state, &view, app, query.tail).await);
+        return Ok(previous_everywhere(agent, &view, app, query.tail).await);
     }
     let mut streams: Vec<LineStream> = Vec::new();
     for placed in view.containers.iter().filter(|c| c.record.app == app) {
@@ -47,13 +42,13 @@ pub async fn app_logs(
             "[v{}/{} {}] ",
             placed.record.release, placed.record.replica, placed.node_id
         );
-        let lines = if placed.node_id == state.node_id() {
-            replica_logs(state, &placed.record.id, query).await
+        let lines = if placed.node_id == agent.node_id() {
+            replica_logs(agent, &placed.record.id, query).await
         } else {
             let peer = view
                 .node(&placed.node_id)
                 .and_then(|node| node.identity.as_ref())
-                .and_then(|identity| state.peer(identity.api_addr));
+                .and_then(|identity| agent.peers.client(identity.api_addr));
             match peer {
                 Some(client) => client
                     .replica_logs(&placed.record.id, query.follow, query.tail)
@@ -83,28 +78,30 @@ pub async fn app_logs(
 
 /// One replica of this node.
 pub async fn replica_logs(
-    state: &AgentState,
+    agent: &AgentHandles,
     placement_id: &str,
     query: LogQuery,
 ) -> Result<LineStream, ApiError> {
-    let known = state.replicas.lock().await.contains_key(placement_id);
+    let known = agent.replicas.runs(placement_id).await;
     if !known {
         return Err(ApiError::NotFound {
             method: "GET".into(),
-            path: format!("replica {placement_id} on {}", state.node_id()),
+            path: format!("replica {placement_id} on {}", agent.node_id()),
         });
     }
-    let id = state.runtime.id_for(placement_id);
+    let id = agent.replicas.runtime().id_for(placement_id);
     if query.follow {
-        let stream = state
-            .runtime
+        let stream = agent
+            .replicas
+            .runtime()
             .follow_logs(&id, query.tail)
             .await
             .map_err(|err| ApiError::Unavailable(err.to_string()))?;
         return Ok(stream);
     }
-    let lines = state
-        .runtime
+    let lines = agent
+        .replicas
+        .runtime()
         .logs(&id, query.tail)
         .await
         .map_err(|err| ApiError::Unavailable(err.to_string()))?;
@@ -113,17 +110,17 @@ pub async fn replica_logs(
 
 /// The kept outputs of `app` from every live node, one node after the other.
 async fn previous_everywhere(
-    state: &AgentState,
+    agent: &AgentHandles,
     view: &crate::cluster::membership::ClusterView,
     app: &str,
     tail: usize,
 ) -> LineStream {
-    let mut lines = previous_logs(state, app, tail).await;
-    for node in view.live_nodes().filter(|n| n.node_id != state.node_id()) {
+    let mut lines = previous_logs(agent, app, tail).await;
+    for node in view.live_nodes().filter(|n| n.node_id != agent.node_id()) {
         let Some(client) = node
             .identity
             .as_ref()
-            .and_then(|identity| state.peer(identity.api_addr))
+            .and_then(|identity| agent.peers.client(identity.api_addr))
         else {
             continue;
         };
@@ -141,13 +138,18 @@ async fn previous_everywhere(
     Box::pin(futures_util::stream::iter(lines))
 }
 
-fn retained_dir(state: &AgentState, app: &str) -> PathBuf {
-    state.config.data_dir.join("logs").join(app)
+fn retained_dir(agent: &AgentHandles, app: &str) -> PathBuf {
+    agent.config.data_dir.join("logs").join(app)
 }
 
 /// Keeps the last output of a replica that is about to be stopped or replaced.
-pub async fn retain(state: &AgentState, record: &ContainerRecord, container_id: &str) {
-    let lines = match state.runtime.logs(container_id, RETAIN_LINES).await {
+pub async fn retain(agent: &AgentHandles, record: &ContainerRecord, container_id: &str) {
+    let lines = match agent
+        .replicas
+        .runtime()
+        .logs(container_id, RETAIN_LINES)
+        .await
+    {
         Ok(lines) if !lines.is_empty() => lines,
         Ok(_) => return,
         Err(err) => {
@@ -155,7 +157,7 @@ pub async fn retain(state: &AgentState, record: &ContainerRecord, container_id: 
             return;
         }
     };
-    let dir = retained_dir(state, &record.app);
+    let dir = retained_dir(agent, &record.app);
     // Name: when, then who; sorting by name sorts by time.
     let path = dir.join(format!(
         "{:013}-v{}-{}-{}.log",
@@ -210,8 +212,8 @@ async fn prune(dir: &Path, now_ms: u64) -> std::io::Result<()> {
 
 /// This node's kept outputs of `app`'s stopped replicas, oldest first, each line prefixed
 /// with `[v<release>/<replica> <node>, stopped <time>]`, the last `tail` lines of each.
-pub async fn previous_logs(state: &AgentState, app: &str, tail: usize) -> Vec<String> {
-    let dir = retained_dir(state, app);
+pub async fn previous_logs(agent: &AgentHandles, app: &str, tail: usize) -> Vec<String> {
+    let dir = retained_dir(agent, app);
     // No folder yet: nothing was kept.
     let names = kept_files(&dir).await.unwrap_or_default();
     let mut out = Vec::new();
@@ -225,7 +227,7 @@ pub async fn previous_logs(state: &AgentState, app: &str, tail: usize) -> Vec<St
         let replica = parts.next().unwrap_or("?");
         let prefix = format!(
             "[{release}/{replica} {}, stopped {}] ",
-            state.node_id(),
+            agent.node_id(),
             humantime::format_rfc3339_seconds(
                 std::time::UNIX_EPOCH + Duration::from_millis(stopped_ms)
             )

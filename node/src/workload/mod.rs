@@ -1,6 +1,7 @@
 //! Running replicas on this node: the supervisor (start, watch, restart with backoff, stop),
 //! the runtime drivers (Docker, plain processes), health probes and replica output.
 
+pub mod admission_control;
 pub mod health;
 pub mod logs;
 pub mod replica;

@@ -5,7 +5,6 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use proto::api::{PlacementRequest, StopRequest};
@@ -15,7 +14,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::bundle::UnpackLimits;
-use crate::state::AgentState;
+use crate::handles::AgentHandles;
 use crate::workload::health::{HealthTracker, probe};
 use crate::workload::replica::ReplicaHandle;
 use crate::workload::runtime::{ContainerSpec, RunningContainer};
@@ -23,7 +22,7 @@ use crate::workload::runtime::{ContainerSpec, RunningContainer};
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
-pub fn spawn_replica(state: Arc<AgentState>, request: PlacementRequest) {
+pub fn spawn_replica(agent: AgentHandles, request: PlacementRequest) {
     let (stop, stop_rx) = watch::channel(false);
     let handle = ReplicaHandle::new(
         request.app.clone(),
@@ -32,24 +31,23 @@ pub fn spawn_replica(state: Arc<AgentState>, request: PlacementRequest) {
         stop,
     );
     tokio::spawn(async move {
-        state
+        agent
             .replicas
-            .lock()
-            .await
-            .insert(request.placement_id.clone(), handle);
+            .insert(request.placement_id.clone(), handle)
+            .await;
         let id = request.placement_id.clone();
-        run_replica(&state, &request, stop_rx).await;
+        run_replica(&agent, &request, stop_rx).await;
         // Record first, then the reservation: once the reservation is free the same
         // placement may be admitted again, and its new record must not be deleted.
-        state.membership.remove_container(&id).await;
-        state.replicas.lock().await.remove(&id);
-        state.admission.lock().await.release(&id);
+        agent.membership.remove_container(&id).await;
+        agent.replicas.remove(&id).await;
+        agent.admission.release(&id).await;
         info!(placement = %id, "replica gone");
     });
 }
 
 async fn run_replica(
-    state: &AgentState,
+    agent: &AgentHandles,
     request: &PlacementRequest,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -59,19 +57,19 @@ async fn run_replica(
         app: request.app.clone(),
         release: release.number,
         replica: request.replica,
-        addr: SocketAddr::new(advertise_ip(state), 0),
+        addr: SocketAddr::new(advertise_ip(agent), 0),
         state: ContainerState::Starting,
         health: ContainerHealth::Unknown,
         detail: None,
     };
-    state.membership.publish_container(&record).await;
+    agent.membership.publish_container(&record).await;
     let mut backoff = Duration::from_secs(1);
     let bundle_dir = loop {
-        match prepare_bundle(state, request).await {
+        match prepare_bundle(agent, request).await {
             Ok(dir) => break dir,
             Err(reason) => {
-                fail(state, &mut record, reason).await;
-                if wait_or_stop(&mut stop, backoff).await || !still_wanted(state, &record).await {
+                fail(agent, &mut record, reason).await;
+                if wait_or_stop(&mut stop, backoff).await || !still_wanted(agent, &record).await {
                     return;
                 }
                 backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -83,26 +81,26 @@ async fn run_replica(
         app: request.app.clone(),
         release: release.number,
         replica: request.replica,
-        node_id: state.node_id().to_string(),
+        node_id: agent.node_id().to_string(),
         bundle_dir,
         image: release
             .manifest
             .image
             .clone()
-            .unwrap_or_else(|| state.config.default_image.clone()),
+            .unwrap_or_else(|| agent.config.default_image.clone()),
         cmd: release.manifest.cmd.clone(),
         port: release.manifest.port,
-        env: replica_env(state, request),
+        env: replica_env(agent, request),
         cpu_millis: release.manifest.resources.cpu_millis,
         memory_bytes: release.manifest.resources.memory_bytes,
     };
     let mut backoff = Duration::from_secs(1);
     loop {
-        let container = match state.runtime.start(&spec).await {
+        let container = match agent.replicas.runtime().start(&spec).await {
             Ok(container) => container,
             Err(err) => {
-                fail(state, &mut record, err.to_string()).await;
-                if wait_or_stop(&mut stop, backoff).await || !still_wanted(state, &record).await {
+                fail(agent, &mut record, err.to_string()).await;
+                if wait_or_stop(&mut stop, backoff).await || !still_wanted(agent, &record).await {
                     return;
                 }
                 backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -113,24 +111,30 @@ async fn run_replica(
         record.state = ContainerState::Running;
         record.health = ContainerHealth::Unknown;
         record.detail = None;
-        state.membership.publish_container(&record).await;
+        agent.membership.publish_container(&record).await;
         info!(placement = %spec.placement_id, addr = %container.addr, "replica started");
-        match watch_container(state, release, &container, &mut record, &mut stop).await {
+        match watch_container(agent, release, &container, &mut record, &mut stop).await {
             Outcome::Stop => {
                 record.state = ContainerState::Stopping;
-                state.membership.publish_container(&record).await;
-                tokio::time::sleep(drain_delay(state)).await;
-                crate::workload::logs::retain(state, &record, &container.id).await;
-                if let Err(err) = state.runtime.stop(&container.id, STOP_GRACE).await {
+                agent.membership.publish_container(&record).await;
+                tokio::time::sleep(drain_delay(agent)).await;
+                crate::workload::logs::retain(agent, &record, &container.id).await;
+                if let Err(err) = agent
+                    .replicas
+                    .runtime()
+                    .stop(&container.id, STOP_GRACE)
+                    .await
+                {
                     warn!(placement = %spec.placement_id, error = %err, "cannot stop replica");
                 }
                 return;
             }
             Outcome::Exited(detail) => {
                 // The restart replaces the container and its output with it: keep it.
-                crate::workload::logs::retain(state, &record, &container.id).await;
-                let tail = state
-                    .runtime
+                crate::workload::logs::retain(agent, &record, &container.id).await;
+                let tail = agent
+                    .replicas
+                    .runtime()
                     .logs(&container.id, 5)
                     .await
                     .unwrap_or_default();
@@ -139,9 +143,13 @@ async fn run_replica(
                 } else {
                     format!("{detail}; last output: {}", tail.join(" | "))
                 };
-                fail(state, &mut record, detail).await;
-                if wait_or_stop(&mut stop, backoff).await || !still_wanted(state, &record).await {
-                    let _ = state.runtime.stop(&container.id, STOP_GRACE).await;
+                fail(agent, &mut record, detail).await;
+                if wait_or_stop(&mut stop, backoff).await || !still_wanted(agent, &record).await {
+                    let _ = agent
+                        .replicas
+                        .runtime()
+                        .stop(&container.id, STOP_GRACE)
+                        .await;
                     return;
                 }
                 backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -152,14 +160,14 @@ async fn run_replica(
 
 /// The manifest's env plus who the replica is, so an app can tell (and log) where it runs.
 fn replica_env(
-    state: &AgentState,
+    agent: &AgentHandles,
     request: &PlacementRequest,
 ) -> std::collections::BTreeMap<String, String> {
     let mut env = request.release.manifest.env.clone();
     env.insert("STRATUS_APP".into(), request.app.clone());
     env.insert("STRATUS_RELEASE".into(), request.release.number.to_string());
     env.insert("STRATUS_REPLICA".into(), request.replica.to_string());
-    env.insert("STRATUS_NODE".into(), state.node_id().to_string());
+    env.insert("STRATUS_NODE".into(), agent.node_id().to_string());
     env
 }
 
@@ -170,7 +178,7 @@ enum Outcome {
 
 /// Probes the replica until it must stop or its container is gone.
 async fn watch_container(
-    state: &AgentState,
+    agent: &AgentHandles,
     release: &Release,
     container: &RunningContainer,
     record: &mut ContainerRecord,
@@ -182,7 +190,7 @@ async fn watch_container(
     let mut next = Duration::from_millis(200);
     let mut tracker = HealthTracker::default();
     loop {
-        if wait_or_stop(stop, next).await || !still_wanted(state, record).await {
+        if wait_or_stop(stop, next).await || !still_wanted(agent, record).await {
             return Outcome::Stop;
         }
         let result = probe(
@@ -195,12 +203,12 @@ async fn watch_container(
         if tracker.observe(healthy).is_some() {
             record.health = tracker.health();
             record.detail = (!healthy).then(|| result.to_string());
-            state.membership.publish_container(record).await;
+            agent.membership.publish_container(record).await;
         }
         if tracker.health() == ContainerHealth::Healthy {
             next = interval;
         }
-        if !healthy && let Ok(containers) = state.runtime.list().await {
+        if !healthy && let Ok(containers) = agent.replicas.runtime().list().await {
             let mine = containers.iter().find(|c| c.id == container.id);
             match mine {
                 None => return Outcome::Exited("the container disappeared".into()),
@@ -219,40 +227,39 @@ async fn watch_container(
 /// A replica stays while its app exists. Everything else (a newer release, a smaller
 /// count, a surplus copy, a draining node) is the app's reconciler's call, sent as a stop
 /// request: only it sees when the replacements are ready to take the traffic.
-async fn still_wanted(state: &AgentState, record: &ContainerRecord) -> bool {
-    let catalog = state.catalog.lock().await;
-    catalog
-        .record(&record.app)
-        .is_none_or(|app| !app.deleted && app.release.is_some())
+async fn still_wanted(agent: &AgentHandles, record: &ContainerRecord) -> bool {
+    agent
+        .catalog
+        .read(|catalog| {
+            catalog
+                .record(&record.app)
+                .is_none_or(|app| !app.deleted && app.release.is_some())
+        })
+        .await
 }
 
 /// Stops the replica `request` names, if this node runs it (the stop is graceful: see
 /// [`run_replica`]). Unknown ids are ignored: the replica may be gone already.
-pub async fn stop_replica(state: &AgentState, request: &StopRequest) {
-    let replicas = state.replicas.lock().await;
-    match replicas.get(&request.placement_id) {
-        Some(handle) => {
-            info!(placement = %request.placement_id, reason = %request.reason, "stop requested");
-            handle.stop();
-        }
-        None => {
-            info!(placement = %request.placement_id, "stop requested for a replica not running here")
-        }
+pub async fn stop_replica(agent: &AgentHandles, request: &StopRequest) {
+    if agent.replicas.stop(&request.placement_id).await {
+        info!(placement = %request.placement_id, reason = %request.reason, "stop requested");
+    } else {
+        info!(placement = %request.placement_id, "stop requested for a replica not running here");
     }
 }
 
 /// How long a stopping replica keeps running after it left the routes: time for every
 /// ingress to hear it is stopping and finish the requests it sent there.
-fn drain_delay(state: &AgentState) -> Duration {
-    (state.config.gossip_interval * 5).max(Duration::from_secs(1))
+fn drain_delay(agent: &AgentHandles) -> Duration {
+    (agent.config.gossip_interval * 5).max(Duration::from_secs(1))
 }
 
-async fn fail(state: &AgentState, record: &mut ContainerRecord, reason: String) {
+async fn fail(agent: &AgentHandles, record: &mut ContainerRecord, reason: String) {
     warn!(placement = %record.id, %reason, "replica failed");
     record.state = ContainerState::Exited;
     record.health = ContainerHealth::Unhealthy;
     record.detail = Some(reason);
-    state.membership.publish_container(record).await;
+    agent.membership.publish_container(record).await;
 }
 
 /// Waits `duration`; true if told to stop meanwhile.
@@ -264,27 +271,31 @@ async fn wait_or_stop(stop: &mut watch::Receiver<bool>, duration: Duration) -> b
     stopped.unwrap_or_else(|| *stop.borrow())
 }
 
-fn advertise_ip(state: &AgentState) -> IpAddr {
-    state.config.advertise_addr.ip()
+fn advertise_ip(agent: &AgentHandles) -> IpAddr {
+    agent.config.advertise_addr.ip()
 }
 
 /// The release's folder on this node, fetching and unpacking the bundle if needed.
-async fn prepare_bundle(state: &AgentState, request: &PlacementRequest) -> Result<PathBuf, String> {
+async fn prepare_bundle(
+    agent: &AgentHandles,
+    request: &PlacementRequest,
+) -> Result<PathBuf, String> {
     let release = &request.release;
     let sha256 = release.bundle.sha256.clone();
     // Keyed by digest too: a release number must never reuse another bundle's folder.
     let short: String = release.bundle.sha256.chars().take(16).collect();
-    let dir = state
+    let dir = agent
+        .bundles
         .releases_dir()
         .join(&request.app)
         .join(format!("{}-{short}", release.number));
     if dir.is_dir() {
         return Ok(dir);
     }
-    if !state.blobs.has(&sha256) {
-        fetch_blob(state, request).await?;
+    if !agent.bundles.local().has(&sha256) {
+        fetch_blob(agent, request).await?;
     }
-    let blobs = state.blobs.clone();
+    let blobs = agent.bundles.local().clone();
     let target = dir.clone();
     if let Some(parent) = dir.parent() {
         tokio::fs::create_dir_all(parent)
@@ -309,9 +320,9 @@ async fn prepare_bundle(state: &AgentState, request: &PlacementRequest) -> Resul
 }
 
 /// Fetches the bundle of a placement from any holder, verifying it.
-async fn fetch_blob(state: &AgentState, request: &PlacementRequest) -> Result<(), String> {
+async fn fetch_blob(agent: &AgentHandles, request: &PlacementRequest) -> Result<(), String> {
     fetch_bundle(
-        state,
+        agent,
         &request.release.bundle.sha256,
         &request.holders,
         &request.placement_id,
@@ -323,13 +334,13 @@ async fn fetch_blob(state: &AgentState, request: &PlacementRequest) -> Result<()
 /// verifying it; a corrupt copy is discarded and the next holder tried. `tag` names the
 /// temporary file, so concurrent fetches do not collide.
 pub async fn fetch_bundle(
-    state: &AgentState,
+    agent: &AgentHandles,
     sha256: &str,
     holders: &[SocketAddr],
     tag: &str,
 ) -> Result<(), String> {
     let sha256 = &sha256.to_string();
-    let tmp_dir = state.uploads_dir();
+    let tmp_dir = agent.bundles.uploads_dir();
     tokio::fs::create_dir_all(&tmp_dir)
         .await
         .map_err(|err| format!("cannot create {}: {err}", tmp_dir.display()))?;
@@ -338,9 +349,9 @@ pub async fn fetch_bundle(
         &sha256[..sha256.len().min(16)]
     ));
     let mut errors = Vec::new();
-    if let Some(s3) = &state.s3 {
+    if let Some(s3) = agent.bundles.s3() {
         match s3.fetch_verified(sha256, &tmp).await {
-            Ok(_) => match store_fetched(state, &tmp, sha256).await {
+            Ok(_) => match store_fetched(agent, &tmp, sha256).await {
                 Ok(()) => return Ok(()),
                 Err(err) => errors.push(format!("{}: {err}", s3.config().url())),
             },
@@ -348,11 +359,11 @@ pub async fn fetch_bundle(
         }
     }
     for holder in holders {
-        let Some(client) = state.peer(*holder) else {
+        let Some(client) = agent.peers.client(*holder) else {
             continue;
         };
         match client.get_blob(sha256, &tmp).await {
-            Ok(_) => match store_fetched(state, &tmp, sha256).await {
+            Ok(_) => match store_fetched(agent, &tmp, sha256).await {
                 Ok(()) => return Ok(()),
                 Err(err) => errors.push(format!("{holder}: {err}")),
             },
@@ -367,11 +378,11 @@ pub async fn fetch_bundle(
 
 /// Files a fetched bundle in the local store (checksum verified again) and drops the temp.
 async fn store_fetched(
-    state: &AgentState,
+    agent: &AgentHandles,
     tmp: &std::path::Path,
     sha256: &str,
 ) -> Result<(), String> {
-    let blobs = state.blobs.clone();
+    let blobs = agent.bundles.local().clone();
     let (tmp_path, digest) = (tmp.to_path_buf(), sha256.to_string());
     let stored = tokio::task::spawn_blocking(move || blobs.put_verified(&tmp_path, &digest))
         .await
@@ -383,8 +394,8 @@ async fn store_fetched(
 /// After an agent restart: takes back the containers its predecessor left running (found
 /// by their labels) instead of letting the cluster start duplicates, and removes those of
 /// apps or releases this node does not know.
-pub async fn adopt_existing(state: Arc<AgentState>) {
-    let containers = match state.runtime.list().await {
+pub async fn adopt_existing(agent: AgentHandles) {
+    let containers = match agent.replicas.runtime().list().await {
         Ok(containers) => containers,
         Err(err) => {
             warn!(error = %err, "cannot list containers to adopt");
@@ -392,22 +403,23 @@ pub async fn adopt_existing(state: Arc<AgentState>) {
         }
     };
     for container in containers {
-        let release = {
-            let catalog = state.catalog.lock().await;
-            catalog
-                .record(&container.app)
-                .filter(|record| !record.deleted)
-                .and_then(|_| {
-                    catalog
-                        .releases(&container.app)
-                        .into_iter()
-                        .find(|release| release.number == container.release)
-                        .cloned()
-                })
+        let release = match agent.catalog.live_record(&container.app).await {
+            None => None,
+            Some(_) => agent
+                .catalog
+                .releases(&container.app)
+                .await
+                .into_iter()
+                .find(|release| release.number == container.release),
         };
         let Some(release) = release else {
             info!(container = %container.id, app = %container.app, "removing a container of an unknown app or release");
-            if let Err(err) = state.runtime.stop(&container.id, STOP_GRACE).await {
+            if let Err(err) = agent
+                .replicas
+                .runtime()
+                .stop(&container.id, STOP_GRACE)
+                .await
+            {
                 warn!(container = %container.id, error = %err, "cannot remove container");
             }
             continue;
@@ -416,17 +428,13 @@ pub async fn adopt_existing(state: Arc<AgentState>) {
             cpu_millis: release.manifest.resources.cpu_millis,
             mem_bytes: release.manifest.resources.memory_bytes,
         };
-        let admitted = state
-            .admission
-            .lock()
-            .await
-            .admit(&container.placement_id, needs);
-        if admitted != crate::control::scheduler::AdmitDecision::Admitted {
+        // Only the first sight of a placement: the same id twice is one replica.
+        if agent.admission.adopt(&container.placement_id, needs).await != Ok(true) {
             continue;
         }
         info!(placement = %container.placement_id, "adopting a container left by the previous agent");
         spawn_replica(
-            state.clone(),
+            agent.clone(),
             PlacementRequest {
                 placement_id: container.placement_id.clone(),
                 app: container.app.clone(),

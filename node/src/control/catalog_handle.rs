@@ -1,80 +1,100 @@
-//! What the agent's tasks share: the catalog, the blob store, the runtime, the admission
-//! ledger and the membership. Each field has one owner task that writes it; the others
-//! read.
+//! The catalog as the agent's tasks share it: the one place that merges app records (on
+//! disk first, then in memory, with the hybrid logical clock observing every stamp), hands
+//! out stamps and release numbers, and wakes whoever waits for a change. Its locks are
+//! private: readers get a snapshot or run a closure on the catalog, never hold it.
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::Path;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use proto::catalog::{AppRecord, Stamp};
+use proto::catalog::{AppRecord, Release, Stamp};
+use tokio::sync::futures::Notified;
 use tokio::sync::{Mutex, Notify};
 use tracing::warn;
 
-use crate::bundle::{BlobStore, S3Store};
-use crate::cluster::membership::{ClusterView, Membership, TransportStats};
-use crate::config::AgentConfig;
 use crate::control::catalog::{Catalog, CatalogStore, Persist, StoreError};
-use crate::control::hlc::Hlc;
-use crate::control::scheduler::Admission;
-use crate::workload::runtime::RuntimeDriver;
+use crate::control::hlc::{Hlc, Observed, unix_ms};
 
-pub struct AgentState {
-    pub config: AgentConfig,
-    pub membership: Arc<Membership>,
-    pub stats: Arc<TransportStats>,
-    pub catalog: Mutex<Catalog>,
-    pub catalog_store: CatalogStore,
-    pub hlc: Mutex<Hlc>,
-    pub blobs: BlobStore,
-    /// With `--store s3://...`, the bucket every bundle is kept in (local copies are caches).
-    pub s3: Option<S3Store>,
-    pub runtime: Arc<dyn RuntimeDriver>,
-    pub admission: Mutex<Admission>,
-    /// Replicas this node runs, by placement id (owned by the supervisor).
-    pub replicas: Mutex<BTreeMap<String, crate::workload::replica::ReplicaHandle>>,
-    /// Woken when the catalog changes, so schedulers and supervisors act at once.
-    pub catalog_changed: Notify,
+pub struct CatalogHandle {
+    catalog: Mutex<Catalog>,
+    store: CatalogStore,
+    hlc: Mutex<Hlc>,
+    /// Woken when the catalog changes, so the reconciler driver acts at once.
+    changed: Notify,
     /// Highest release number this node handed out per app, as the app's first keeper.
-    pub reserved_numbers: Mutex<BTreeMap<String, u64>>,
-    /// Token this node presents to other nodes.
-    pub node_token: String,
-    /// Drained by an operator: refuses new placements (see [`crate::operations::changes::drain`]).
-    pub draining: std::sync::atomic::AtomicBool,
+    reserved_numbers: Mutex<BTreeMap<String, u64>>,
 }
 
-impl AgentState {
-    pub fn node_id(&self) -> &str {
-        &self.config.node_id
+impl CatalogHandle {
+    /// Opens (or creates) the redb file at `path` and loads what it holds.
+    pub fn open(path: &Path, node_id: &str) -> Result<CatalogHandle, StoreError> {
+        let store = CatalogStore::open(path)?;
+        let catalog = store.load()?;
+        Ok(CatalogHandle {
+            catalog: Mutex::new(catalog),
+            store,
+            hlc: Mutex::new(Hlc::new(node_id)),
+            changed: Notify::new(),
+            reserved_numbers: Mutex::default(),
+        })
     }
 
-    pub fn uploads_dir(&self) -> PathBuf {
-        self.config.data_dir.join("uploads")
+    /// Runs `read` on the catalog as it is now (under its lock: keep it short, no I/O).
+    pub async fn read<R>(&self, read: impl FnOnce(&Catalog) -> R) -> R {
+        read(&*self.catalog.lock().await)
     }
 
-    pub fn releases_dir(&self) -> PathBuf {
-        self.config.data_dir.join("releases")
+    /// Every record, deleted ones included, as they are now.
+    pub async fn records(&self) -> Vec<AppRecord> {
+        self.read(|catalog| catalog.records().cloned().collect())
+            .await
     }
 
-    /// A client for another node's API, authenticated as a node.
-    pub fn peer(&self, api_addr: SocketAddr) -> Option<api::Client> {
-        api::Client::new(&api_addr.to_string())
-            .ok()
-            .map(|client| client.with_token(Some(self.node_token.clone())))
+    /// The record of `app`, deleted or not.
+    pub async fn record(&self, app: &str) -> Option<AppRecord> {
+        self.read(|catalog| catalog.record(app).cloned()).await
     }
 
-    pub async fn view(&self) -> ClusterView {
-        self.membership.view().await
+    /// The record of `app` unless it was destroyed.
+    pub async fn live_record(&self, app: &str) -> Option<AppRecord> {
+        self.read(|catalog| {
+            catalog
+                .record(app)
+                .filter(|record| !record.deleted)
+                .cloned()
+        })
+        .await
+    }
+
+    /// Every release of `app` the catalog holds, oldest first.
+    pub async fn releases(&self, app: &str) -> Vec<Release> {
+        self.read(|catalog| catalog.releases(app).into_iter().cloned().collect())
+            .await
+    }
+
+    /// Resolves at the next change after the last one waited for (one stored permit: a
+    /// change while nobody waits is not lost). One waiter: the reconciler driver.
+    pub fn changed(&self) -> Notified<'_> {
+        self.changed.notified()
+    }
+
+    /// Wakes the waiter of [`changed`](Self::changed) without a catalog change (a drain
+    /// changes what the reconcilers decide, too).
+    pub fn wake(&self) {
+        self.changed.notify_one();
+    }
+
+    /// Whether a write to the disk would go through now (an empty transaction's commit).
+    pub fn check_writable(&self) -> Result<(), StoreError> {
+        self.store.check_writable()
     }
 
     /// The next release number of `app`, never handed out twice by this node: the app's
     /// first keeper answers for everyone, so concurrent deploys on different nodes get
     /// different numbers.
     pub async fn reserve_release_number(&self, app: &str) -> u64 {
-        let from_catalog = self.catalog.lock().await.next_release_number(app);
+        let from_catalog = self.read(|catalog| catalog.next_release_number(app)).await;
         let mut reserved = self.reserved_numbers.lock().await;
         let number = reserved
             .get(app)
@@ -92,14 +112,27 @@ impl AgentState {
     /// then in memory. Returns whether it changed the catalog; an error leaves both as
     /// they were, so a retry of the same record is not mistaken for a duplicate. Readers
     /// of the catalog never wait for the disk (see [`merge_in_order`]).
-    pub async fn merge_record(&self, record: AppRecord) -> Result<bool, StoreError> {
-        self.hlc.lock().await.observe(&record.stamp);
-        let changed = merge_in_order(&self.catalog, &self.catalog_store, record).await?;
+    pub async fn merge(&self, record: AppRecord) -> Result<bool, StoreError> {
+        self.observe(&record.stamp).await;
+        let changed = merge_in_order(&self.catalog, &self.store, record).await?;
         if changed {
-            // One waiter (the scheduler); a stored permit is not lost if it is busy.
-            self.catalog_changed.notify_one();
+            self.changed.notify_one();
         }
         Ok(changed)
+    }
+
+    /// Later local stamps order after `seen`, unless it is too far ahead of our clock: a
+    /// node with a clock years ahead must not freeze everyone's stamps.
+    async fn observe(&self, seen: &Stamp) {
+        let mut hlc = self.hlc.lock().await;
+        if let Observed::TooFarAhead { ahead_ms } = hlc.observe_at(seen, unix_ms()) {
+            warn!(
+                node = %seen.node_id,
+                ahead_ms,
+                max_drift_ms = hlc.max_drift_ms(),
+                "peer stamp is too far ahead of our clock; not adopted (check that node's clock)"
+            );
+        }
     }
 }
 
@@ -154,21 +187,13 @@ pub async fn merge_in_order(
     );
     Ok(catalog.merge(record))
 }
-
-pub fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
     use std::sync::Arc;
 
-    use proto::catalog::{BlobRef, Release};
+    use proto::catalog::BlobRef;
     use proto::manifest::Manifest;
     use rand::SeedableRng;
     use rand::seq::SliceRandom;
@@ -268,6 +293,48 @@ mod tests {
                 Ok(())
             })
         }
+    }
+
+    #[tokio::test]
+    async fn a_merge_is_durable_wakes_the_waiter_and_later_stamps_order_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog.redb");
+        let handle = CatalogHandle::open(&path, "b").unwrap();
+        let now = unix_ms();
+        let waiter = handle.changed();
+        assert!(handle.merge(record(now + 5_000, 1)).await.unwrap());
+        tokio::time::timeout(std::time::Duration::from_secs(1), waiter)
+            .await
+            .expect("a merge that changed the catalog wakes the waiter");
+        assert!(
+            !handle.merge(record(now + 5_000, 1)).await.unwrap(),
+            "a duplicate"
+        );
+        let stamp = handle.stamp().await;
+        assert!(
+            stamp.wall_ms >= now + 5_000,
+            "a peer stamp 5 s ahead is adopted: {stamp:?}"
+        );
+        assert_eq!(handle.live_record("web").await.map(|r| r.replicas), Some(1));
+        assert_eq!(handle.releases("web").await.len(), 1);
+        assert_eq!(handle.reserve_release_number("web").await, 2);
+        assert_eq!(handle.reserve_release_number("web").await, 3, "never twice");
+        drop(handle);
+        let reopened = CatalogHandle::open(&path, "b").unwrap();
+        assert!(reopened.record("web").await.is_some(), "on disk before Ok");
+    }
+
+    #[tokio::test]
+    async fn a_stamp_far_ahead_is_merged_but_does_not_drag_the_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        let handle = CatalogHandle::open(&dir.path().join("catalog.redb"), "b").unwrap();
+        let years_ahead = unix_ms() + 10 * 365 * 24 * 3600 * 1000;
+        assert!(handle.merge(record(years_ahead, 1)).await.unwrap());
+        let stamp = handle.stamp().await;
+        assert!(
+            stamp.wall_ms < years_ahead,
+            "the clock stays near local time: {stamp:?}"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,38 @@
+//! The agent's handles, one per concern, each owning its state behind its own methods (no
+//! lock is public): the membership and the cluster view, calls to peers, the catalog, the
+//! bundles, admission control and the replicas this node runs. The loops and services of
+//! the agent are given the handles they use; a new feature adds a handle here, not a field
+//! with a lock in it.
+
+use std::sync::Arc;
+
+use crate::bundle::Bundles;
+use crate::cluster::membership::{ClusterView, Membership, TransportStats};
+use crate::cluster::peers::Peers;
+use crate::config::AgentConfig;
+use crate::control::catalog_handle::CatalogHandle;
+use crate::workload::admission_control::AdmissionControl;
+use crate::workload::replica::Replicas;
+
+#[derive(Clone)]
+pub struct AgentHandles {
+    pub config: Arc<AgentConfig>,
+    pub membership: Arc<Membership>,
+    /// Counters of the gossip transport (datagrams sealed, rejected...).
+    pub gossip_stats: Arc<TransportStats>,
+    pub peers: Peers,
+    pub catalog: Arc<CatalogHandle>,
+    pub bundles: Arc<Bundles>,
+    pub admission: Arc<AdmissionControl>,
+    pub replicas: Arc<Replicas>,
+}
+
+impl AgentHandles {
+    pub fn node_id(&self) -> &str {
+        &self.config.node_id
+    }
+
+    pub async fn view(&self) -> ClusterView {
+        self.membership.view().await
+    }
+}

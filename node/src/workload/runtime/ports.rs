@@ -4,12 +4,13 @@
 //! cursor, skips ports that known containers hold (running or exited: an exited container
 //! keeps its port binding and gets it back on restart) and asks a caller-supplied check
 //! whether a candidate is really free. The drivers pass [`bind_test`], which binds the port
-//! on the advertise IP for a moment, so a port taken by something Stratus does not know
-//! about (another daemon, a process left from a crashed agent) is skipped too.
+//! on the advertise IP and on the wildcard address for a moment, so a port taken by
+//! something Stratus does not know about (another daemon, a process left from a crashed
+//! agent, another agent's app on the same host) is skipped too.
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
 use std::str::FromStr;
 
 /// An inclusive range of host ports, `start-end` on the command line.
@@ -122,10 +123,19 @@ impl PortAllocator {
     }
 }
 
-/// Whether a TCP listener could bind `ip:port` right now. The listener is dropped at once;
-/// the caller must still expect to lose a race for the port with another program.
+/// Whether a TCP listener could bind `ip:port`, and the wildcard address's `port`, right
+/// now. Apps bind `0.0.0.0:$PORT`, which fails if anything holds the port on any address:
+/// two agents on one host (127.0.0.1 and 127.0.0.2, say) would otherwise both find a port
+/// free on their own IP and hand it to two apps. Each listener is dropped at once; the
+/// caller must still expect to lose a race for the port with another program.
 pub fn bind_test(ip: IpAddr, port: u16) -> bool {
-    TcpListener::bind(SocketAddr::new(ip, port)).is_ok()
+    let wildcard = match ip {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    };
+    [wildcard, ip]
+        .into_iter()
+        .all(|ip| TcpListener::bind(SocketAddr::new(ip, port)).is_ok())
 }
 
 #[cfg(test)]
@@ -200,5 +210,22 @@ mod tests {
         assert!(!bind_test("127.0.0.1".parse().unwrap(), port));
         drop(listener);
         assert!(bind_test("127.0.0.1".parse().unwrap(), port));
+    }
+
+    #[test]
+    fn bind_test_sees_a_port_taken_on_another_address_of_the_host() {
+        // Another agent's app (or anything) on 127.0.0.1: free on 127.0.0.2 alone, but an
+        // app of ours binding 0.0.0.0 would fail with "address already in use".
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let other_ip: IpAddr = "127.0.0.2".parse().unwrap();
+        assert!(TcpListener::bind(SocketAddr::new(other_ip, port)).is_ok());
+        assert!(!bind_test(other_ip, port));
+        assert!(
+            TcpListener::bind(("0.0.0.0", port)).is_err(),
+            "what the app would see"
+        );
+        drop(listener);
+        assert!(bind_test(other_ip, port));
     }
 }

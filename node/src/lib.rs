@@ -16,6 +16,8 @@
 //! - [`workload`]: the replica supervisor, runtime drivers (Docker, plain processes),
 //!   health probes and replica logs;
 //! - [`operations`]: what the API asks of the node: deploys, scale, rollback, restart, drain;
+//! - [`build`]: deploys from source (in progress): the builder a folder takes and each
+//!   builder's recipe, pure;
 //! - [`bundle`]: app bundles: packing, hostile-zip checks, the content-addressed store, S3;
 //! - [`handles`]: the agent's handles (catalog, bundles, admission, replicas, peers), each
 //!   owning its state, given to the loops and services that use them;
@@ -24,6 +26,7 @@
 //! - `testsuite` (feature `testsuite`): `cluster_for_test(n)`, agents in one process.
 
 pub mod agent;
+pub mod build;
 pub mod bundle;
 pub mod cli;
 pub mod cluster;

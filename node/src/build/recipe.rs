@@ -248,70 +248,80 @@ fn python_requirements(tree: &impl SourceTree) -> Result<(String, Vec<String>), 
     if let Some(text) = tree.read("requirements.txt") {
         return Ok((text, vec!["requirements.txt".into()]));
     }
-    if let Some(text) = tree.read("pyproject.toml") {
+    for (file, read) in [
+        (
+            "pyproject.toml",
+            pyproject_dependencies as fn(&toml::Table) -> Result<_, String>,
+        ),
+        ("Pipfile", pipfile_packages),
+    ] {
+        let Some(text) = tree.read(file) else {
+            continue;
+        };
         let unparsable = |reason: String| RecipeError::Unparsable {
-            file: "pyproject.toml".into(),
+            file: file.into(),
             reason,
         };
         let doc: toml::Table = text
             .parse()
             .map_err(|err: toml::de::Error| unparsable(err.to_string()))?;
-        let project = doc.get("project").and_then(toml::Value::as_table);
-        if project.is_none()
-            && doc
-                .get("tool")
-                .and_then(|tool| tool.get("poetry"))
-                .is_some()
-        {
-            return Err(unparsable(
-                "a Poetry project without a [project] table: run `poetry export -o requirements.txt` and deploy that".into(),
-            ));
-        }
-        let mut lines = Vec::new();
-        if let Some(dependencies) = project.and_then(|project| project.get("dependencies")) {
-            let dependencies = dependencies
-                .as_array()
-                .ok_or_else(|| unparsable("[project] dependencies is not a list".into()))?;
-            for dependency in dependencies {
-                let dependency = dependency
-                    .as_str()
-                    .ok_or_else(|| unparsable("a [project] dependency is not a string".into()))?;
-                lines.push(dependency.to_string());
-            }
-        }
-        return Ok((lines_text(&lines), vec!["pyproject.toml".into()]));
-    }
-    if let Some(text) = tree.read("Pipfile") {
-        let unparsable = |reason: String| RecipeError::Unparsable {
-            file: "Pipfile".into(),
-            reason,
-        };
-        let doc: toml::Table = text
-            .parse()
-            .map_err(|err: toml::de::Error| unparsable(err.to_string()))?;
-        let mut lines = Vec::new();
-        if let Some(packages) = doc.get("packages") {
-            let packages = packages
-                .as_table()
-                .ok_or_else(|| unparsable("[packages] is not a table".into()))?;
-            for (name, spec) in packages {
-                let version = match spec {
-                    toml::Value::String(version) => version.as_str(),
-                    toml::Value::Table(table) => table
-                        .get("version")
-                        .and_then(toml::Value::as_str)
-                        .unwrap_or("*"),
-                    _ => return Err(unparsable(format!("package {name} has no version"))),
-                };
-                lines.push(match version {
-                    "*" => name.clone(),
-                    version => format!("{name}{version}"),
-                });
-            }
-        }
-        return Ok((lines_text(&lines), vec!["Pipfile".into()]));
+        let lines = read(&doc).map_err(unparsable)?;
+        return Ok((lines_text(&lines), vec![file.into()]));
     }
     Ok((String::new(), Vec::new()))
+}
+
+/// PEP 621's `[project] dependencies`.
+fn pyproject_dependencies(doc: &toml::Table) -> Result<Vec<String>, String> {
+    let project = doc.get("project").and_then(toml::Value::as_table);
+    if project.is_none()
+        && doc
+            .get("tool")
+            .and_then(|tool| tool.get("poetry"))
+            .is_some()
+    {
+        return Err("a Poetry project without a [project] table: run `poetry export -o requirements.txt` and deploy that".into());
+    }
+    let Some(dependencies) = project.and_then(|project| project.get("dependencies")) else {
+        return Ok(Vec::new());
+    };
+    let dependencies = dependencies
+        .as_array()
+        .ok_or("[project] dependencies is not a list")?;
+    dependencies
+        .iter()
+        .map(|dependency| {
+            dependency
+                .as_str()
+                .map(str::to_string)
+                .ok_or_else(|| "a [project] dependency is not a string".to_string())
+        })
+        .collect()
+}
+
+/// Pipenv's `[packages]`: `name = "*"`, `name = "==1.0"` or `name = { version = ">=1" }`.
+fn pipfile_packages(doc: &toml::Table) -> Result<Vec<String>, String> {
+    let Some(packages) = doc.get("packages") else {
+        return Ok(Vec::new());
+    };
+    let packages = packages.as_table().ok_or("[packages] is not a table")?;
+    packages
+        .iter()
+        .map(|(name, spec)| {
+            let version = match spec {
+                toml::Value::String(version) => version.as_str(),
+                toml::Value::Table(table) => table
+                    .get("version")
+                    .and_then(toml::Value::as_str)
+                    .unwrap_or("*"),
+                _ => return Err(format!("package {name} has no version")),
+            };
+            Ok(match version {
+                "*" => name.clone(),
+                version => format!("{name}{version}"),
+            })
+        })
+        .collect()
 }
 
 fn lines_text(lines: &[String]) -> String {

@@ -270,13 +270,14 @@ fn value_key(release: &Release) -> (String, u64) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use proto::catalog::{BlobRef, Stamp};
     use proto::manifest::Manifest;
 
     use super::*;
 
-    fn record(app: &str, wall_ms: u64, node: &str, release: u64) -> AppRecord {
+    /// An app record with one release, stamped at `wall_ms` by `node`.
+    pub(crate) fn record(app: &str, wall_ms: u64, node: &str, release: u64) -> AppRecord {
         let manifest = Manifest::parse(&format!("name = \"{app}\"\ncmd = \"run\""), None).unwrap();
         AppRecord {
             name: app.into(),

@@ -193,8 +193,6 @@ mod tests {
 
     use std::sync::Arc;
 
-    use proto::catalog::BlobRef;
-    use proto::manifest::Manifest;
     use rand::SeedableRng;
     use rand::seq::SliceRandom;
     use tokio::sync::oneshot;
@@ -202,29 +200,7 @@ mod tests {
     use super::*;
 
     fn record(wall_ms: u64, release: u64) -> AppRecord {
-        let manifest = Manifest::parse("name = \"web\"\ncmd = \"run\"", None).unwrap();
-        AppRecord {
-            name: "web".into(),
-            stamp: Stamp {
-                wall_ms,
-                counter: 0,
-                node_id: "a".into(),
-            },
-            deleted: false,
-            release: Some(Release {
-                number: release,
-                bundle: BlobRef {
-                    sha256: "ab".repeat(32),
-                    size: 1,
-                },
-                manifest,
-                created_at_ms: wall_ms,
-                created_on: "a".into(),
-                note: None,
-            }),
-            replicas: 1,
-            failed: Default::default(),
-        }
+        crate::control::catalog::tests::record("web", wall_ms, "a", release)
     }
 
     fn current(catalog: &Catalog) -> Option<u64> {

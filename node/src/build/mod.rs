@@ -1,13 +1,15 @@
 //! Deploys from source (issue 11, in progress): which builder an app folder takes, and the
-//! recipe each builder turns into a Docker build. Pure: a folder's files in, a decision with
-//! its reason and a Dockerfile out. The build queue, image transfer and release phase that
+//! recipe each builder turns into a Docker build. The decisions are pure (a folder's files in, a
+//! builder with its reason and a Dockerfile out); `docker_build` is the thin driver. The build queue, image transfer and release phase that
 //! run these recipes come next; nothing calls this module from a deploy yet.
 //!
 //! - [`detect`]: the builder, named by `build = "..."` or detected from the files;
+//! - [`docker_build`]: runs a recipe through the Docker daemon's build API, output live;
 //! - [`recipe`]: the Dockerfile and start command of each builder, with the dependency
 //!   layer kept apart from the code so a code-only change reuses it.
 
 pub mod detect;
+pub mod docker_build;
 pub mod recipe;
 
 use std::collections::BTreeMap;

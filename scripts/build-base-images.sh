@@ -34,7 +34,9 @@ if ! command -v debootstrap >/dev/null; then
 fi
 
 build() {
-  local image=$1 packages=$2 env=$3
+  # $4: packages installed afterwards by apt inside the new root (npm's many node-*
+  # dependencies do not configure in debootstrap's own order).
+  local image=$1 packages=$2 env=$3 later=${4:-}
   if [[ $force -eq 0 ]] && docker image inspect "$image" >/dev/null 2>&1; then
     echo "$image already exists (use --force to rebuild)"
     return
@@ -49,6 +51,15 @@ build() {
     tail -20 "$rootfs.log" >&2
     rm -rf "$rootfs" "$rootfs.log"
     exit 1
+  fi
+  if [[ -n $later ]]; then
+    if ! chroot "$rootfs" sh -c "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $later" \
+        >"$rootfs.log" 2>&1; then
+      echo "installing $later failed for $image; its log:" >&2
+      tail -20 "$rootfs.log" >&2
+      rm -rf "$rootfs" "$rootfs.log"
+      exit 1
+    fi
   fi
   # The host's own certificate authorities (a TLS-inspecting egress proxy's, a company's),
   # so pip and npm inside builds trust what the host trusts.
@@ -72,6 +83,6 @@ path=PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 for runtime in "${wanted[@]}"; do
   case "$runtime" in
     python) build stratus/python:3.11 python3,python3-pip,python3-venv,ca-certificates "$path LANG=C.UTF-8" ;;
-    node) build stratus/node:18 nodejs,npm,ca-certificates "$path LANG=C.UTF-8" ;;
+    node) build stratus/node:18 nodejs,ca-certificates "$path LANG=C.UTF-8" npm ;;
   esac
 done

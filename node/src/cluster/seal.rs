@@ -11,6 +11,9 @@
 //! open just like a forged body. `key_id` (the first bytes of SHA-256 of the key) picks the
 //! key from the keyring without trial decryption, which is what makes key rotation cheap.
 //!
+//! The node API token is derived from the same key with HKDF-SHA256 ([`NODE_TOKEN_SALT`],
+//! [`NODE_TOKEN_INFO`]), so a token seen on the wire reveals nothing about the gossip key.
+//!
 //! Why fragments: chitchat fills a datagram up to the 65,507-byte UDP limit (it sizes its
 //! deltas against that constant), so adding 55 bytes of header and tag can overflow it.
 //! Such a message is split into at most [`MAX_FRAGMENTS`] sealed fragments; each one is
@@ -24,8 +27,10 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use hkdf::Hkdf;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq as _;
 use tokio::time::Instant;
 
 /// The largest UDP payload over IPv4.
@@ -42,6 +47,13 @@ pub const MAX_FRAGMENT_PLAINTEXT: usize = MAX_DATAGRAM - OVERHEAD;
 /// more leave room without letting a peer make us buffer much.
 pub const MAX_FRAGMENTS: usize = 4;
 const KEY_LEN: usize = 32;
+/// HKDF salt of the node API token: fixed and public, it only separates Stratus's
+/// derivations from any other use of the same key material (RFC 5869, section 3.1).
+pub const NODE_TOKEN_SALT: &[u8] = b"stratus cluster key";
+/// HKDF info of the node API token; a new derivation from the cluster key gets its own.
+pub const NODE_TOKEN_INFO: &[u8] = b"stratus node api token v2";
+/// Bytes of HKDF output in a node token (64 hex characters on the wire).
+const NODE_TOKEN_LEN: usize = 32;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum KeyError {
@@ -86,7 +98,7 @@ pub struct ClusterKey {
 impl std::fmt::Debug for ClusterKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print key material.
-        write!(f, "ClusterKey({:02x?})", self.id)
+        write!(f, "ClusterKey({})", self.fingerprint())
     }
 }
 
@@ -105,19 +117,10 @@ impl ClusterKey {
         let digest = Sha256::digest(&bytes);
         let mut id = [0u8; KEY_ID_LEN];
         id.copy_from_slice(&digest[..KEY_ID_LEN]);
-        // A separate derivation, so the API token reveals nothing about the gossip key.
-        let mut token = Sha256::new();
-        token.update(b"stratus node api token v1\0");
-        token.update(&bytes);
-        let node_token = token
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
         Ok(ClusterKey {
             cipher: XChaCha20Poly1305::new(chacha20poly1305::Key::from_slice(&bytes)),
             id,
-            node_token,
+            node_token: node_token(&bytes),
         })
     }
 
@@ -130,8 +133,18 @@ impl ClusterKey {
 
     /// Short public fingerprint, safe to log.
     pub fn fingerprint(&self) -> String {
-        self.id.iter().map(|byte| format!("{byte:02x}")).collect()
+        hex::encode(self.id)
     }
+}
+
+/// The bearer token agents present to each other's APIs: HKDF-SHA256 of the cluster key,
+/// hex-encoded. A separate derivation, so the token reveals nothing about the gossip key.
+fn node_token(key: &[u8]) -> String {
+    let mut token = [0u8; NODE_TOKEN_LEN];
+    Hkdf::<Sha256>::new(Some(NODE_TOKEN_SALT), key)
+        .expand(NODE_TOKEN_INFO, &mut token)
+        .expect("32 bytes is far below HKDF-SHA256's 8160-byte output limit");
+    hex::encode(token)
 }
 
 /// The primary key seals; every key in the ring (primary included) opens.
@@ -267,9 +280,10 @@ impl Keyring {
     }
 }
 
-/// Compares secrets without leaking where they differ through timing.
+/// Compares secrets without leaking where they differ through timing (`subtle`; only the
+/// lengths, which are public, may end the comparison early).
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.ct_eq(b).into()
 }
 
 /// An authenticated piece of a message.
@@ -446,6 +460,30 @@ mod tests {
         assert_ne!(ring_a.node_token(), key_a, "the token must not be the key");
         let rotating = Keyring::parse(&[key_b, key_a]).unwrap();
         assert!(rotating.accepts_node_token(ring_a.node_token()));
+    }
+
+    /// Pins the derivations, so a change to them (which locks out nodes of the previous
+    /// version) cannot pass unnoticed. The expected values were computed outside this code,
+    /// from RFC 5869 with HMAC-SHA256: PRK = HMAC(salt, key), token = HMAC(PRK, info || 0x01).
+    #[test]
+    fn the_node_token_and_fingerprint_match_their_test_vectors() {
+        // The key is the bytes 0x00, 0x01, ... 0x1f.
+        let key = ClusterKey::parse("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=").unwrap();
+        assert_eq!(
+            key.node_token,
+            "322faf428565d0be4831b1ff6523acbb0b719d98155f6df2adc4c80c59a1dc8c"
+        );
+        assert_eq!(key.fingerprint(), "630dcd29");
+        assert_eq!(format!("{key:?}"), "ClusterKey(630dcd29)");
+    }
+
+    #[test]
+    fn secrets_compare_equal_only_when_identical() {
+        assert!(constant_time_eq(b"token", b"token"));
+        assert!(constant_time_eq(b"", b""));
+        assert!(!constant_time_eq(b"token", b"tokeN"));
+        assert!(!constant_time_eq(b"token", b"token2"));
+        assert!(!constant_time_eq(b"", b"t"));
     }
 
     #[test]

@@ -1,9 +1,10 @@
-//! Running replicas on this node: the supervisor (start, watch, restart with backoff, stop),
+//! Running replicas on this node: the supervisor (start, watch, restart with jittered backoff, stop),
 //! the runtime drivers (Docker, plain processes), health probes and replica output.
 
 pub mod admission_control;
 pub mod health;
 pub mod logs;
 pub mod replica;
+pub mod restart_backoff;
 pub mod runtime;
 pub mod supervisor;

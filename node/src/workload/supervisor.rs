@@ -17,9 +17,9 @@ use crate::bundle::UnpackLimits;
 use crate::handles::AgentHandles;
 use crate::workload::health::{HealthTracker, probe};
 use crate::workload::replica::ReplicaHandle;
+use crate::workload::restart_backoff::RestartBackoff;
 use crate::workload::runtime::{ContainerSpec, RunningContainer};
 
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
 pub fn spawn_replica(agent: AgentHandles, request: PlacementRequest) {
@@ -63,16 +63,17 @@ async fn run_replica(
         detail: None,
     };
     agent.membership.publish_container(&record).await;
-    let mut backoff = Duration::from_secs(1);
+    let mut backoff = RestartBackoff::new();
     let bundle_dir = loop {
         match prepare_bundle(agent, request).await {
             Ok(dir) => break dir,
             Err(reason) => {
                 fail(agent, &mut record, reason).await;
-                if wait_or_stop(&mut stop, backoff).await || !still_wanted(agent, &record).await {
+                if wait_or_stop(&mut stop, backoff.next_delay()).await
+                    || !still_wanted(agent, &record).await
+                {
                     return;
                 }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
     };
@@ -94,16 +95,17 @@ async fn run_replica(
         cpu_millis: release.manifest.resources.cpu_millis,
         memory_bytes: release.manifest.resources.memory_bytes,
     };
-    let mut backoff = Duration::from_secs(1);
+    let mut backoff = RestartBackoff::new();
     loop {
         let container = match agent.replicas.runtime().start(&spec).await {
             Ok(container) => container,
             Err(err) => {
                 fail(agent, &mut record, err.to_string()).await;
-                if wait_or_stop(&mut stop, backoff).await || !still_wanted(agent, &record).await {
+                if wait_or_stop(&mut stop, backoff.next_delay()).await
+                    || !still_wanted(agent, &record).await
+                {
                     return;
                 }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
                 continue;
             }
         };
@@ -144,7 +146,9 @@ async fn run_replica(
                     format!("{detail}; last output: {}", tail.join(" | "))
                 };
                 fail(agent, &mut record, detail).await;
-                if wait_or_stop(&mut stop, backoff).await || !still_wanted(agent, &record).await {
+                if wait_or_stop(&mut stop, backoff.next_delay()).await
+                    || !still_wanted(agent, &record).await
+                {
                     let _ = agent
                         .replicas
                         .runtime()
@@ -152,7 +156,6 @@ async fn run_replica(
                         .await;
                     return;
                 }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
     }

@@ -128,6 +128,7 @@ struct RawManifest {
     rollout: RawRollout,
 }
 
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRollout {
@@ -423,43 +424,72 @@ fn parse_size(size: toml_size::Size) -> Result<u64, String> {
         }
         toml_size::Size::Text(text) => text,
     };
-    let (number, unit) = number_and_unit(&text)
-        .ok_or_else(|| format!("{text:?} is not a size: use e.g. \"256MiB\" or \"1GiB\""))?;
-    let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
+    let not_a_size = || format!("{text:?} is not a size: use e.g. \"256MiB\" or \"1GiB\"");
+    let trimmed = text.trim();
+    let split = trimmed
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(split);
+    if number.parse::<f64>().is_err() {
+        return Err(not_a_size());
+    }
+    // bytesize reads k, m, g, kb, mb and gb as powers of 1000; in stratus.toml they have
+    // always meant powers of 1024 (as in Docker's --memory), so the unit is named here by its
+    // binary name and bytesize only reads the number and multiplies.
+    let binary_unit = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => "B",
+        "k" | "kb" | "kib" => "KiB",
+        "m" | "mb" | "mib" => "MiB",
+        "g" | "gb" | "gib" => "GiB",
         _ => {
             return Err(format!(
                 "{text:?} has an unknown unit: use B, KiB, MiB or GiB"
             ));
         }
     };
-    Ok((number * multiplier as f64) as u64)
+    format!("{number} {binary_unit}")
+        .parse::<bytesize::ByteSize>()
+        .map(|size| size.as_u64())
+        .map_err(|_| not_a_size())
 }
 
-/// `"256 MiB"` → `(256.0, "MiB")`; `None` if it does not start with a number.
-fn number_and_unit(text: &str) -> Option<(f64, &str)> {
-    let trimmed = text.trim();
-    let split = trimmed
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(trimmed.len());
-    let (number, unit) = trimmed.split_at(split);
-    Some((number.parse().ok()?, unit.trim()))
-}
-
-/// `"500ms"`, `"2s"`, `"1m"`, or a bare number of seconds.
+/// `"500ms"`, `"2s"`, `"1m"`, a bare number of seconds, or any other duration `humantime`
+/// reads (`"1m 30s"`, `"1h"`), in milliseconds rounded to the nearest.
 pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
-    let (number, unit) = number_and_unit(text)
-        .ok_or_else(|| format!("{text:?} is not a duration: use e.g. \"2s\" or \"500ms\""))?;
-    let ms = match unit {
-        "ms" => number,
-        "" | "s" => number * 1000.0,
-        "m" => number * 60_000.0,
-        _ => return Err(format!("{text:?} has an unknown unit: use ms, s or m")),
+    let invalid = |reason: &str| {
+        format!("{text:?} is not a duration ({reason}): use e.g. \"2s\" or \"500ms\"")
     };
-    Ok(ms.round() as u64)
+    let trimmed = text.trim();
+    if trimmed.is_empty() {
+        return Err(invalid("it is empty"));
+    }
+    let duration = humantime::parse_duration(&as_humantime_reads_it(trimmed))
+        .map_err(|err| invalid(&err.to_string()))?;
+    let ms = duration.as_nanos().saturating_add(500_000) / 1_000_000;
+    u64::try_from(ms).map_err(|_| invalid("it is too long"))
+}
+
+/// What the manifest has always accepted and humantime does not, written the way humantime
+/// reads it: a bare number is seconds (`"2"` → `"2s"`), and a number may start or end with
+/// its decimal point (`".5s"` → `"0.5s"`, `"2.s"` → `"2.0s"`).
+fn as_humantime_reads_it(text: &str) -> String {
+    let chars: Vec<char> = text.chars().collect();
+    let mut out = String::with_capacity(text.len() + 2);
+    for (i, &c) in chars.iter().enumerate() {
+        let digit_before = i > 0 && chars[i - 1].is_ascii_digit();
+        let digit_after = chars.get(i + 1).is_some_and(char::is_ascii_digit);
+        if c == '.' && digit_after && !digit_before {
+            out.push('0');
+        }
+        out.push(c);
+        if c == '.' && digit_before && !digit_after {
+            out.push('0');
+        }
+    }
+    if text.chars().all(|c| c.is_ascii_digit() || c == '.') {
+        out.push('s');
+    }
+    out
 }
 
 #[cfg(test)]
@@ -598,6 +628,120 @@ mod tests {
         let typo = Manifest::parse("name = \"a\"\ncmd = \"x\"\nreplica = 2", None).unwrap_err();
         assert!(typo.to_string().contains("replica"), "{typo}");
         assert!(Manifest::parse("name = ", None).is_err());
+    }
+
+    /// Every form of size the hand-written parser accepted, and what it meant: the move to
+    /// `bytesize` must not change one of them (k, m and g are binary, as they always were).
+    #[test]
+    fn memory_sizes_keep_their_meaning() {
+        use toml_size::Size::{Bytes, Text};
+        let text = |s: &str| Text(s.to_string());
+        let cases: &[(toml_size::Size, u64)] = &[
+            (Bytes(1), 1),
+            (Bytes(268_435_456), 256 << 20),
+            (text("0"), 0),
+            (text("4194304"), 4 << 20),
+            (text("100b"), 100),
+            (text("100B"), 100),
+            (text("1k"), 1 << 10),
+            (text("1kb"), 1 << 10),
+            (text("1KiB"), 1 << 10),
+            (text("1K"), 1 << 10),
+            (text("512m"), 512 << 20),
+            (text("512M"), 512 << 20),
+            (text("512mb"), 512 << 20),
+            (text("512MB"), 512 << 20),
+            (text("256MiB"), 256 << 20),
+            (text("256mib"), 256 << 20),
+            (text("256 MiB"), 256 << 20),
+            (text("  256MiB  "), 256 << 20),
+            (text("1g"), 1 << 30),
+            (text("1G"), 1 << 30),
+            (text("1GB"), 1 << 30),
+            (text("1GiB"), 1 << 30),
+            (text("1.5G"), 3 << 29),
+            (text("0.5GiB"), 512 << 20),
+            (text(".5g"), 512 << 20),
+            (text("2."), 2),
+            (text("1.5"), 1),
+            (text("64 m"), 64 << 20),
+        ];
+        for (input, expected) in cases {
+            let shown = format!("{input:?}");
+            let input = match input {
+                Bytes(n) => Bytes(*n),
+                Text(t) => Text(t.clone()),
+            };
+            assert_eq!(parse_size(input), Ok(*expected), "{shown}");
+        }
+        for (bad, says) in [
+            (text("lots"), "is not a size"),
+            (text(""), "is not a size"),
+            (text("1.2.3G"), "is not a size"),
+            (text("-1G"), "is not a size"),
+            (text("1T"), "unknown unit"),
+            (text("1 gigabyte"), "unknown unit"),
+            (text("1e3"), "unknown unit"),
+            (Bytes(0), "is not a size"),
+            (Bytes(-5), "is not a size"),
+        ] {
+            let shown = format!("{bad:?}");
+            let err = parse_size(bad).unwrap_err();
+            assert!(err.contains(says), "{shown}: {err}");
+            assert!(
+                err.contains("MiB"),
+                "{shown}: the error shows a valid size: {err}"
+            );
+        }
+    }
+
+    /// Every form of duration the hand-written parser accepted (a bare number is seconds),
+    /// and what it meant in milliseconds: the move to `humantime` must keep each of them.
+    #[test]
+    fn durations_keep_their_meaning() {
+        for (input, ms) in [
+            ("500ms", 500),
+            ("2s", 2_000),
+            ("1m", 60_000),
+            ("10m", 600_000),
+            ("2", 2_000),
+            ("0", 0),
+            ("1.5", 1_500),
+            ("1.5s", 1_500),
+            ("0.25s", 250),
+            (".5s", 500),
+            ("2.s", 2_000),
+            ("3.", 3_000),
+            ("1.5m", 90_000),
+            ("2 s", 2_000),
+            (" 500ms ", 500),
+            ("100 ms", 100),
+            ("0.5ms", 1),
+            ("1.4ms", 1),
+        ] {
+            assert_eq!(parse_duration_ms(input), Ok(ms), "{input:?}");
+        }
+        // New with humantime: compound durations and more unit names.
+        assert_eq!(parse_duration_ms("1m 30s"), Ok(90_000));
+        assert_eq!(parse_duration_ms("1h"), Ok(3_600_000));
+        assert_eq!(parse_duration_ms("750msec"), Ok(750));
+        for bad in [
+            "soon",
+            "",
+            ".",
+            "-1s",
+            "1.2.3s",
+            "2S",
+            "5 fortnights",
+            "1e3s",
+        ] {
+            let err = parse_duration_ms(bad).unwrap_err();
+            assert!(err.contains(&format!("{bad:?}")), "{bad:?}: {err}");
+            assert!(
+                err.contains("ms"),
+                "{bad:?}: the error says what is valid: {err}"
+            );
+        }
     }
 
     #[test]

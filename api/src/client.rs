@@ -4,6 +4,7 @@ use std::path::Path;
 use std::pin::Pin;
 use std::time::Duration;
 
+use crate::checksum::{Checksum, Sha256Stream};
 use futures_util::{Stream, StreamExt, TryStreamExt};
 use proto::api::{
     AppView, AppsResponse, ChangeAccepted, DeployAccepted, DrainReply, ErrorBody, HealthResponse,
@@ -12,7 +13,6 @@ use proto::api::{
 };
 use proto::catalog::AppRecord;
 use serde::de::DeserializeOwned;
-use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use tokio_util::codec::{Decoder, FramedRead, LinesCodec, LinesCodecError};
 use url::Url;
@@ -350,8 +350,7 @@ impl Client {
             source,
         };
         let mut file = tokio::fs::File::create(dest).await.map_err(file_err)?;
-        let mut hasher = Sha256::new();
-        let mut size = 0u64;
+        let mut hasher = Sha256Stream::new();
         let mut stream = response.bytes_stream();
         loop {
             let idle_until = deadline.min(tokio::time::Instant::now() + self.deadlines.blob_idle);
@@ -369,11 +368,13 @@ impl Client {
                 source,
             })?;
             hasher.update(&chunk);
-            size += chunk.len() as u64;
             file.write_all(&chunk).await.map_err(file_err)?;
         }
         file.sync_all().await.map_err(file_err)?;
-        let actual = hex::encode(hasher.finalize());
+        let Checksum {
+            digest: actual,
+            bytes,
+        } = hasher.finish();
         if actual != sha256 {
             return Err(ClientError::Checksum {
                 url: url.to_string(),
@@ -381,7 +382,7 @@ impl Client {
                 actual,
             });
         }
-        Ok(size)
+        Ok(bytes)
     }
 
     /// Output of every replica of `app`, a line at a time; with `follow`, until dropped.

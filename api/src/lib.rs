@@ -14,9 +14,11 @@
 //! - [`openapi`]: the OpenAPI document, derived from the handlers;
 //! - [`server`]: connections (header timeout, connection cap, graceful shutdown);
 //! - [`upload`]: bodies streamed to disk with their SHA-256;
+//! - [`checksum`]: the streaming SHA-256 that uploads, downloads and the node's stores share;
 //! - [`client`]: the typed client.
 
 pub mod caller;
+pub mod checksum;
 pub mod client;
 pub mod error;
 pub mod openapi;

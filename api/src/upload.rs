@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 
 use axum::body::Body;
 use http_body_util::BodyExt;
-use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
+use crate::checksum::Sha256Stream;
 use crate::error::ApiError;
 
 /// A body saved to disk. The file is removed when this is dropped unless it was kept.
@@ -54,14 +54,13 @@ pub(crate) async fn save_body(mut body: Body, dir: &Path, limit: u64) -> Result<
         sha256: String::new(),
         size: 0,
     };
-    let mut hasher = Sha256::new();
+    let mut hasher = Sha256Stream::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(upload_error)?;
         let Ok(data) = frame.into_data() else {
             continue;
         };
-        upload.size += data.len() as u64;
-        if upload.size > limit {
+        if hasher.bytes() + data.len() as u64 > limit {
             return Err(ApiError::upload_too_large(limit));
         }
         hasher.update(&data);
@@ -72,7 +71,9 @@ pub(crate) async fn save_body(mut body: Body, dir: &Path, limit: u64) -> Result<
     file.sync_all()
         .await
         .map_err(|err| ApiError::Internal(format!("cannot sync upload: {err}")))?;
-    upload.sha256 = hex::encode(hasher.finalize());
+    let checksum = hasher.finish();
+    upload.sha256 = checksum.digest;
+    upload.size = checksum.bytes;
     Ok(upload)
 }
 

@@ -1,46 +1,39 @@
 //! SHA-256 of bundles: a `Write` adapter that hashes a stream as it is stored, and the
-//! digest format (64 lowercase hex characters) used as a bundle's name everywhere.
+//! digest format (64 lowercase hex characters) used as a bundle's name everywhere. The
+//! hashing itself is the API crate's [`Sha256Stream`], the one streaming hasher that uploads,
+//! downloads and both stores share.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::Path;
 
-use sha2::{Digest, Sha256};
+pub use api::checksum::Checksum;
+use api::checksum::Sha256Stream;
 
 use super::BundleError;
 
 /// Length of a digest in hex characters.
 pub const DIGEST_HEX_LEN: usize = 64;
 
-/// The digest of a stream and how many bytes it had.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Checksum {
-    /// Lowercase hex SHA-256.
-    pub digest: String,
-    pub bytes: u64,
-}
-
 /// Passes writes through to `inner`, hashing exactly the bytes `inner` accepted, so the
 /// digest of an upload is known the moment its last byte is on disk, without reading it back.
 #[derive(Debug)]
 pub struct Sha256Writer<W> {
     inner: W,
-    hasher: Sha256,
-    bytes: u64,
+    hasher: Sha256Stream,
 }
 
 impl<W> Sha256Writer<W> {
     pub fn new(inner: W) -> Self {
         Sha256Writer {
             inner,
-            hasher: Sha256::new(),
-            bytes: 0,
+            hasher: Sha256Stream::new(),
         }
     }
 
     /// Bytes written so far: lets a caller enforce an upload size limit as it streams.
     pub fn bytes(&self) -> u64 {
-        self.bytes
+        self.hasher.bytes()
     }
 
     pub fn get_ref(&self) -> &W {
@@ -50,11 +43,7 @@ impl<W> Sha256Writer<W> {
     /// Returns the inner writer and the checksum of everything written through it. Flush or
     /// sync the inner writer yourself: hashing does not need it, durability does.
     pub fn finish(self) -> (W, Checksum) {
-        let checksum = Checksum {
-            digest: hex::encode(self.hasher.finalize()),
-            bytes: self.bytes,
-        };
-        (self.inner, checksum)
+        (self.inner, self.hasher.finish())
     }
 }
 
@@ -65,7 +54,6 @@ impl<W: Write> Write for Sha256Writer<W> {
         // caller will send again.
         let taken = buf.get(..written).unwrap_or(buf);
         self.hasher.update(taken);
-        self.bytes += taken.len() as u64;
         Ok(written)
     }
 

@@ -22,10 +22,9 @@
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
+use api::checksum::{Checksum, Sha256Stream};
 use base64::Engine as _;
 use futures_util::StreamExt as _;
 use s3::bucket::CHUNK_SIZE;
@@ -34,9 +33,12 @@ use s3::error::S3Error as ClientError;
 use s3::request::Request as _;
 use s3::request::tokio_backend::ReqwestRequest;
 use s3::{Bucket, BucketConfiguration, Region};
+use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncRead, AsyncWriteExt as _, ReadBuf};
+use tokio::io::AsyncWriteExt as _;
+use tokio_util::io::InspectReader;
 use tracing::{debug, info, warn};
+use url::Url;
 
 use super::{is_valid_digest, sha256_reader};
 
@@ -97,21 +99,33 @@ impl S3Config {
             url: url.to_string(),
             reason: reason.to_string(),
         };
-        let rest = url
-            .strip_prefix("s3://")
-            .ok_or_else(|| invalid("it does not start with s3://"))?;
-        if rest.contains(['?', '#']) {
+        let parsed = Url::parse(url).map_err(|err| invalid(&format!("it is not a URL ({err})")))?;
+        if parsed.scheme() != "s3" {
+            return Err(invalid("it does not start with s3://"));
+        }
+        if parsed.query().is_some() || parsed.fragment().is_some() {
             return Err(invalid("it has a query or fragment"));
         }
-        if rest.contains('@') {
+        if !parsed.username().is_empty() || parsed.password().is_some() {
             return Err(invalid(
                 "credentials do not go in the URL; give --s3-access-key and --s3-secret-key",
             ));
         }
-        let (bucket, prefix) = match rest.split_once('/') {
-            Some((bucket, prefix)) => (bucket, prefix),
-            None => (rest, ""),
-        };
+        if parsed.port().is_some() {
+            return Err(invalid(
+                "a port does not go in the store URL; give the server with --s3-endpoint",
+            ));
+        }
+        // The parser rewrites some URLs as it reads them: it resolves `..`, escapes spaces,
+        // lowercases the scheme. Those are refused, so the bucket and the prefix are exactly
+        // what was typed.
+        if parsed.as_str() != url {
+            return Err(invalid(&format!(
+                "it reads as {parsed}: write the bucket and prefix plainly"
+            )));
+        }
+        let bucket = parsed.host_str().unwrap_or_default();
+        let prefix = parsed.path().strip_prefix('/').unwrap_or(parsed.path());
         check_bucket_name(bucket).map_err(|reason| invalid(&reason))?;
         let prefix = normalize_prefix(prefix).map_err(|reason| invalid(&reason))?;
         Ok(S3Config {
@@ -238,17 +252,26 @@ fn normalize_prefix(prefix: &str) -> Result<String, String> {
     Ok(format!("{trimmed}/"))
 }
 
+/// An `http://` or `https://` base URL with a host, and nothing a base URL cannot have
+/// (credentials, a query, a fragment).
 fn check_endpoint(endpoint: &str) -> Result<(), S3Error> {
     let invalid = || S3Error::InvalidEndpoint(endpoint.to_string());
-    let rest = endpoint
-        .strip_prefix("http://")
-        .or_else(|| endpoint.strip_prefix("https://"))
-        .ok_or_else(invalid)?;
-    let host = rest.split('/').next().unwrap_or_default();
-    if host.is_empty() || rest.contains(['?', '#', '@']) || rest.contains(char::is_whitespace) {
-        return Err(invalid());
-    }
-    Ok(())
+    let url = Url::parse(endpoint).map_err(|_| invalid())?;
+    let host = url.host_str().unwrap_or_default();
+    // The parser skips extra slashes (`http:///x` reads as host `x`) and lowercases the
+    // host; the endpoint must name its host where it is written.
+    let host_as_written = endpoint
+        .to_ascii_lowercase()
+        .starts_with(&format!("{}://{host}", url.scheme()));
+    let valid = matches!(url.scheme(), "http" | "https")
+        && !host.is_empty()
+        && host_as_written
+        && url.username().is_empty()
+        && url.password().is_none()
+        && url.query().is_none()
+        && url.fragment().is_none()
+        && !endpoint.contains(char::is_whitespace);
+    if valid { Ok(()) } else { Err(invalid()) }
 }
 
 /// Everything that can go wrong with the S3 store. Each message says what to do.
@@ -535,12 +558,12 @@ impl S3Store {
 
     /// One PUT of a bundle smaller than a part (it would be one part anyway). The server
     /// checks the body against `x-amz-checksum-sha256` and refuses it on a mismatch.
-    async fn put_small(&self, path: &Path, key: &str, sha256: &str) -> Result<Sent, S3Error> {
+    async fn put_small(&self, path: &Path, key: &str, sha256: &str) -> Result<Checksum, S3Error> {
         let content = tokio::fs::read(path)
             .await
             .map_err(S3Error::io("read", path))?;
         let digest = Sha256::digest(&content);
-        let sent = Sent {
+        let sent = Checksum {
             digest: hex::encode(digest),
             bytes: content.len() as u64,
         };
@@ -570,11 +593,18 @@ impl S3Store {
     /// A multipart upload read straight from the file, hashed as it is read. Each part's
     /// body is covered by the request signature (`x-amz-content-sha256`), which the server
     /// checks; the whole is checked by the caller against the hash of what was read.
-    async fn put_multipart(&self, path: &Path, key: &str, sha256: &str) -> Result<Sent, S3Error> {
+    async fn put_multipart(
+        &self,
+        path: &Path,
+        key: &str,
+        sha256: &str,
+    ) -> Result<Checksum, S3Error> {
         let file = tokio::fs::File::open(path)
             .await
             .map_err(S3Error::io("open", path))?;
-        let mut reader = HashingReader::new(file);
+        // Hashes exactly the bytes the upload reads, so what was sent is known, not assumed.
+        let mut hasher = Sha256Stream::new();
+        let mut reader = InspectReader::new(file, |bytes: &[u8]| hasher.update(bytes));
         let client = |err: ClientError| self.classify(err, Some((sha256, key)));
         self.bucket
             .put_object_stream_builder(key)
@@ -585,7 +615,8 @@ impl S3Store {
             .execute_stream(&mut reader)
             .await
             .map_err(client)?;
-        Ok(reader.finish())
+        drop(reader);
+        Ok(hasher.finish())
     }
 
     /// The server must hold exactly what was sent; a short object is deleted.
@@ -641,17 +672,18 @@ impl S3Store {
             .get_object_stream(&key)
             .await
             .map_err(|err| self.classify(err, Some((sha256, &key))))?;
-        let mut hasher = Sha256::new();
-        let mut bytes = 0u64;
+        let mut hasher = Sha256Stream::new();
         while let Some(chunk) = response.bytes().next().await {
             let chunk = chunk.map_err(|err| self.classify(err, Some((sha256, &key))))?;
             hasher.update(&chunk);
-            bytes += chunk.len() as u64;
             file.write_all(&chunk)
                 .await
                 .map_err(S3Error::io("write", temp.path()))?;
         }
-        let actual = hex::encode(hasher.finalize());
+        let Checksum {
+            digest: actual,
+            bytes,
+        } = hasher.finish();
         if actual != sha256 {
             warn!(digest = sha256, %actual, %key, "the S3 copy of a bundle is corrupt: deleting the download");
             drop(file);
@@ -695,8 +727,7 @@ impl S3Store {
         let endpoint = self.config.endpoint.clone();
         match err {
             ClientError::HttpFailWithBody(status, body) => {
-                let code = xml_field(&body, "Code").unwrap_or_default();
-                let message = xml_field(&body, "Message").unwrap_or_default();
+                let ErrorBody { code, message } = ErrorBody::parse(&body);
                 match (status, object) {
                     (404, _) if code == "NoSuchBucket" => S3Error::NoSuchBucket {
                         bucket: self.config.bucket.clone(),
@@ -737,61 +768,22 @@ impl S3Store {
     }
 }
 
-/// What an upload read from the file: its digest and length.
-struct Sent {
-    digest: String,
-    bytes: u64,
+/// The parts of an S3 error body (`<Error><Code>NoSuchKey</Code><Message>...`) that say
+/// what went wrong; other elements (`RequestId`, `Resource`...) are ignored.
+#[derive(Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ErrorBody {
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    message: String,
 }
 
-/// Hashes exactly the bytes an upload reads, so what was sent is known, not assumed.
-struct HashingReader<R> {
-    inner: R,
-    hasher: Sha256,
-    bytes: u64,
-}
-
-impl<R> HashingReader<R> {
-    fn new(inner: R) -> Self {
-        HashingReader {
-            inner,
-            hasher: Sha256::new(),
-            bytes: 0,
-        }
+impl ErrorBody {
+    /// Empty fields when the body is not such XML (a HEAD answer has no body at all).
+    fn parse(body: &str) -> ErrorBody {
+        quick_xml::de::from_str(body).unwrap_or_default()
     }
-
-    fn finish(self) -> Sent {
-        Sent {
-            digest: hex::encode(self.hasher.finalize()),
-            bytes: self.bytes,
-        }
-    }
-}
-
-impl<R: AsyncRead + Unpin> AsyncRead for HashingReader<R> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        let poll = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = &poll {
-            let new = buf.filled().get(before..).unwrap_or_default();
-            this.hasher.update(new);
-            this.bytes += new.len() as u64;
-        }
-        poll
-    }
-}
-
-/// The text of the first `<name>...</name>` in an S3 error body.
-fn xml_field(body: &str, name: &str) -> Option<String> {
-    let open = format!("<{name}>");
-    let close = format!("</{name}>");
-    let start = body.find(&open)? + open.len();
-    let len = body.get(start..)?.find(&close)?;
-    Some(body.get(start..start + len)?.trim().to_string())
 }
 
 /// An error and its causes on one line: reqwest's own message ("error sending request")
@@ -860,6 +852,10 @@ mod tests {
             "s3://bucket/../up",
             "s3://bucket/a b",
             "s3://bucket/a%2f",
+            "S3://bucket",
+            "s3://bucket:9000",
+            "s3://bucket/a/./b",
+            "s3://bucket#x",
         ] {
             let err = S3Config::from_url(bad).unwrap_err();
             assert!(
@@ -931,15 +927,27 @@ mod tests {
 
     #[test]
     fn s3_error_bodies_give_their_code_and_message() {
-        let body = "<?xml version=\"1.0\"?><Error><Code>NoSuchKey</Code>\
-                    <Message>The specified key does not exist.</Message></Error>";
-        assert_eq!(xml_field(body, "Code").as_deref(), Some("NoSuchKey"));
+        let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>NoSuchKey</Code>\
+                    <Message>The specified key does not exist.</Message>\
+                    <Key>blobs/x</Key><RequestId>1</RequestId></Error>";
         assert_eq!(
-            xml_field(body, "Message").as_deref(),
-            Some("The specified key does not exist.")
+            ErrorBody::parse(body),
+            ErrorBody {
+                code: "NoSuchKey".into(),
+                message: "The specified key does not exist.".into(),
+            }
         );
-        assert_eq!(xml_field("", "Code"), None);
-        assert_eq!(xml_field("<Code>unterminated", "Code"), None);
+        // Escapes are decoded, and a missing field is empty.
+        assert_eq!(
+            ErrorBody::parse("<Error><Code>A&amp;B</Code></Error>"),
+            ErrorBody {
+                code: "A&B".into(),
+                message: String::new(),
+            }
+        );
+        assert_eq!(ErrorBody::parse(""), ErrorBody::default());
+        assert_eq!(ErrorBody::parse("<Code>unterminated"), ErrorBody::default());
+        assert_eq!(ErrorBody::parse("not xml at all"), ErrorBody::default());
     }
 
     #[test]

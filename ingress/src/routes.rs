@@ -101,21 +101,20 @@ impl RouteApp {
         }
     }
 
-    /// The routes of a catalog record: its name and its current release's domains. `None`
-    /// for a tombstone, whose lingering containers must get no traffic.
+    /// The routes of a catalog record: its name and its current release's domains and
+    /// `[[routes]]` path prefixes. `None` for a tombstone, whose lingering containers must
+    /// get no traffic.
     pub fn from_record(record: &AppRecord) -> Option<RouteApp> {
         if record.deleted {
             return None;
         }
-        let domains = record
-            .release
-            .as_ref()
-            .map(|release| release.manifest.domains.clone())
-            .unwrap_or_default();
+        let manifest = record.release.as_ref().map(|release| &release.manifest);
         Some(RouteApp {
             name: record.name.clone(),
-            domains,
-            path_prefixes: Vec::new(),
+            domains: manifest.map(|m| m.domains.clone()).unwrap_or_default(),
+            path_prefixes: manifest
+                .map(|m| m.routes.iter().map(|route| route.path.clone()).collect())
+                .unwrap_or_default(),
         })
     }
 
@@ -498,13 +497,25 @@ mod tests {
 
     #[test]
     fn apps_come_from_catalog_records_and_tombstones_route_nothing() {
-        let manifest = proto::manifest::Manifest::parse(
+        let mut record = app_record(
+            "shop",
             "name = \"shop\"\ncmd = \"x\"\ndomains = [\"Shop.Example.com\"]",
-            None,
-        )
-        .unwrap();
-        let mut record = AppRecord {
-            name: "shop".into(),
+        );
+        let app = RouteApp::from_record(&record).unwrap();
+        assert_eq!(app.domains, vec!["shop.example.com"]);
+        record.deleted = true;
+        assert_eq!(RouteApp::from_record(&record), None);
+
+        // Containers of an app missing from the catalog get no route.
+        let records = [("n1", record_for_missing_app())];
+        let table = table(vec![], &records);
+        assert!(table.is_empty());
+        assert_eq!(table.lookup("ghost.localhost", "/"), Lookup::Unknown);
+    }
+
+    fn app_record(name: &str, manifest: &str) -> AppRecord {
+        AppRecord {
+            name: name.into(),
             stamp: proto::catalog::Stamp {
                 wall_ms: 1,
                 counter: 0,
@@ -517,24 +528,58 @@ mod tests {
                     sha256: "00".into(),
                     size: 1,
                 },
-                manifest,
+                manifest: proto::manifest::Manifest::parse(manifest, None).unwrap(),
                 created_at_ms: 1,
                 created_on: "n1".into(),
                 note: None,
             }),
             replicas: 1,
             failed: Default::default(),
-        };
-        let app = RouteApp::from_record(&record).unwrap();
-        assert_eq!(app.domains, vec!["shop.example.com"]);
-        record.deleted = true;
-        assert_eq!(RouteApp::from_record(&record), None);
+        }
+    }
 
-        // Containers of an app missing from the catalog get no route.
-        let records = [("n1", record_for_missing_app())];
-        let table = table(vec![], &records);
-        assert!(table.is_empty());
-        assert_eq!(table.lookup("ghost.localhost", "/"), Lookup::Unknown);
+    /// From `stratus.toml` to a lookup: an app with `[[routes]] path = "/api"` on a shared
+    /// domain gets `/api` and what is under it, the app without routes gets the rest.
+    #[test]
+    fn manifest_routes_split_a_shared_domain_by_path() {
+        let catalog = [
+            app_record(
+                "api",
+                "name = \"api\"\ncmd = \"x\"\ndomains = [\"shop.example.com\"]\n\
+                 [[routes]]\npath = \"/api/\"",
+            ),
+            app_record(
+                "site",
+                "name = \"site\"\ncmd = \"x\"\ndomains = [\"Shop.Example.com\"]",
+            ),
+        ];
+        let records = [
+            ("n1", record("a", "api", 1, ContainerHealth::Healthy)),
+            ("n2", record("s", "site", 2, ContainerHealth::Healthy)),
+        ];
+        let table = RouteTable::build(
+            "localhost",
+            catalog.iter().filter_map(RouteApp::from_record),
+            records.iter().map(|(node, record)| (*node, record)),
+        );
+        for (path, app) in [
+            ("/api", "api"),
+            ("/api/", "api"),
+            ("/api/orders/7?x=1", "api"),
+            ("/", "site"),
+            ("/apix", "site"),
+            ("/about/api", "site"),
+        ] {
+            assert_eq!(
+                app_of(table.lookup("shop.example.com", path)),
+                Some(app),
+                "{path}"
+            );
+        }
+        // The prefix holds on the app's default host too.
+        assert_eq!(app_of(table.lookup("api.localhost", "/api/x")), Some("api"));
+        assert_eq!(table.lookup("api.localhost", "/"), Lookup::Unknown);
+        assert!(table.conflicts().is_empty());
     }
 
     fn record_for_missing_app() -> ContainerRecord {

@@ -12,6 +12,11 @@ pub const MANIFEST_FILE: &str = "stratus.toml";
 pub const PROCFILE: &str = "Procfile";
 pub const DEFAULT_PORT: u16 = 8080;
 pub const MAX_REPLICAS: u32 = 100;
+/// Most `[[routes]]` one app may have: enough for any real layout, few enough that one
+/// manifest cannot bloat every ingress's route table.
+pub const MAX_ROUTES: usize = 16;
+/// Longest route path, in bytes.
+pub const MAX_ROUTE_PATH_LEN: usize = 200;
 
 /// A validated manifest.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -29,10 +34,25 @@ pub struct Manifest {
     pub env: BTreeMap<String, String>,
     pub health: HealthCheck,
     pub domains: Vec<String>,
+    /// Path prefixes the app serves on each of its hosts (the `[[routes]]` tables); empty:
+    /// every path. Absent in releases recorded before it existed, and left out of the
+    /// record when empty, so those records read and compare as they did.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<Route>,
     /// How a new release replaces the old one. Absent in releases recorded before it
     /// existed: those get the defaults.
     #[serde(default)]
     pub rollout: Rollout,
+}
+
+/// One `[[routes]]` table: the app answers requests whose path is `path` or lies under it
+/// (whole segments: `/api` takes `/api` and `/api/users`, not `/apix`). When apps share a
+/// host, the longest matching prefix wins in the ingress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Route {
+    /// Starts with `/`, no trailing `/` (except the root `/` itself).
+    pub path: String,
 }
 
 /// How a release rolls out: `max_surge` new replicas at a time beyond the desired count,
@@ -125,9 +145,16 @@ struct RawManifest {
     #[serde(default)]
     domains: Vec<String>,
     #[serde(default)]
+    routes: Vec<RawRoute>,
+    #[serde(default)]
     rollout: RawRollout,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    path: String,
+}
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -337,6 +364,26 @@ impl Manifest {
                 );
             }
         }
+        if raw.routes.len() > MAX_ROUTES {
+            fail(
+                "routes",
+                format!(
+                    "{} routes is too many: use at most {MAX_ROUTES} path prefixes",
+                    raw.routes.len()
+                ),
+            );
+        }
+        let mut routes: Vec<Route> = Vec::with_capacity(raw.routes.len());
+        for (i, route) in raw.routes.iter().enumerate() {
+            match validate_route_path(&route.path) {
+                Ok(path) if routes.iter().any(|seen| seen.path == path) => fail(
+                    &format!("routes[{i}].path"),
+                    format!("{path:?} is listed twice: list each path prefix once"),
+                ),
+                Ok(path) => routes.push(Route { path }),
+                Err(message) => fail(&format!("routes[{i}].path"), message),
+            }
+        }
         if let Some(image) = &raw.image
             && (image.trim().is_empty() || image.contains(char::is_whitespace))
         {
@@ -366,6 +413,7 @@ impl Manifest {
                 .into_iter()
                 .map(|d| d.to_ascii_lowercase())
                 .collect(),
+            routes,
             rollout: Rollout {
                 max_surge,
                 health_timeout_ms,
@@ -390,6 +438,45 @@ pub fn validate_app_name(name: &str) -> Result<(), String> {
             "{name:?} is not a valid app name: use 1 to 40 lowercase letters, digits and dashes, starting with a letter"
         ))
     }
+}
+
+/// A route's path prefix as the ingress matches it: the path of a request as sent (no
+/// percent-encoding, which the ingress does not decode before matching), starting with `/`,
+/// with no `.` or `..` segment (a proxy or the app may fold those, so the prefix would not
+/// mean what it says) and no empty segment. A trailing `/` is dropped: `/api/` is `/api`.
+fn validate_route_path(path: &str) -> Result<String, String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "-._~!$&'()*+,;=:@/".contains(c);
+    let problem = if !path.starts_with('/') {
+        Some("must start with /")
+    } else if path.len() > MAX_ROUTE_PATH_LEN {
+        Some("is too long")
+    } else if !path.chars().all(allowed) {
+        Some(
+            "may hold only letters, digits, / and - . _ ~ ! $ & ' ( ) * + , ; = : @ (no spaces, ?, # or %-escapes)",
+        )
+    } else {
+        None
+    };
+    if let Some(problem) = problem {
+        return Err(format!(
+            "{path:?} {problem}: use a path prefix like \"/api\""
+        ));
+    }
+    let trimmed = match path.trim_end_matches('/') {
+        "" => "/",
+        trimmed => trimmed,
+    };
+    let segments_ok = trimmed == "/"
+        || trimmed
+            .split('/')
+            .skip(1)
+            .all(|segment| !segment.is_empty() && segment != "." && segment != "..");
+    if !segments_ok {
+        return Err(format!(
+            "{path:?} has an empty, . or .. segment: use a path prefix like \"/api\" or \"/api/v1\""
+        ));
+    }
+    Ok(trimmed.to_string())
 }
 
 fn procfile_web(procfile: &str) -> Option<String> {
@@ -742,6 +829,89 @@ mod tests {
                 "{bad:?}: the error says what is valid: {err}"
             );
         }
+    }
+
+    #[test]
+    fn routes_are_path_prefixes_checked_and_normalised() {
+        let manifest = Manifest::parse(
+            r#"
+            name = "api"
+            cmd = "x"
+            domains = ["example.com"]
+            [[routes]]
+            path = "/api/"
+            [[routes]]
+            path = "/v1/users:search"
+            "#,
+            None,
+        )
+        .unwrap();
+        let paths: Vec<&str> = manifest.routes.iter().map(|r| r.path.as_str()).collect();
+        assert_eq!(paths, ["/api", "/v1/users:search"]);
+        let root = Manifest::parse("name = \"a\"\ncmd = \"x\"\n[[routes]]\npath = \"/\"", None);
+        assert_eq!(root.unwrap().routes[0].path, "/");
+        assert!(
+            Manifest::parse("name = \"a\"\ncmd = \"x\"", None)
+                .unwrap()
+                .routes
+                .is_empty(),
+            "no routes: every path"
+        );
+
+        for bad in [
+            "api",
+            "",
+            "/api/../admin",
+            "/./api",
+            "/a//b",
+            "/a b",
+            "/api?x=1",
+            "/api#top",
+            "/caf%C3%A9",
+            "/é",
+        ] {
+            let text = format!("name = \"a\"\ncmd = \"x\"\n[[routes]]\npath = {bad:?}");
+            let errors = Manifest::parse(&text, None).unwrap_err();
+            assert_eq!(errors.0.len(), 1, "{bad:?}: {errors}");
+            assert_eq!(errors.0[0].field, "routes[0].path", "{bad:?}");
+            assert!(errors.0[0].message.contains("/api"), "{bad:?}: {errors}");
+        }
+        let long = format!("/{}", "a".repeat(MAX_ROUTE_PATH_LEN));
+        let text = format!("name = \"a\"\ncmd = \"x\"\n[[routes]]\npath = {long:?}");
+        assert!(Manifest::parse(&text, None).is_err());
+
+        let twice =
+            "name = \"a\"\ncmd = \"x\"\n[[routes]]\npath = \"/api\"\n[[routes]]\npath = \"/api/\"";
+        let errors = Manifest::parse(twice, None).unwrap_err();
+        assert_eq!(errors.0[0].field, "routes[1].path");
+        assert!(errors.0[0].message.contains("twice"), "{errors}");
+
+        let many: String = (0..=MAX_ROUTES)
+            .map(|i| format!("[[routes]]\npath = \"/p{i}\"\n"))
+            .collect();
+        let errors =
+            Manifest::parse(&format!("name = \"a\"\ncmd = \"x\"\n{many}"), None).unwrap_err();
+        assert_eq!(errors.0[0].field, "routes");
+
+        let typo = "name = \"a\"\ncmd = \"x\"\n[[routes]]\nprefix = \"/api\"";
+        assert!(
+            Manifest::parse(typo, None).is_err(),
+            "unknown keys are refused"
+        );
+    }
+
+    #[test]
+    fn a_manifest_without_routes_serialises_as_before() {
+        let manifest = Manifest::parse("name = \"web\"\ncmd = \"x\"", None).unwrap();
+        let json = serde_json::to_value(&manifest).unwrap();
+        assert!(json.get("routes").is_none(), "{json}");
+        let mut with_routes = manifest.clone();
+        with_routes.routes = vec![Route {
+            path: "/api".into(),
+        }];
+        let json = serde_json::to_string(&with_routes).unwrap();
+        let back: Manifest = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, with_routes);
     }
 
     #[test]

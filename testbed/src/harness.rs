@@ -18,7 +18,7 @@ use proto::api::{NodeStatus, NodesResponse};
 use tempfile::TempDir;
 use tokio::time::Instant;
 
-use crate::chaos::partition::AgentCgroups;
+use crate::cgroups::AgentCgroups;
 
 pub const GOSSIP_PORT: u16 = 7946;
 pub const API_PORT: u16 = 7070;

@@ -3,6 +3,8 @@
 //! - [`harness`]: starts real `stratus agent` processes on distinct loopback addresses,
 //!   kills (-9), stops (SIGTERM) and restarts them, and waits for conditions on what each
 //!   node reports through its API;
+//! - [`cgroups`]: a cgroup v2 per agent, which the harness starts agents in and partitions
+//!   match unbound sockets by;
 //! - [`sim`]: an in-process cluster of up to thousands of nodes on chitchat's in-memory
 //!   transport and tokio's paused clock, driving the same membership code as the agent;
 //! - [`chaos`]: continuous load through an ingress, nftables partitions, host and agent
@@ -17,6 +19,7 @@ pub mod bench;
 pub mod bench_failover;
 pub mod bench_ingress;
 pub mod bench_pingora;
+pub mod cgroups;
 pub mod chaos;
 pub mod harness;
 pub mod sim;

@@ -17,8 +17,9 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::process::Command;
 use std::time::Duration;
 
+use testbed::cgroups::AgentCgroups;
 use testbed::chaos::host::{DockerReplica, kill_host, routable_replicas};
-use testbed::chaos::partition::{AgentCgroups, Partition, table_exists};
+use testbed::chaos::partition::{Partition, table_exists};
 use testbed::chaos::{ChaosCluster, SETTLE};
 use testbed::harness::LocalCluster;
 use tokio::net::{TcpListener, TcpSocket, UdpSocket};

@@ -25,18 +25,15 @@
 
 use std::io::Write as _;
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use crate::cgroups::{AgentCgroups, CgroupError};
 use crate::harness::{API_PORT, GOSSIP_PORT};
 
 /// Tables of this process are `stratus_test_<pid>_<n>`.
 const TABLE_PREFIX: &str = "stratus_test_";
-/// Where nftables resolves cgroup v2 paths from (nft prefixes every path with it).
-const NFT_CGROUP_BASE: &str = "/sys/fs/cgroup";
-/// The folder of agents' cgroups, under the cgroup v2 root.
-const AGENTS_CGROUP: &str = "stratus_testbed";
 
 /// Packet marks of partitions are `0x5a7a____`; nothing else on a test host uses them.
 const MARK_BASE: u32 = 0x5a7a_0000;
@@ -51,77 +48,8 @@ pub enum PartitionError {
     Nft(String),
     #[error("a partition needs two non-empty groups with no address in common")]
     Groups,
-    #[error("no cgroup v2 hierarchy under {NFT_CGROUP_BASE}: {0}")]
-    NoCgroup2(String),
-    #[error("cgroup setup failed at {path}: {source}")]
-    Cgroup {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-}
-
-/// The cgroup v2 hierarchy, for putting agents in cgroups of their own.
-#[derive(Debug, Clone)]
-pub struct AgentCgroups {
-    /// Where cgroup2 is mounted, e.g. `/sys/fs/cgroup/unified` on a hybrid host.
-    mount: PathBuf,
-}
-
-impl AgentCgroups {
-    /// Finds the cgroup v2 mount, which must lie under `/sys/fs/cgroup` for nftables to
-    /// resolve paths in it.
-    pub fn detect() -> Result<AgentCgroups, PartitionError> {
-        let mounts = std::fs::read_to_string("/proc/self/mounts")
-            .map_err(|err| PartitionError::NoCgroup2(err.to_string()))?;
-        let mount = mounts
-            .lines()
-            .filter_map(|line| {
-                let mut fields = line.split_whitespace();
-                let (_, target, kind) = (fields.next()?, fields.next()?, fields.next()?);
-                (kind == "cgroup2").then(|| PathBuf::from(target))
-            })
-            .find(|target| target.starts_with(NFT_CGROUP_BASE))
-            .ok_or_else(|| PartitionError::NoCgroup2("no cgroup2 mount found".into()))?;
-        let cgroups = AgentCgroups { mount };
-        let parent = cgroups.mount.join(AGENTS_CGROUP);
-        std::fs::create_dir_all(&parent).map_err(|source| PartitionError::Cgroup {
-            path: parent.clone(),
-            source,
-        })?;
-        Ok(cgroups)
-    }
-
-    /// The cgroup of the agent on `ip` (created by [`AgentCgroups::create`]).
-    pub fn dir(&self, ip: Ipv4Addr) -> PathBuf {
-        self.mount.join(AGENTS_CGROUP).join(ip.to_string())
-    }
-
-    /// Creates the agent's cgroup and returns its `cgroup.procs`, where a process writes
-    /// its pid to move itself in.
-    pub fn create(&self, ip: Ipv4Addr) -> Result<PathBuf, PartitionError> {
-        let dir = self.dir(ip);
-        std::fs::create_dir_all(&dir).map_err(|source| PartitionError::Cgroup {
-            path: dir.clone(),
-            source,
-        })?;
-        Ok(dir.join("cgroup.procs"))
-    }
-
-    /// Removes the agent's cgroup; only possible once no process is left in it.
-    pub fn remove(&self, ip: Ipv4Addr) {
-        let _ = std::fs::remove_dir(self.dir(ip));
-    }
-
-    /// The path as nft wants it, and its depth below the cgroup v2 root.
-    fn nft_path(&self, ip: Ipv4Addr) -> Option<(String, usize)> {
-        let dir = self.dir(ip);
-        if !dir.is_dir() {
-            return None;
-        }
-        let below_base = dir.strip_prefix(NFT_CGROUP_BASE).ok()?;
-        let level = dir.strip_prefix(&self.mount).ok()?.components().count();
-        Some((below_base.display().to_string(), level))
-    }
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
 }
 
 /// Traffic between two groups of addresses is dropped while this lives.

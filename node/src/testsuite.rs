@@ -11,9 +11,13 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tokio::sync::oneshot;
+use proto::api::{NodeStatus, NodesResponse, ReplicaView};
+use proto::routes::RouteFeed;
+use proto::{ContainerHealth, ContainerState};
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::agent::{AgentError, Gossip, Listeners};
@@ -36,6 +40,11 @@ pub struct TestNode {
     pub api_addr: SocketAddr,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), AgentError>>>,
+    /// What it was started with, for [`TestCluster::restart_node`].
+    config: AgentConfig,
+    /// Whether it feeds routes to a receiver of the test's (such a node is not restarted:
+    /// the feed went with the agent that stopped).
+    feeds_routes: bool,
 }
 
 impl TestNode {
@@ -76,6 +85,35 @@ pub async fn cluster_for_test(n: usize) -> Result<TestCluster, String> {
 impl TestCluster {
     /// Starts one more agent, seeded with the first node.
     pub async fn add_node(&mut self) -> Result<usize, String> {
+        self.add_node_with(|_| {}).await
+    }
+
+    /// [`TestCluster::add_node`], with the agent's flags changed by `configure` after the
+    /// defaults are set (seeds, store, `no_workloads`, ...).
+    pub async fn add_node_with(
+        &mut self,
+        configure: impl FnOnce(&mut AgentArgs),
+    ) -> Result<usize, String> {
+        self.add_node_configured(configure, None).await
+    }
+
+    /// [`TestCluster::add_node_with`], the agent also sending its route feed to the
+    /// returned receiver whenever the cluster or the catalog changes: what the binary hands
+    /// the embedded ingress, so a test can build an ingress from one agent's routes.
+    pub async fn add_node_with_routes(
+        &mut self,
+        configure: impl FnOnce(&mut AgentArgs),
+    ) -> Result<(usize, watch::Receiver<Option<RouteFeed>>), String> {
+        let (routes_tx, routes_rx) = watch::channel(None);
+        let index = self.add_node_configured(configure, Some(routes_tx)).await?;
+        Ok((index, routes_rx))
+    }
+
+    async fn add_node_configured(
+        &mut self,
+        configure: impl FnOnce(&mut AgentArgs),
+        routes: Option<watch::Sender<Option<RouteFeed>>>,
+    ) -> Result<usize, String> {
         let index = self.nodes.len();
         let node_id = format!("node-{index}");
         let gossip_addr: SocketAddr = ([127, 0, 0, 1], 17_000 + index as u16).into();
@@ -104,9 +142,31 @@ impl TestCluster {
             port_range: Some(format!("{}-{}", ports.0, ports.1)),
             ..AgentArgs::default()
         };
+        let mut args = args;
+        configure(&mut args);
+        let gossip_addr = args.gossip_addr.unwrap_or(gossip_addr);
         let config = AgentConfig::resolve(args).map_err(|err| err.to_string())?;
-        self.start(index, node_id, gossip_addr, config).await?;
+        self.start(index, node_id, gossip_addr, config, routes)
+            .await?;
         Ok(index)
+    }
+
+    /// Starts node `index` again, after [`TestCluster::stop_node`], with its config and
+    /// data dir (so its catalog too): a new generation of the same node.
+    pub async fn restart_node(&mut self, index: usize) -> Result<(), String> {
+        let node = &self.nodes[index];
+        if node.is_running() {
+            return Err(format!("{} is still running: stop it first", node.node_id));
+        }
+        if node.feeds_routes {
+            return Err(format!(
+                "{} fed routes to the test, which went with it",
+                node.node_id
+            ));
+        }
+        let (node_id, gossip_addr, config) =
+            (node.node_id.clone(), node.gossip_addr, node.config.clone());
+        self.start(index, node_id, gossip_addr, config, None).await
     }
 
     async fn start(
@@ -115,6 +175,7 @@ impl TestCluster {
         node_id: String,
         gossip_addr: SocketAddr,
         config: AgentConfig,
+        routes: Option<watch::Sender<Option<RouteFeed>>>,
     ) -> Result<(), String> {
         let api = tokio::net::TcpListener::bind(("127.0.0.1", 0))
             .await
@@ -124,13 +185,15 @@ impl TestCluster {
             .map_err(|err| format!("no local address: {err}"))?;
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
         let gossip = Gossip::in_memory(self.transport.clone());
-        let task = tokio::spawn(crate::agent::run(
-            config,
+        let feeds_routes = routes.is_some();
+        let task = tokio::spawn(crate::agent::run_with_routes(
+            config.clone(),
             Listeners { api },
             gossip,
             async move {
                 let _ = shutdown_rx.await;
             },
+            routes,
         ));
         let node = TestNode {
             node_id,
@@ -138,6 +201,8 @@ impl TestCluster {
             api_addr,
             shutdown: Some(shutdown_tx),
             task: Some(task),
+            config,
+            feeds_routes,
         };
         if index < self.nodes.len() {
             self.nodes[index] = node;
@@ -230,116 +295,390 @@ where
     }
 }
 
-/// What [`TestCluster::run`] can do, one step at a time.
+/// Where the repository's `examples/` live (the hello app, ...).
+pub fn examples_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
+}
+
+/// `dir` packed as a bundle, as `stratus deploy` sends it.
+pub fn bundle_for_test(dir: &Path) -> Result<tempfile::NamedTempFile, String> {
+    let mut bundle =
+        tempfile::NamedTempFile::new().map_err(|err| format!("no temp file: {err}"))?;
+    crate::bundle::pack_dir(dir, bundle.as_file_mut())
+        .map_err(|err| format!("cannot pack {}: {err}", dir.display()))?;
+    Ok(bundle)
+}
+
+/// `examples/hello` under `root/name` as the app `name`, with `replicas` replicas of `cpu`
+/// cores and 32 MiB each, answering "hi from ...", healthy once `/` answers.
+pub fn hello_app_for_test(
+    root: &Path,
+    name: &str,
+    replicas: u32,
+    cpu: f64,
+) -> Result<PathBuf, String> {
+    let dir = root.join(name);
+    let io = |err: std::io::Error| format!("cannot write {}: {err}", dir.display());
+    std::fs::create_dir_all(&dir).map_err(io)?;
+    std::fs::copy(examples_dir().join("hello/start.sh"), dir.join("start.sh")).map_err(io)?;
+    std::fs::write(
+        dir.join("stratus.toml"),
+        format!(
+            "name = \"{name}\"\ncmd = \"sh start.sh\"\nreplicas = {replicas}\n\
+             [resources]\ncpu = {cpu}\nmemory = \"32MiB\"\n\
+             [env]\nGREETING = \"hi\"\n[health]\npath = \"/\"\ninterval = \"1s\"\n"
+        ),
+    )
+    .map_err(io)?;
+    Ok(dir)
+}
+
+/// The replicas of `release` of `app` that run and pass their health check, as the node
+/// behind `client` sees them (none when the app is unknown or the node does not answer).
+pub async fn healthy_replicas(client: &api::Client, app: &str, release: u64) -> Vec<ReplicaView> {
+    match client.app(app).await {
+        Ok(view) => view
+            .replicas
+            .into_iter()
+            .filter(|replica| {
+                replica.release == release
+                    && replica.state == ContainerState::Running
+                    && replica.health == ContainerHealth::Healthy
+            })
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// What a scenario can do, one step at a time, on any [`StepCluster`]: the in-process
+/// [`TestCluster`] here, real agent processes in the testbed (`testbed::scenario`). Nodes
+/// are named by their index, in the order they were added.
 pub enum Step {
     AddNode,
+    /// A graceful stop: the node announces that it leaves, and its agent must exit cleanly.
     StopNode(usize),
+    /// Kill -9: no goodbye. Only real processes can be killed so; the in-process cluster
+    /// fails this step.
+    KillNode(usize),
+    /// Starts a stopped or killed node again, with its data dir (a new generation).
+    RestartNode(usize),
     CutLink(usize, usize),
     HealLink(usize, usize),
     Isolate(usize),
     Rejoin(usize),
+    /// Cuts every link between the two groups, both ways.
+    Partition(Vec<usize>, Vec<usize>),
+    /// Heals what `Partition` with the same groups cut.
+    Heal(Vec<usize>, Vec<usize>),
     /// Waits until each node of `by` sees each (node, status) of `sees` (a node's view of
     /// itself is not checked).
     Expect {
         by: Vec<usize>,
-        sees: Vec<(usize, proto::api::NodeStatus)>,
+        sees: Vec<(usize, NodeStatus)>,
     },
+    /// Waits until each node of `by` sees exactly the nodes of `live` as live, no more.
+    ExpectLive {
+        by: Vec<usize>,
+        live: Vec<usize>,
+    },
+    /// Waits until every running node sees exactly the running nodes as live.
+    Converged,
+}
+
+/// Nodes are shown by index (`#2`, the third added), which every kind of cluster has;
+/// errors name them by node id.
+fn names(nodes: &[usize]) -> String {
+    let names: Vec<String> = nodes.iter().map(|i| format!("#{i}")).collect();
+    format!("[{}]", names.join(", "))
 }
 
 impl std::fmt::Display for Step {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Step::AddNode => write!(f, "add a node"),
-            Step::StopNode(i) => write!(f, "stop node-{i}"),
-            Step::CutLink(a, b) => write!(f, "cut node-{a} <-> node-{b}"),
-            Step::HealLink(a, b) => write!(f, "heal node-{a} <-> node-{b}"),
-            Step::Isolate(i) => write!(f, "isolate node-{i}"),
-            Step::Rejoin(i) => write!(f, "rejoin node-{i}"),
+            Step::StopNode(i) => write!(f, "stop #{i}"),
+            Step::KillNode(i) => write!(f, "kill -9 #{i}"),
+            Step::RestartNode(i) => write!(f, "restart #{i}"),
+            Step::CutLink(a, b) => write!(f, "cut #{a} <-> #{b}"),
+            Step::HealLink(a, b) => write!(f, "heal #{a} <-> #{b}"),
+            Step::Isolate(i) => write!(f, "isolate #{i}"),
+            Step::Rejoin(i) => write!(f, "rejoin #{i}"),
+            Step::Partition(a, b) => write!(f, "partition {} | {}", names(a), names(b)),
+            Step::Heal(a, b) => write!(f, "heal {} | {}", names(a), names(b)),
             Step::Expect { by, sees } => {
-                write!(f, "wait until nodes {by:?} see")?;
+                write!(f, "wait until {} see", names(by))?;
                 for (i, status) in sees {
-                    write!(f, " node-{i}={status:?}")?;
+                    write!(f, " #{i}={status:?}")?;
                 }
                 Ok(())
             }
+            Step::ExpectLive { by, live } => {
+                write!(
+                    f,
+                    "wait until {} see exactly {} live",
+                    names(by),
+                    names(live)
+                )
+            }
+            Step::Converged => write!(f, "wait until every running node sees the others live"),
         }
     }
 }
 
-/// How long a waiting step may take.
+/// Five nodes split 2|3 and healed: each side sees exactly itself live, then every node
+/// sees every node live again. Runs on the in-process cluster and on real agents alike.
+pub fn split_2_3_and_heal() -> Vec<Step> {
+    let (minority, majority) = (vec![3, 4], vec![0, 1, 2]);
+    vec![
+        Step::Converged,
+        Step::Partition(minority.clone(), majority.clone()),
+        Step::ExpectLive {
+            by: minority.clone(),
+            live: minority.clone(),
+        },
+        Step::ExpectLive {
+            by: majority.clone(),
+            live: majority.clone(),
+        },
+        Step::Heal(minority, majority),
+        Step::Converged,
+    ]
+}
+
+/// How long a waiting step may take on the in-process cluster.
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A cluster [`Step`]s can run on. Indices are the order nodes were added in.
+#[async_trait::async_trait]
+pub trait StepCluster: Send + Sync {
+    /// Nodes added so far, running or not.
+    fn node_count(&self) -> usize;
+    fn node_id(&self, index: usize) -> String;
+    /// A client of the node's API, with the user token.
+    fn client(&self, index: usize) -> api::Client;
+    fn is_running(&self, index: usize) -> bool;
+    async fn add_node(&mut self) -> Result<usize, String>;
+    /// Graceful: the node leaves, and its agent must exit without an error.
+    async fn stop_node(&mut self, index: usize) -> Result<(), String>;
+    /// Abrupt, with no goodbye; a cluster that cannot do it says why.
+    async fn kill_node(&mut self, index: usize) -> Result<(), String>;
+    async fn restart_node(&mut self, index: usize) -> Result<(), String>;
+    /// Cuts the nodes of `a` from those of `b`, both ways.
+    async fn cut(&mut self, a: &[usize], b: &[usize]) -> Result<(), String>;
+    /// Undoes [`StepCluster::cut`] of the same groups.
+    async fn heal(&mut self, a: &[usize], b: &[usize]) -> Result<(), String>;
+    /// How long a waiting step may take.
+    fn step_timeout(&self) -> Duration {
+        STEP_TIMEOUT
+    }
+    /// What a failed step adds to its error, e.g. the agents' last log lines.
+    fn diagnostics(&self) -> String {
+        String::new()
+    }
+}
+
+/// One step of a scenario on `C`: it says what it does, then does it. [`Step`] is one on
+/// every [`StepCluster`]; the testbed's chaos steps are another.
+#[async_trait::async_trait]
+pub trait Perform<C: ?Sized + Send>: std::fmt::Display + Send {
+    async fn perform(self, on: &mut C) -> Result<(), String>;
+}
+
+/// Runs `steps` in order, printing each and how long it took; the error names the step
+/// that failed.
+pub async fn run_script<C, S>(on: &mut C, steps: Vec<S>) -> Result<(), String>
+where
+    C: ?Sized + Send,
+    S: Perform<C>,
+{
+    for (number, step) in steps.into_iter().enumerate() {
+        let label = format!("step {} ({step})", number + 1);
+        println!("{label}");
+        let started = tokio::time::Instant::now();
+        step.perform(on)
+            .await
+            .map_err(|err| format!("{label} failed: {err}"))?;
+        println!("  done in {:.2} s", started.elapsed().as_secs_f64());
+    }
+    Ok(())
+}
+
+#[async_trait::async_trait]
+impl<C: StepCluster + ?Sized> Perform<C> for Step {
+    async fn perform(self, cluster: &mut C) -> Result<(), String> {
+        let outcome = match self {
+            Step::AddNode => cluster.add_node().await.map(|_| ()),
+            Step::StopNode(i) => cluster.stop_node(i).await,
+            Step::KillNode(i) => cluster.kill_node(i).await,
+            Step::RestartNode(i) => cluster.restart_node(i).await,
+            Step::CutLink(a, b) => cluster.cut(&[a], &[b]).await,
+            Step::HealLink(a, b) => cluster.heal(&[a], &[b]).await,
+            Step::Isolate(i) => {
+                let others = others(cluster, i);
+                cluster.cut(&[i], &others).await
+            }
+            Step::Rejoin(i) => {
+                let others = others(cluster, i);
+                cluster.heal(&[i], &others).await
+            }
+            Step::Partition(a, b) => cluster.cut(&a, &b).await,
+            Step::Heal(a, b) => cluster.heal(&a, &b).await,
+            Step::Expect { by, sees } => expect(cluster, &by, &sees).await,
+            Step::ExpectLive { by, live } => expect_live(cluster, &by, &live).await,
+            Step::Converged => {
+                let running: Vec<usize> = (0..cluster.node_count())
+                    .filter(|i| cluster.is_running(*i))
+                    .collect();
+                expect_live(cluster, &running, &running).await
+            }
+        };
+        outcome.map_err(|err| {
+            let diagnostics = cluster.diagnostics();
+            if diagnostics.is_empty() {
+                err
+            } else {
+                format!("{err}\n{diagnostics}")
+            }
+        })
+    }
+}
+
+fn others<C: StepCluster + ?Sized>(cluster: &C, index: usize) -> Vec<usize> {
+    (0..cluster.node_count()).filter(|i| *i != index).collect()
+}
+
+/// Every node of `by`'s view, through its API.
+async fn views<C: StepCluster + ?Sized>(
+    cluster: &C,
+    by: &[usize],
+) -> Result<Vec<(String, NodesResponse)>, String> {
+    let mut views = Vec::new();
+    for index in by {
+        let observer = cluster.node_id(*index);
+        let view = cluster
+            .client(*index)
+            .nodes()
+            .await
+            .map_err(|err| format!("{observer} does not answer: {err}"))?;
+        views.push((observer, view));
+    }
+    Ok(views)
+}
+
+async fn expect<C: StepCluster + ?Sized>(
+    cluster: &C,
+    by: &[usize],
+    expected: &[(usize, NodeStatus)],
+) -> Result<(), String> {
+    let expected: Vec<(String, NodeStatus)> = expected
+        .iter()
+        .map(|(i, status)| (cluster.node_id(*i), *status))
+        .collect();
+    wait_for(cluster.step_timeout(), || async {
+        for (observer, view) in views(cluster, by).await? {
+            for (node_id, status) in &expected {
+                if &observer == node_id {
+                    continue;
+                }
+                let seen = view
+                    .nodes
+                    .iter()
+                    .find(|node| &node.node_id == node_id)
+                    .map(|node| node.status);
+                if seen != Some(*status) {
+                    return Err(format!("{observer} sees {node_id} as {seen:?}"));
+                }
+            }
+        }
+        Ok(())
+    })
+    .await
+}
+
+async fn expect_live<C: StepCluster + ?Sized>(
+    cluster: &C,
+    by: &[usize],
+    live: &[usize],
+) -> Result<(), String> {
+    let mut expected: Vec<String> = live.iter().map(|i| cluster.node_id(*i)).collect();
+    expected.sort_unstable();
+    wait_for(cluster.step_timeout(), || async {
+        for (observer, view) in views(cluster, by).await? {
+            let mut seen: Vec<String> = view
+                .nodes
+                .iter()
+                .filter(|node| node.status == NodeStatus::Live)
+                .map(|node| node.node_id.clone())
+                .collect();
+            seen.sort_unstable();
+            if seen != expected {
+                return Err(format!("{observer} sees {seen:?} live, not {expected:?}"));
+            }
+        }
+        Ok(())
+    })
+    .await
+}
 
 impl TestCluster {
     /// Runs `steps` in order, printing each; the error names the step that failed.
     pub async fn run(&mut self, steps: Vec<Step>) -> Result<(), String> {
-        for (number, step) in steps.into_iter().enumerate() {
-            println!("step {}: {step}", number + 1);
-            let label = format!("step {} ({step})", number + 1);
-            let outcome = match step {
-                Step::AddNode => self.add_node().await.map(|_| ()),
-                Step::StopNode(i) => self.stop_node(i).await,
-                Step::CutLink(a, b) => {
-                    self.cut_link(a, b).await;
-                    Ok(())
-                }
-                Step::HealLink(a, b) => {
-                    self.heal_link(a, b).await;
-                    Ok(())
-                }
-                Step::Isolate(i) => {
-                    self.isolate(i).await;
-                    Ok(())
-                }
-                Step::Rejoin(i) => {
-                    self.rejoin(i).await;
-                    Ok(())
-                }
-                Step::Expect { by, sees } => self.expect(&by, &sees).await,
-            };
-            outcome.map_err(|err| format!("{label} failed: {err}"))?;
+        run_script(self, steps).await
+    }
+}
+
+#[async_trait::async_trait]
+impl StepCluster for TestCluster {
+    fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    fn node_id(&self, index: usize) -> String {
+        self.nodes[index].node_id.clone()
+    }
+
+    fn client(&self, index: usize) -> api::Client {
+        self.nodes[index].client()
+    }
+
+    fn is_running(&self, index: usize) -> bool {
+        self.nodes[index].is_running()
+    }
+
+    async fn add_node(&mut self) -> Result<usize, String> {
+        TestCluster::add_node(self).await
+    }
+
+    async fn stop_node(&mut self, index: usize) -> Result<(), String> {
+        TestCluster::stop_node(self, index).await
+    }
+
+    async fn kill_node(&mut self, index: usize) -> Result<(), String> {
+        Err(format!(
+            "node-{index} is a task of this process: kill -9 needs the process testbed"
+        ))
+    }
+
+    async fn restart_node(&mut self, index: usize) -> Result<(), String> {
+        TestCluster::restart_node(self, index).await
+    }
+
+    /// Gossip only: the agents' HTTP calls to each other still get through.
+    async fn cut(&mut self, a: &[usize], b: &[usize]) -> Result<(), String> {
+        for x in a {
+            for y in b {
+                self.cut_link(*x, *y).await;
+            }
         }
         Ok(())
     }
 
-    async fn expect(
-        &self,
-        by: &[usize],
-        expected: &[(usize, proto::api::NodeStatus)],
-    ) -> Result<(), String> {
-        let observers: Vec<(String, api::Client)> = by
-            .iter()
-            .map(|i| (self.nodes[*i].node_id.clone(), self.nodes[*i].client()))
-            .collect();
-        let expected: Vec<(String, proto::api::NodeStatus)> = expected
-            .iter()
-            .map(|(i, status)| (self.nodes[*i].node_id.clone(), *status))
-            .collect();
-        wait_for(STEP_TIMEOUT, || {
-            let observers = &observers;
-            let expected = &expected;
-            async move {
-                for (observer, client) in observers {
-                    let view = client
-                        .nodes()
-                        .await
-                        .map_err(|err| format!("{observer} does not answer: {err}"))?;
-                    for (node_id, status) in expected {
-                        let seen = view
-                            .nodes
-                            .iter()
-                            .find(|node| &node.node_id == node_id)
-                            .map(|node| node.status);
-                        if observer == node_id {
-                            continue;
-                        }
-                        if seen != Some(*status) {
-                            return Err(format!("{observer} sees {node_id} as {seen:?}"));
-                        }
-                    }
-                }
-                Ok(())
+    async fn heal(&mut self, a: &[usize], b: &[usize]) -> Result<(), String> {
+        for x in a {
+            for y in b {
+                self.heal_link(*x, *y).await;
             }
-        })
-        .await
+        }
+        Ok(())
     }
 }

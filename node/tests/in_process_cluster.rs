@@ -1,12 +1,13 @@
-//! Agents in one process (`node::testsuite`): membership, partitions, graceful leave and a
-//! deploy end to end, with real HTTP between the agents and real replicas (the process
-//! runtime and busybox httpd, as `examples/hello` uses), but no processes to spawn and no
-//! UDP. What needs kill -9, nftables or Docker stays in the testbed.
+//! Agents in one process (`node::testsuite`): membership, partitions, graceful leave, seeds
+//! given by name and a deploy end to end, with real HTTP between the agents and real
+//! replicas (the process runtime and busybox httpd, as `examples/hello` uses), but no
+//! processes to spawn and no UDP. What needs kill -9, nftables or Docker stays in the
+//! testbed.
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
 use std::time::Duration;
 
-use node::testsuite::{Step, cluster_for_test, wait_for};
+use node::testsuite::{Step, cluster_for_test, split_2_3_and_heal, wait_for};
 use proto::api::NodeStatus::{Dead, Left, Live};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -44,6 +45,72 @@ async fn five_agents_converge_and_a_partitioned_node_is_dead_then_back() {
         },
     ];
     cluster.run(steps).await.unwrap();
+    cluster.shutdown().await.unwrap();
+}
+
+/// A step that cannot be taken stops the scenario, and the error names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_step_stops_the_scenario_and_is_named() {
+    let mut cluster = cluster_for_test(1).await.unwrap();
+    let err = cluster
+        .run(vec![Step::Converged, Step::KillNode(0), Step::AddNode])
+        .await
+        .unwrap_err();
+    assert!(
+        err.starts_with("step 2 (kill -9 #0) failed: node-0 is a task of this process"),
+        "{err}"
+    );
+    assert_eq!(cluster.nodes.len(), 1, "the step after the failure ran");
+    cluster.shutdown().await.unwrap();
+}
+
+/// The same steps as the testbed's `a_partition_between_real_agents_splits_their_views_until_healed`
+/// (there the cut is nftables on real agents; here it is gossip links).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_2_3_split_shows_each_side_only_itself_live_until_healed() {
+    let mut cluster = cluster_for_test(5).await.unwrap();
+    cluster.run(split_2_3_and_heal()).await.unwrap();
+    cluster.shutdown().await.unwrap();
+}
+
+/// Moved from `testbed/tests/cluster.rs` (which sent SIGTERM; the binary's SIGTERM path is
+/// still exercised by the testbed's chaos suite, which stops whole clusters that way).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_agent_leaves_gracefully_and_peers_learn_at_once() {
+    let mut cluster = cluster_for_test(3).await.unwrap();
+    cluster
+        .run(vec![
+            Step::Converged,
+            // Fails unless the agent exits without an error.
+            Step::StopNode(2),
+            Step::Expect {
+                by: vec![0, 1],
+                sees: vec![(2, Left)],
+            },
+        ])
+        .await
+        .unwrap();
+    cluster.shutdown().await.unwrap();
+}
+
+/// Moved from `testbed/tests/dns_seeds.rs`: a seed given as a DNS name is resolved (the
+/// hosts file, through hickory) and dialed. node-0 gossips at 127.0.0.1:17000, which is
+/// what `localhost:17000` resolves to; the joiner has no other seed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_joins_through_a_seed_given_by_name() {
+    let mut cluster = cluster_for_test(1).await.unwrap();
+    assert_eq!(cluster.node(0).gossip_addr.to_string(), "127.0.0.1:17000");
+    cluster
+        .add_node_with(|args| args.seeds = Some(vec!["localhost:17000".to_string()]))
+        .await
+        .unwrap();
+    cluster
+        .run(vec![Step::Expect {
+            by: vec![0],
+            sees: vec![(1, Live)],
+        }])
+        .await
+        .unwrap();
     cluster.shutdown().await.unwrap();
 }
 

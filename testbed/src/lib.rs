@@ -9,6 +9,8 @@
 //!   transport and tokio's paused clock, driving the same membership code as the agent;
 //! - [`chaos`]: continuous load through an ingress, nftables partitions, host and agent
 //!   loss, and the cluster every chaos scenario starts from;
+//! - [`scenario`]: scenarios as lists of steps on real agents (the in-process cluster's
+//!   vocabulary, `node::testsuite::Step`) and on the chaos stage ([`scenario::ChaosStep`]);
 //! - [`bench`]: the figures printed by `testbed bench ...` ([`bench_failover`]: kill -9 of a
 //!   host → traffic off it, replacements healthy);
 //! - [`bench_ingress`]: `testbed bench ingress`, the ingress against nginx and HAProxy.
@@ -22,4 +24,5 @@ pub mod bench_pingora;
 pub mod cgroups;
 pub mod chaos;
 pub mod harness;
+pub mod scenario;
 pub mod sim;

@@ -1,7 +1,8 @@
 //! The chaos suite (issue 5): real agents, real Docker, an app of 3 replicas on 5 agents,
 //! continuous traffic through an ingress member, and something breaks. Each scenario is a
-//! script of steps, asserts the outcome and prints its timings (never asserted: figures
-//! come from `testbed bench failover`).
+//! list of steps (`testbed::scenario`): the runner prints every step with how long it took
+//! (figures, never asserted: those come from `testbed bench failover`), and a failure names
+//! the step it stopped at.
 //!
 //! Scenarios 1 (host loss, and the host coming back), 2 (agent loss only), 3 (partition
 //! 2|3, with and without a deploy on the majority), 5 (stop all, start all: at once and one
@@ -12,19 +13,18 @@
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
-use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::Command;
 use std::time::Duration;
 
+use node::testsuite::{Step, split_2_3_and_heal};
 use testbed::cgroups::AgentCgroups;
-use testbed::chaos::host::{DockerReplica, kill_host, routable_replicas};
+use testbed::chaos::ChaosCluster;
 use testbed::chaos::partition::{Partition, table_exists};
-use testbed::chaos::{ChaosCluster, SETTLE};
 use testbed::harness::LocalCluster;
+use testbed::scenario::{ChaosRun, ChaosStep, run_on_agents};
 use tokio::net::{TcpListener, TcpSocket, UdpSocket};
 use tokio::sync::Mutex;
-use tokio::time::Instant;
 
 static SERIAL: Mutex<()> = Mutex::const_new(());
 
@@ -193,164 +193,68 @@ async fn a_partition_cuts_udp_and_tcp_between_the_groups_and_nothing_else_and_al
     cgroups.remove(b);
 }
 
-fn nodes_of(replicas: &[proto::api::ReplicaView]) -> BTreeSet<String> {
-    replicas.iter().map(|r| r.node_id.clone()).collect()
-}
+/// Traffic before anything breaks, so the record shows what changed.
+const WARM_UP: Duration = Duration::from_secs(2);
 
-/// Exactly `count` running containers, and as many routable replicas, held for 5 s (long
-/// enough for a duplicate or a missing replica to show up in either). Fails with both
-/// lists.
-async fn assert_exactly(chaos: &ChaosCluster, count: usize) {
-    let start = Instant::now();
-    let mut held_since: Option<Instant> = None;
-    loop {
-        let routable = chaos.routable().await;
-        let docker: Vec<DockerReplica> = chaos.docker_replicas().unwrap_or_default();
-        if routable.len() == count && docker.len() == count {
-            let since = *held_since.get_or_insert_with(Instant::now);
-            if since.elapsed() >= Duration::from_secs(5) {
-                return;
-            }
-        } else {
-            held_since = None;
-        }
-        if start.elapsed() > SETTLE {
-            let routable: Vec<String> = routable
-                .iter()
-                .map(|r| format!("{} r{}/{}", r.node_id, r.release, r.replica))
-                .collect();
-            let docker: Vec<String> = docker
-                .iter()
-                .map(|d| format!("{} {}", d.node, d.placement))
-                .collect();
-            panic!(
-                "not exactly {count} replicas after {SETTLE:?}: routable {routable:?}, \
-                 running containers {docker:?}\n{}",
-                chaos.cluster.logs_tail(15)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// Kills a host that runs a replica of `chaos.app` (agent and containers) under load and
-/// waits until 3 replicas are healthy on the other nodes; prints what the traffic saw.
-/// Returns the dead host's index.
-async fn lose_a_host(chaos: &mut ChaosCluster, load: &testbed::chaos::load::Load) -> usize {
-    let victim = chaos.routable().await[0].node_id.clone();
-    let index = chaos.index_of(&victim).unwrap();
-    load.mark("kill");
-    let killed_at = Instant::now();
-    let killed = kill_host(&mut chaos.cluster, index).unwrap();
-    assert!(!killed.containers.is_empty(), "{victim} ran no container");
-
-    let witness = chaos.witness();
-    let route_gone = chaos
-        .cluster
-        .wait_for(
-            "the dead host's replicas out of the ingress's view",
-            SETTLE,
-            || async {
-                testbed::chaos::host::all_replicas(&witness, &chaos.app)
-                    .await
-                    .iter()
-                    .all(|r| r.node_id != victim)
-            },
-        )
-        .await
-        .unwrap();
-    chaos
-        .wait_for_replicas("3 healthy replicas on the other nodes", |replicas| {
-            replicas.len() == 3 && replicas.iter().all(|r| r.node_id != victim)
-        })
-        .await
-        .unwrap();
-    let healthy = killed_at.elapsed();
-    load.mark("replaced");
-    println!(
-        "host loss of {victim}: its replicas out of the ingress's view after {:.2} s, \
-         replacements healthy after {:.2} s",
-        route_gone.as_secs_f64(),
-        healthy.as_secs_f64(),
-    );
-    index
-}
-
-/// What the traffic saw between the kill and the replacement.
-fn print_host_loss(report: &testbed::chaos::load::LoadReport, victim: &str) {
-    print!("{report}");
-    let kill = report.mark("kill").unwrap();
-    let failed = report.failures_between(kill, report.mark("replaced").unwrap());
-    println!(
-        "traffic: last answer from {victim} {}; {} requests failed between the kill and the replacement{}",
-        report
-            .last_answer_from(victim, kill)
-            .map_or("before the kill".to_string(), |at| format!(
-                "{:.2} s after the kill",
-                (at - kill).as_secs_f64()
-            )),
-        failed.len(),
-        failed
-            .first()
-            .zip(failed.last())
-            .map_or(String::new(), |(first, last)| format!(
-                " ({} to {})",
-                report.relative(first.at),
-                report.relative(last.at)
-            )),
-    );
+/// Losing a host that runs a replica (agent and containers), under load, until 3 replicas
+/// are healthy on the other nodes; `victim` names it.
+fn lose_a_host() -> Vec<ChaosStep> {
+    use ChaosStep::*;
+    vec![
+        PickReplicaHost("victim"),
+        Mark("kill"),
+        KillHost("victim"),
+        ExpectNoReplicaOn("victim"),
+        ExpectRoutable {
+            count: 3,
+            off: Some("victim"),
+            last_release: false,
+        },
+        Mark("replaced"),
+    ]
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn host_loss_brings_the_replica_count_back_to_three_on_the_other_nodes() {
+    use ChaosStep::*;
     let _serial = SERIAL.lock().await;
-    let mut chaos = ChaosCluster::start(41, "chaos-host", 5, 3).await.unwrap();
-    let load = chaos.load().unwrap();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-
-    let index = lose_a_host(&mut chaos, &load).await;
-    let victim = chaos.cluster.agents[index].node_id.clone();
-    // Exactly 3, not more: in every view and in Docker, held for a while.
-    assert_exactly(&chaos, 3).await;
-    for agent in chaos.cluster.agents.iter().filter(|a| a.is_running()) {
-        let view = agent.client().app(&chaos.app).await.unwrap();
-        let replicas = routable_replicas(&agent.client(), &chaos.app).await;
-        assert_eq!(replicas.len(), 3, "{}: {view:?}", agent.node_id);
-        assert!(replicas.iter().all(|r| r.node_id != victim));
-    }
-    let report = load.stop().await;
-    print_host_loss(&report, &victim);
-    let replaced = report.mark("replaced").unwrap();
-    let served_after: BTreeSet<String> = report
-        .samples
-        .iter()
-        .filter(|s| s.at > replaced)
-        .filter_map(|s| s.backend().map(|b| b.node.clone()))
-        .collect();
-    assert!(
-        !served_after.is_empty() && !served_after.contains(&victim),
-        "after the replacement the traffic went to {served_after:?}"
-    );
+    let chaos = ChaosCluster::start(41, "chaos-host", 5, 3).await.unwrap();
+    let mut steps = vec![StartLoad, Traffic(WARM_UP)];
+    steps.extend(lose_a_host());
+    steps.extend([
+        // Exactly 3, not more: in every view and in Docker, held for a while.
+        ExpectExactly(3),
+        CheckEveryView {
+            count: 3,
+            off: Some("victim"),
+        },
+        StopLoad,
+        ReportHostLoss("victim"),
+        CheckServedAfterWithout {
+            mark: "replaced",
+            off: "victim",
+        },
+    ]);
+    ChaosRun::new(chaos).run(steps).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_lost_host_that_comes_back_leaves_exactly_three_replicas() {
+    use ChaosStep::*;
     let _serial = SERIAL.lock().await;
-    let mut chaos = ChaosCluster::start(44, "chaos-return", 5, 3).await.unwrap();
-    let load = chaos.load().unwrap();
-    let index = lose_a_host(&mut chaos, &load).await;
-    let victim = chaos.cluster.agents[index].node_id.clone();
-    // The host returns with its killed containers still on disk, as after a power loss.
-    load.mark("restart");
-    chaos.cluster.restart(index).unwrap();
-    chaos
-        .cluster
-        .wait_for("the host live again", SETTLE, || chaos.cluster.converged())
-        .await
-        .unwrap();
-    assert_exactly(&chaos, 3).await;
-    let report = load.stop().await;
-    print_host_loss(&report, &victim);
+    let chaos = ChaosCluster::start(44, "chaos-return", 5, 3).await.unwrap();
+    let mut steps = vec![StartLoad];
+    steps.extend(lose_a_host());
+    steps.extend([
+        // The host returns with its killed containers still on disk, as after a power loss.
+        Mark("restart"),
+        Restart("victim"),
+        Agents(Step::Converged),
+        ExpectExactly(3),
+        StopLoad,
+        ReportHostLoss("victim"),
+    ]);
+    ChaosRun::new(chaos).run(steps).await.unwrap();
 }
 
 /// Scenario 2: kill -9 of an agent alone; its containers keep running and answering. The
@@ -359,141 +263,68 @@ async fn a_lost_host_that_comes_back_leaves_exactly_three_replicas() {
 /// to a container it cannot reach).
 #[tokio::test(flavor = "multi_thread")]
 async fn agent_loss_only_then_restart_adopts_and_leaves_exactly_three_with_no_failed_request() {
+    use ChaosStep::*;
     let _serial = SERIAL.lock().await;
-    let mut chaos = ChaosCluster::start(44, "chaos-agent", 5, 3).await.unwrap();
-    let load = chaos.load().unwrap();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let victim = chaos.routable().await[0].node_id.clone();
-    let index = chaos.index_of(&victim).unwrap();
-    let running_before = chaos.docker_replicas().unwrap();
-    load.mark("kill agent");
-    let killed_at = Instant::now();
-    testbed::chaos::host::kill_agent_only(&mut chaos.cluster, index);
-    chaos
-        .wait_for_replicas("3 healthy replicas on the other nodes", |replicas| {
-            replicas.len() == 3 && replicas.iter().all(|r| r.node_id != victim)
-        })
-        .await
-        .unwrap();
-    let replaced = killed_at.elapsed();
-    load.mark("replaced");
-    // The orphaned container still runs next to its replacement.
-    let running = chaos.docker_replicas().unwrap();
-    assert!(
-        running.iter().any(|r| r.node == victim),
-        "the agent's containers should have outlived it: {running:?} (before: {running_before:?})"
-    );
-    load.mark("restart agent");
-    let restarting = Instant::now();
-    chaos.cluster.restart(index).unwrap();
-    chaos
-        .cluster
-        .wait_for("the agent live again", SETTLE, || chaos.cluster.converged())
-        .await
-        .unwrap();
-    assert_exactly(&chaos, 3).await;
-    let settled = restarting.elapsed();
-    let report = load.stop().await;
-    print!("{report}");
-    println!(
-        "agent loss of {victim}: replaced after {:.2} s; after its restart exactly 3 (held 5 s) after {:.2} s",
-        replaced.as_secs_f64(),
-        settled.as_secs_f64()
-    );
-    assert!(
-        report.failures().is_empty(),
-        "requests failed: the ingress routed to a container it could not reach"
-    );
+    let chaos = ChaosCluster::start(44, "chaos-agent", 5, 3).await.unwrap();
+    let steps = vec![
+        StartLoad,
+        Traffic(WARM_UP),
+        PickReplicaHost("victim"),
+        Mark("kill agent"),
+        KillAgentOnly("victim"),
+        ExpectRoutable {
+            count: 3,
+            off: Some("victim"),
+            last_release: false,
+        },
+        Mark("replaced"),
+        // The orphaned container still runs next to its replacement.
+        CheckContainerOutlived("victim"),
+        Mark("restart agent"),
+        Restart("victim"),
+        Agents(Step::Converged),
+        ExpectExactly(3),
+        StopLoad,
+        CheckNoFailedRequest,
+    ];
+    ChaosRun::new(chaos).run(steps).await.unwrap();
 }
 
 /// Scenario 5: every agent stops (SIGTERM: together, or one after the other), then they
 /// all start again: the app is served again with its last release and exactly 3 replicas.
 async fn stop_all_and_start_again(net: u8, app: &str, one_by_one: bool) {
-    let mut chaos = ChaosCluster::start(net, app, 5, 3).await.unwrap();
-    // A second release, so "the last release" is not simply the only one.
-    let last = chaos.deploy("second").await.unwrap();
-    chaos
-        .wait_for_replicas("the second release on 3 replicas", |replicas| {
-            replicas.len() == 3 && replicas.iter().all(|r| r.release == last)
-        })
-        .await
-        .unwrap();
-    assert_exactly(&chaos, 3).await;
-    let load = chaos.load().unwrap();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-
-    load.mark("stop all");
-    let stopping = Instant::now();
-    let statuses = if one_by_one {
-        (0..chaos.cluster.agents.len())
-            .map(|index| chaos.cluster.terminate(index).unwrap())
-            .collect()
-    } else {
-        chaos.cluster.terminate_all().unwrap()
-    };
-    assert!(
-        statuses.iter().all(|status| status.success()),
-        "{statuses:?}"
-    );
-    let stopped = stopping.elapsed();
-    load.mark("start all");
-    let starting = Instant::now();
-    for index in 0..chaos.cluster.agents.len() {
-        chaos.cluster.restart(index).unwrap();
-    }
-    chaos
-        .cluster
-        .wait_for("every agent live again", SETTLE, || {
-            chaos.cluster.converged()
-        })
-        .await
-        .unwrap();
-    let live = starting.elapsed();
-    chaos.wait_for_ingress().await.unwrap();
-    let serving = starting.elapsed();
-    load.mark("serving");
-    chaos
-        .wait_for_replicas("3 replicas of the last release", |replicas| {
-            replicas.len() == 3 && replicas.iter().all(|r| r.release == last)
-        })
-        .await
-        .unwrap();
-    assert_exactly(&chaos, 3).await;
-    let report = load.stop().await;
-    print!("{report}");
-    println!(
-        "stop all (SIGTERM): {:.2} s; start all: every agent live after {:.2} s, \
-         serving through the ingress after {:.2} s",
-        stopped.as_secs_f64(),
-        live.as_secs_f64(),
-        serving.as_secs_f64()
-    );
-
-    for agent in &chaos.cluster.agents {
-        let view = agent.client().app(&chaos.app).await.unwrap();
-        assert_eq!(
-            view.release.map(|r| r.number),
-            Some(last),
-            "{}",
-            agent.node_id
-        );
-        assert_eq!(
-            view.releases,
-            vec![chaos.release, last],
-            "{}",
-            agent.node_id
-        );
-    }
-    // Once serving again, only the last release answers.
-    let serving_at = report.mark("serving").unwrap();
-    let stale: Vec<_> = report
-        .samples
-        .iter()
-        .filter(|s| s.at > serving_at)
-        .filter_map(|s| s.backend())
-        .filter(|backend| backend.release != last)
-        .collect();
-    assert!(stale.is_empty(), "an old release answered: {stale:?}");
+    use ChaosStep::*;
+    let chaos = ChaosCluster::start(net, app, 5, 3).await.unwrap();
+    let steps = vec![
+        // A second release, so "the last release" is not simply the only one.
+        Deploy("second"),
+        ExpectRoutable {
+            count: 3,
+            off: None,
+            last_release: true,
+        },
+        ExpectExactly(3),
+        StartLoad,
+        Traffic(WARM_UP),
+        Mark("stop all"),
+        StopAll { one_by_one },
+        Mark("start all"),
+        StartAll,
+        Agents(Step::Converged),
+        ExpectIngress,
+        Mark("serving"),
+        ExpectRoutable {
+            count: 3,
+            off: None,
+            last_release: true,
+        },
+        ExpectExactly(3),
+        StopLoad,
+        CheckReleasesEverywhere { routable: None },
+        // Once serving again, only the last release answers.
+        CheckOnlyLastReleaseAfter("serving"),
+    ];
+    ChaosRun::new(chaos).run(steps).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -515,97 +346,43 @@ async fn stopping_every_agent_one_by_one_and_starting_them_again_serves_the_last
 /// meanwhile; then the partition heals: exactly 3 replicas of the current release remain,
 /// and every node has every release.
 async fn partition_2_3(net: u8, app: &str, deploy_during: bool) {
+    use ChaosStep::*;
     let chaos = ChaosCluster::start(net, app, 5, 3).await.unwrap();
-    assert!(
-        chaos.cgroups,
-        "partitions need agents in cgroups of their own"
-    );
-    let load = chaos.load().unwrap();
-
     // The minority holds one replica and one node without; the majority the other two
     // replicas, the rest, and the ingress member.
-    let replica_nodes = nodes_of(&chaos.routable().await);
-    let with = chaos.index_of(replica_nodes.first().unwrap()).unwrap();
-    let without = chaos
-        .workers()
-        .find(|index| !replica_nodes.contains(&chaos.cluster.agents[*index].node_id))
-        .unwrap();
-    let minority = [with, without];
-    let majority: Vec<usize> = (0..chaos.cluster.agents.len())
-        .filter(|index| !minority.contains(index))
-        .collect();
-    let ips = |indices: &[usize]| indices.iter().map(|i| chaos.ip(*i)).collect::<Vec<_>>();
-    let minority_client = chaos.cluster.agents[with].client();
-    let majority_client = chaos.witness();
-    let minority_ids: BTreeSet<String> = minority
-        .iter()
-        .map(|i| chaos.cluster.agents[*i].node_id.clone())
-        .collect();
-
-    load.mark("partition");
-    let cut = Instant::now();
-    let partition = Partition::new(&ips(&minority), &ips(&majority)).unwrap();
-    // Both sides act: each runs 3 replicas of its own.
-    chaos
-        .cluster
-        .wait_for("3 replicas on each side", SETTLE, || async {
-            let small = routable_replicas(&minority_client, &chaos.app).await;
-            let large = routable_replicas(&majority_client, &chaos.app).await;
-            small.len() == 3
-                && nodes_of(&small).is_subset(&minority_ids)
-                && large.len() == 3
-                && nodes_of(&large).is_disjoint(&minority_ids)
-        })
-        .await
-        .unwrap();
-    let both_sides = cut.elapsed();
-    let mut releases = vec![chaos.release];
+    let mut steps = vec![
+        StartLoad,
+        PickReplicaHost("with"),
+        PickWorkerWithoutReplica("without"),
+        Mark("partition"),
+        PartitionOff(vec!["with", "without"]),
+        // Both sides act: each runs 3 replicas of its own.
+        ExpectEachSide {
+            side: vec!["with", "without"],
+            count: 3,
+        },
+    ];
     if deploy_during {
         // The majority ships a release while cut off from the minority.
-        let second = chaos.deploy("during-partition").await.unwrap();
-        chaos
-            .wait_for_replicas("the new release on the majority", |replicas| {
-                replicas.len() == 3 && replicas.iter().all(|r| r.release == second)
-            })
-            .await
-            .unwrap();
-        releases.push(second);
+        steps.extend([
+            Deploy("during-partition"),
+            ExpectRoutable {
+                count: 3,
+                off: None,
+                last_release: true,
+            },
+        ]);
     }
-    let current = *releases.last().unwrap();
-
-    load.mark("heal");
-    let healing = Instant::now();
-    partition.heal().unwrap();
-    chaos
-        .cluster
-        .wait_for("one cluster again", SETTLE, || chaos.cluster.converged())
-        .await
-        .unwrap();
-    assert_exactly(&chaos, 3).await;
-    let healed = healing.elapsed();
-    let report = load.stop().await;
-    print!("{report}");
-    println!(
-        "partition 2|3: both sides ran 3 replicas {:.2} s after the cut; \
-         exactly 3 again (held 5 s) {:.2} s after the heal",
-        both_sides.as_secs_f64(),
-        healed.as_secs_f64()
-    );
-
-    // Every node agrees on the current release and keeps every release.
-    for agent in &chaos.cluster.agents {
-        let view = agent.client().app(&chaos.app).await.unwrap();
-        assert_eq!(
-            view.release.map(|r| r.number),
-            Some(current),
-            "{}",
-            agent.node_id
-        );
-        assert_eq!(view.releases, releases, "{}", agent.node_id);
-        let replicas = routable_replicas(&agent.client(), &chaos.app).await;
-        assert_eq!(replicas.len(), 3, "{}: {replicas:?}", agent.node_id);
-        assert!(replicas.iter().all(|r| r.release == current));
-    }
+    steps.extend([
+        Mark("heal"),
+        Heal,
+        Agents(Step::Converged),
+        ExpectExactly(3),
+        StopLoad,
+        // Every node agrees on the current release and keeps every release.
+        CheckReleasesEverywhere { routable: Some(3) },
+    ]);
+    ChaosRun::new(chaos).run(steps).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -622,7 +399,9 @@ async fn a_partition_2_3_with_a_deploy_on_the_majority_heals_to_exactly_three_wi
 }
 
 /// The partition tool on real agents: gossip and API between the two sides are cut (each
-/// side sees the other dead), and after the heal every agent is live everywhere again.
+/// side sees exactly itself live), and after the heal every agent is live everywhere
+/// again. The same steps run on the in-process cluster
+/// (`node/tests/in_process_cluster.rs`).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_partition_between_real_agents_splits_their_views_until_healed() {
     let _serial = SERIAL.lock().await;
@@ -631,49 +410,7 @@ async fn a_partition_between_real_agents_splits_their_views_until_healed() {
     for _ in 0..5 {
         cluster.add_agent(None, Vec::new()).unwrap();
     }
-    cluster
-        .wait_for("5 live agents", SETTLE, || cluster.converged())
+    run_on_agents(&mut cluster, split_2_3_and_heal())
         .await
         .unwrap();
-    let (minority, majority) = ([3usize, 4], [0usize, 1, 2]);
-    let ips = |indices: &[usize]| {
-        indices
-            .iter()
-            .map(|i| cluster.agents[*i].ip)
-            .collect::<Vec<_>>()
-    };
-    let partition = Partition::new(&ips(&minority), &ips(&majority)).unwrap();
-    let split = cluster
-        .wait_for("each side to see the other dead", SETTLE, || async {
-            let Ok(views) = cluster.views().await else {
-                return false;
-            };
-            views.iter().all(|(index, view)| {
-                let mine = if minority.contains(index) {
-                    &minority[..]
-                } else {
-                    &majority[..]
-                };
-                let mut live = testbed::harness::live_ids(view);
-                live.sort_unstable();
-                let mut expected: Vec<&str> = mine
-                    .iter()
-                    .map(|i| cluster.agents[*i].node_id.as_str())
-                    .collect();
-                expected.sort_unstable();
-                live == expected
-            })
-        })
-        .await
-        .unwrap();
-    partition.heal().unwrap();
-    let joined = cluster
-        .wait_for("one cluster again", SETTLE, || cluster.converged())
-        .await
-        .unwrap();
-    println!(
-        "partition 2|3 of bare agents: split views after {:.2} s, one cluster {:.2} s after the heal",
-        split.as_secs_f64(),
-        joined.as_secs_f64()
-    );
 }

@@ -2,7 +2,9 @@
 //! (`testbed/tests/deploy_resilience.rs`): concurrent deploys never overcommit and a misfit
 //! fails with a reason, concurrent deploys of one app get distinct numbers and one winner,
 //! a crashing app fails the deploy with its last output, and the example runs with the
-//! process runtime. The CLI checks run the real `stratus` binary against an agent's API.
+//! process runtime; and from `testbed/tests/deploy_s3.rs`, a deploy whose bundles live in a
+//! real S3-protocol server (s3s-fs, started by `scripts/start-s3.sh`). The CLI checks run
+//! the real `stratus` binary against an agent's API.
 //!
 //! What needs kill -9 (the accepting node dying after the ack, the whole cluster going down)
 //! or Docker (adopting containers) stays in the testbed.
@@ -210,6 +212,73 @@ async fn concurrent_deploys_of_one_app_get_distinct_numbers_and_one_winner_every
     })
     .await
     .unwrap();
+    cluster.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_with_the_s3_store_keeps_the_bundle_in_the_bucket() {
+    const ENDPOINT: &str = "http://127.0.0.1:19000";
+    const ACCESS_KEY: &str = "stratus-test";
+    const SECRET_KEY: &str = "stratus-test-secret";
+    let status = tokio::process::Command::new("bash")
+        .arg(examples_dir().join("../scripts/start-s3.sh"))
+        .stdout(std::process::Stdio::null())
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success(), "cannot start the S3 server");
+    let bucket = format!("in-process-{}", std::process::id());
+    let mut cluster = cluster_for_test(0).await.unwrap();
+    for _ in 0..3 {
+        cluster
+            .add_node_with(|args| {
+                args.store = Some(format!("s3://{bucket}"));
+                args.s3_endpoint = Some(ENDPOINT.to_string());
+                args.s3_access_key = Some(ACCESS_KEY.to_string());
+                args.s3_secret_key = Some(SECRET_KEY.to_string());
+            })
+            .await
+            .unwrap();
+    }
+    cluster.run(vec![Step::Converged]).await.unwrap();
+
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("hello-s3");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(examples_dir().join("hello/start.sh"), dir.join("start.sh")).unwrap();
+    let manifest = std::fs::read_to_string(examples_dir().join("hello/stratus.toml"))
+        .unwrap()
+        .replace("name = \"hello\"", "name = \"hello-s3\"");
+    std::fs::write(dir.join("stratus.toml"), manifest).unwrap();
+    let bundle = bundle_for_test(&dir).unwrap();
+
+    let client = cluster.node(0).client();
+    let accepted = client
+        .deploy("hello-s3", bundle.path(), |_| {})
+        .await
+        .unwrap();
+    let s3 = node::bundle::S3Store::new(
+        node::bundle::S3Config::from_url(&format!("s3://{bucket}"))
+            .unwrap()
+            .with_endpoint(ENDPOINT)
+            .with_credentials(ACCESS_KEY, SECRET_KEY),
+    )
+    .unwrap();
+    assert!(
+        s3.has(&accepted.sha256).await.unwrap(),
+        "the bundle is not in the bucket"
+    );
+    wait_for(SETTLE, || async {
+        let healthy = healthy_replicas(&client, "hello-s3", accepted.release)
+            .await
+            .len();
+        (healthy == 2)
+            .then_some(())
+            .ok_or(format!("{healthy} of 2 replicas healthy"))
+    })
+    .await
+    .unwrap();
+    client.destroy("hello-s3").await.unwrap();
     cluster.shutdown().await.unwrap();
 }
 

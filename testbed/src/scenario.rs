@@ -170,6 +170,12 @@ pub enum ChaosStep {
     /// Deploys the app with a new greeting (hence a new release), through the ingress
     /// member.
     Deploy(&'static str),
+    /// Rolls back to the first release (a new release number, recorded as the last).
+    RollbackToFirst,
+    /// Scales the app to this many replicas.
+    Scale(u32),
+    /// Drains the named node (`stratus node drain`), or undrains it.
+    Drain { node: &'static str, draining: bool },
     /// Starts continuous traffic through the ingress.
     StartLoad,
     /// Lets the traffic run for this long before something breaks, so the record has a
@@ -196,6 +202,13 @@ pub enum ChaosStep {
     },
     /// Waits until a request through the ingress is answered by a replica.
     ExpectIngress,
+    /// Waits until Docker runs `count` containers of the app, none of the node `off`.
+    ExpectContainers {
+        count: usize,
+        off: Option<&'static str>,
+    },
+    /// Waits until the ingress member sees no node draining.
+    ExpectNoneDraining,
     /// Exactly `count` running containers and as many routable replicas, held for 5 s
     /// (long enough for a duplicate or a missing replica to show up in either).
     ExpectExactly(usize),
@@ -207,6 +220,10 @@ pub enum ChaosStep {
     /// Now, on every agent: the current release is the last deployed and every release
     /// is known; with `routable`, that many routable replicas, all of the last release.
     CheckReleasesEverywhere { routable: Option<usize> },
+    /// Now: the ingress member sees the named node draining.
+    CheckDraining(&'static str),
+    /// In the traffic's record: every release deployed (rollbacks included) answered.
+    CheckEveryReleaseServed,
     /// Now: Docker still runs a container of the named node's (its agent is gone).
     CheckContainerOutlived(&'static str),
     /// In the traffic's record: no request failed.
@@ -242,6 +259,16 @@ impl std::fmt::Display for ChaosStep {
             ChaosStep::PartitionOff(names) => write!(f, "partition {names:?} | the rest"),
             ChaosStep::Heal => write!(f, "heal the partition"),
             ChaosStep::Deploy(greeting) => write!(f, "deploy a release saying {greeting:?}"),
+            ChaosStep::RollbackToFirst => write!(f, "roll back to the first release"),
+            ChaosStep::Scale(replicas) => write!(f, "scale to {replicas} replicas"),
+            ChaosStep::Drain {
+                node,
+                draining: true,
+            } => write!(f, "drain {node}"),
+            ChaosStep::Drain {
+                node,
+                draining: false,
+            } => write!(f, "undrain {node}"),
             ChaosStep::StartLoad => write!(f, "start traffic through the ingress"),
             ChaosStep::Traffic(length) => write!(f, "let the traffic run for {length:?}"),
             ChaosStep::Mark(label) => write!(f, "mark {label:?}"),
@@ -270,6 +297,14 @@ impl std::fmt::Display for ChaosStep {
                 )
             }
             ChaosStep::ExpectIngress => write!(f, "wait until the app answers through the ingress"),
+            ChaosStep::ExpectContainers { count, off } => {
+                write!(f, "wait for {count} running containers")?;
+                if let Some(off) = off {
+                    write!(f, ", none on {off}")?;
+                }
+                Ok(())
+            }
+            ChaosStep::ExpectNoneDraining => write!(f, "wait until no node is seen draining"),
             ChaosStep::ExpectExactly(count) => {
                 write!(
                     f,
@@ -292,6 +327,10 @@ impl std::fmt::Display for ChaosStep {
                     write!(f, ", {count} routable of the last")?;
                 }
                 Ok(())
+            }
+            ChaosStep::CheckDraining(name) => write!(f, "check {name} is seen draining"),
+            ChaosStep::CheckEveryReleaseServed => {
+                write!(f, "check every release deployed answered requests")
             }
             ChaosStep::CheckContainerOutlived(name) => {
                 write!(f, "check a container of {name} still runs")
@@ -507,6 +546,34 @@ impl ChaosRun {
                 self.releases.push(release);
                 Ok(())
             }
+            ChaosStep::RollbackToFirst => {
+                let first = self.chaos.release;
+                let back = self
+                    .chaos
+                    .witness()
+                    .rollback(&self.chaos.app, Some(first))
+                    .await
+                    .map_err(|err| err.to_string())?;
+                println!("  release {}", back.release);
+                self.releases.push(back.release);
+                Ok(())
+            }
+            ChaosStep::Scale(replicas) => self
+                .chaos
+                .witness()
+                .scale(&self.chaos.app, replicas)
+                .await
+                .map(|_| ())
+                .map_err(|err| err.to_string()),
+            ChaosStep::Drain { node, draining } => {
+                let node_id = self.node_id(node)?;
+                self.chaos
+                    .witness()
+                    .drain(&node_id, draining)
+                    .await
+                    .map(|_| ())
+                    .map_err(|err| err.to_string())
+            }
             ChaosStep::StartLoad => {
                 self.load = Some(self.chaos.load().map_err(anyhow)?);
                 Ok(())
@@ -596,6 +663,35 @@ impl ChaosRun {
                 .await
                 .map(|_| ())
                 .map_err(anyhow),
+            ChaosStep::ExpectContainers { count, off } => {
+                let off = off.map(|name| self.node_id(name)).transpose()?;
+                let chaos = &self.chaos;
+                chaos
+                    .cluster
+                    .wait_for("the app's running containers", SETTLE, || async {
+                        chaos.docker_replicas().is_ok_and(|running| {
+                            running.len() == count
+                                && running.iter().all(|r| Some(&r.node) != off.as_ref())
+                        })
+                    })
+                    .await
+                    .map(|_| ())
+                    .map_err(anyhow)
+            }
+            ChaosStep::ExpectNoneDraining => {
+                let witness = self.chaos.witness();
+                self.chaos
+                    .cluster
+                    .wait_for("the undrain gossiped", SETTLE, || async {
+                        witness
+                            .nodes()
+                            .await
+                            .is_ok_and(|view| view.nodes.iter().all(|n| !n.draining))
+                    })
+                    .await
+                    .map(|_| ())
+                    .map_err(anyhow)
+            }
             ChaosStep::ExpectExactly(count) => self.expect_exactly(count).await,
             ChaosStep::CheckEveryView { count, off } => {
                 let off = off.map(|name| self.node_id(name)).transpose()?;
@@ -638,6 +734,40 @@ impl ChaosRun {
                 }
                 Ok(())
             }
+            ChaosStep::CheckDraining(name) => {
+                let node_id = self.node_id(name)?;
+                let view = self
+                    .chaos
+                    .witness()
+                    .nodes()
+                    .await
+                    .map_err(|err| err.to_string())?;
+                if view
+                    .nodes
+                    .iter()
+                    .any(|n| n.node_id == node_id && n.draining)
+                {
+                    Ok(())
+                } else {
+                    Err(format!("{node_id} is not seen draining: {:?}", view.nodes))
+                }
+            }
+            ChaosStep::CheckEveryReleaseServed => {
+                let served: BTreeSet<u64> = self
+                    .report()?
+                    .samples
+                    .iter()
+                    .filter_map(|sample| sample.backend().map(|backend| backend.release))
+                    .collect();
+                if self.releases.iter().all(|release| served.contains(release)) {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "releases {:?} deployed, {served:?} answered",
+                        self.releases
+                    ))
+                }
+            }
             ChaosStep::CheckContainerOutlived(name) => {
                 let victim = self.node_id(name)?;
                 let running = self.chaos.docker_replicas().map_err(anyhow)?;
@@ -650,15 +780,20 @@ impl ChaosRun {
                 }
             }
             ChaosStep::CheckNoFailedRequest => {
-                let failures = self.report()?.failures();
+                let report = self.report()?;
+                let failures: Vec<String> = report
+                    .failures()
+                    .into_iter()
+                    .map(|sample| format!("{}: {:?}", report.relative(sample.at), sample.outcome))
+                    .collect();
                 if failures.is_empty() {
                     Ok(())
                 } else {
                     Err(format!(
-                        "{} requests failed: the ingress routed to a container it could not \
-                         reach (first: {:?})",
+                        "{} of {} requests failed: the ingress routed to a replica it could \
+                         not reach: {failures:?}",
                         failures.len(),
-                        failures.first()
+                        report.total()
                     ))
                 }
             }

@@ -5,11 +5,10 @@
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use proto::{ContainerHealth, ContainerState};
-use testbed::harness::{LocalCluster, ensure_image, remove_containers_of, repo_root};
+use node::testsuite::{bundle_for_test, healthy_replicas, hello_app_for_test};
+use testbed::harness::{LocalCluster, ensure_image, remove_containers_of};
 
 const SETTLE: Duration = Duration::from_secs(90);
 
@@ -24,48 +23,12 @@ impl Drop for Cleanup {
 }
 
 /// An app folder like examples/hello, under another name and with other resources.
-fn app_dir(root: &Path, name: &str, replicas: u32, cpu: f64) -> PathBuf {
-    let dir = root.join(name);
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::copy(
-        repo_root().join("examples/hello/start.sh"),
-        dir.join("start.sh"),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("stratus.toml"),
-        format!(
-            "name = \"{name}\"\ncmd = \"sh start.sh\"\nreplicas = {replicas}\n[resources]\ncpu = {cpu}\nmemory = \"32MiB\"\n\
-             [env]\nGREETING = \"hi\"\n[health]\npath = \"/\"\ninterval = \"1s\"\n"
-        ),
-    )
-    .unwrap();
-    dir
+fn app_dir(root: &std::path::Path, name: &str, replicas: u32, cpu: f64) -> std::path::PathBuf {
+    hello_app_for_test(root, name, replicas, cpu).unwrap()
 }
 
-fn pack(dir: &Path) -> tempfile::NamedTempFile {
-    let zip = tempfile::NamedTempFile::new().unwrap();
-    node::bundle::pack_dir(dir, std::fs::File::create(zip.path()).unwrap()).unwrap();
-    zip
-}
-
-async fn healthy_replicas(
-    client: &api::Client,
-    app: &str,
-    release: u64,
-) -> Vec<proto::api::ReplicaView> {
-    match client.app(app).await {
-        Ok(view) => view
-            .replicas
-            .into_iter()
-            .filter(|r| {
-                r.release == release
-                    && r.state == ContainerState::Running
-                    && r.health == ContainerHealth::Healthy
-            })
-            .collect(),
-        Err(_) => Vec::new(),
-    }
+fn pack(dir: &std::path::Path) -> tempfile::NamedTempFile {
+    bundle_for_test(dir).unwrap()
 }
 
 /// The image, a clean slate for `apps`, and `count` converged agents on `127.0.<net>.x`.

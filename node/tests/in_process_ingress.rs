@@ -9,7 +9,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use node::testsuite::{Step, bundle_for_test, cluster_for_test, examples_dir, wait_for};
+use node::testsuite::{
+    Step, bundle_for_test, cluster_for_test, examples_dir, healthy_replicas, wait_for,
+};
 use proto::routes::RouteFeed;
 use tokio::sync::watch;
 
@@ -106,7 +108,7 @@ async fn an_app_answers_through_the_ingress_and_goes_away_with_destroy() {
 
     let bundle = bundle_for_test(&examples_dir().join("hello")).unwrap();
     let client = cluster.node(1).client();
-    client.deploy("hello", bundle.path(), |_| {}).await.unwrap();
+    let accepted = client.deploy("hello", bundle.path(), |_| {}).await.unwrap();
     wait_for(Duration::from_secs(90), || async {
         let (code, body) = get("hello.localhost").await;
         (code == "200" && body.contains("hello from hello"))
@@ -115,7 +117,21 @@ async fn an_app_answers_through_the_ingress_and_goes_away_with_destroy() {
     })
     .await
     .unwrap();
-    // Both replicas take traffic.
+    // Both replicas take traffic, once the ingress member's own view (which its route feed
+    // is built from) has both healthy: gossip takes a round or two to carry the other
+    // node's replica there, and 40 requests in process take milliseconds, not curl's
+    // seconds.
+    let witness = cluster.node(0).client();
+    wait_for(Duration::from_secs(90), || async {
+        let healthy = healthy_replicas(&witness, "hello", accepted.release)
+            .await
+            .len();
+        (healthy == 2).then_some(()).ok_or(format!(
+            "the ingress member sees {healthy} of 2 replicas healthy"
+        ))
+    })
+    .await
+    .unwrap();
     let mut seen = std::collections::BTreeSet::new();
     for _ in 0..40 {
         let (_, body) = get("HELLO.localhost:18080").await;

@@ -20,8 +20,10 @@ use tokio::sync::watch;
 const INGRESS: &str = "127.0.131.2:18080";
 
 /// Starts the ingress on [`INGRESS`] and the task that turns each route feed into its
-/// route table.
-fn start_ingress(mut feed: watch::Receiver<Option<RouteFeed>>) -> ingress::IngressHandle {
+/// route table; returns the ingress and its routes.
+fn start_ingress(
+    mut feed: watch::Receiver<Option<RouteFeed>>,
+) -> (ingress::IngressHandle, Arc<ingress::RouteState>) {
     let routes = Arc::new(ingress::RouteState::new(Default::default()));
     let listen: SocketAddr = INGRESS.parse().unwrap();
     let handle = ingress::build(
@@ -33,7 +35,9 @@ fn start_ingress(mut feed: watch::Receiver<Option<RouteFeed>>) -> ingress::Ingre
     .unwrap()
     .spawn()
     .unwrap();
+    let table_routes = routes.clone();
     tokio::spawn(async move {
+        let routes = table_routes;
         while feed.changed().await.is_ok() {
             let Some(feed) = feed.borrow_and_update().clone() else {
                 continue;
@@ -50,7 +54,7 @@ fn start_ingress(mut feed: watch::Receiver<Option<RouteFeed>>) -> ingress::Ingre
             routes.update(table).await;
         }
     });
-    handle
+    (handle, routes)
 }
 
 /// (status, body) of a GET through the ingress with `host`; status "" when the ingress
@@ -90,7 +94,7 @@ async fn an_app_answers_through_the_ingress_and_goes_away_with_destroy() {
     let (_, feed) = cluster.add_node_with_routes(|_| {}).await.unwrap();
     cluster.add_node().await.unwrap();
     cluster.run(vec![Step::Converged]).await.unwrap();
-    let ingress = start_ingress(feed);
+    let (ingress, routes) = start_ingress(feed);
     // Pingora binds on its own threads: wait until it answers at all.
     wait_for(Duration::from_secs(30), || async {
         let (code, _) = get("hello.localhost").await;
@@ -117,10 +121,9 @@ async fn an_app_answers_through_the_ingress_and_goes_away_with_destroy() {
     })
     .await
     .unwrap();
-    // Both replicas take traffic, once the ingress member's own view (which its route feed
-    // is built from) has both healthy: gossip takes a round or two to carry the other
-    // node's replica there, and 40 requests in process take milliseconds, not curl's
-    // seconds.
+    // Both replicas take traffic, once the ingress member sees both healthy and its route
+    // table has both: gossip takes a round or two to bring the other node's replica into
+    // the route feed, and 40 requests in process take milliseconds, not curl's seconds.
     let witness = cluster.node(0).client();
     wait_for(Duration::from_secs(90), || async {
         let healthy = healthy_replicas(&witness, "hello", accepted.release)
@@ -132,11 +135,26 @@ async fn an_app_answers_through_the_ingress_and_goes_away_with_destroy() {
     })
     .await
     .unwrap();
+    wait_for(Duration::from_secs(90), || async {
+        let backends = routes.table().backends("hello").map_or(0, <[_]>::len);
+        (backends == 2)
+            .then_some(())
+            .ok_or(format!("the ingress routes hello to {backends} backends"))
+    })
+    .await
+    .unwrap();
+    // 40 requests, 5 at a time: the default balancer (power of two choices by
+    // `(outstanding + 1) x latency`) sends sequential requests to the faster replica until
+    // the other's estimate decays, which curl's pace left time for and this one does not;
+    // requests in flight together are what spreads traffic.
     let mut seen = std::collections::BTreeSet::new();
-    for _ in 0..40 {
-        let (_, body) = get("HELLO.localhost:18080").await;
-        if let Some(replica) = body.split("replica ").nth(1) {
-            seen.insert(replica.chars().next().unwrap_or('?'));
+    for _ in 0..8 {
+        let answers =
+            futures_util::future::join_all((0..5).map(|_| get("HELLO.localhost:18080"))).await;
+        for (_, body) in answers {
+            if let Some(replica) = body.split("replica ").nth(1) {
+                seen.insert(replica.chars().next().unwrap_or('?'));
+            }
         }
     }
     assert_eq!(

@@ -27,7 +27,7 @@
 //! - [`metrics`]: the Prometheus metrics of one ingress, in a registry of its route state;
 //! - [`tls`]: certificate files and the SNI choice between them;
 //! - [`proxy`]: the Pingora `ProxyHttp` driver and the route state it reads;
-//! - [`server`]: [`build`] and [`run`], the Pingora servers around the proxy (one per
+//! - [`server`]: [`build`], [`build_bound`] and [`run`], the Pingora servers around the proxy (one per
 //!   thread with plain and TLS listeners, the admin listener on the first), and their
 //!   stop handle.
 
@@ -50,5 +50,7 @@ pub use metrics::Metrics;
 pub use proxy::{Proxy, ProxyConfig, RouteState};
 pub use retry::{RetryDecision, Timeouts};
 pub use routes::{Backend, BackendId, Lookup, RouteApp, RouteTable, diff};
-pub use server::{Ingress, IngressHandle, Listeners, Stop, TlsListener, build, run};
+pub use server::{
+    BoundListeners, Ingress, IngressHandle, Listeners, Stop, TlsListener, build, build_bound, run,
+};
 pub use tls::CertSpec;

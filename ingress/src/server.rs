@@ -27,6 +27,7 @@
 //! that cannot bind panics on Pingora's thread, so [`build`] tries every address first.
 
 use std::net::SocketAddr;
+use std::os::fd::IntoRawFd;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -37,8 +38,12 @@ use pingora_core::listeners::TcpSocketOptions;
 use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::server::configuration::ServerConf;
-use pingora_core::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora_core::server::{
+    Fds, ListenFds, RunArgs, RuntimeOpts, Server, ShutdownSignal, ShutdownSignalWatch,
+    ShutdownWatch,
+};
 use pingora_core::services::listening::Service;
+use pingora_core::services::{ServiceReadyNotifier, ServiceWithDependents};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -151,31 +156,169 @@ pub fn build(
             reason: error.to_string(),
         })?;
     }
+    assemble(
+        listeners,
+        routes,
+        config,
+        proxy_threads(listeners, threads),
+        None,
+    )
+}
+
+/// Listening sockets the caller has bound already (on port 0, say), handed to
+/// [`build_bound`]: no address is given up and bound again, so none can be taken meanwhile.
+#[derive(Debug)]
+pub struct BoundListeners {
+    pub http: std::net::TcpListener,
+    /// HTTPS, and its certificates (the first is the default).
+    pub tls: Option<(std::net::TcpListener, Vec<CertSpec>)>,
+    pub admin: Option<std::net::TcpListener>,
+}
+
+/// As [`build`], on sockets the caller has bound. Every proxy thread accepts on the same
+/// sockets (one accept queue, not one per thread as with `SO_REUSEPORT`), so any number
+/// of threads works with port 0.
+pub fn build_bound(
+    bound: BoundListeners,
+    routes: Arc<RouteState>,
+    config: ProxyConfig,
+    threads: usize,
+) -> Result<Ingress, Error> {
+    let local = |listener: &std::net::TcpListener| {
+        listener.local_addr().map_err(|error| Error::Listen {
+            addr: format!("{listener:?}"),
+            reason: error.to_string(),
+        })
+    };
+    let listeners = Listeners {
+        http: local(&bound.http)?,
+        tls: match &bound.tls {
+            Some((listener, certs)) => Some(TlsListener {
+                addr: local(listener)?,
+                certs: certs.clone(),
+            }),
+            None => None,
+        },
+        admin: bound.admin.as_ref().map(local).transpose()?,
+    };
+    let mut sockets = vec![(listeners.http, bound.http)];
+    if let (Some(tls), Some((listener, _))) = (&listeners.tls, bound.tls) {
+        sockets.push((tls.addr, listener));
+    }
+    if let (Some(addr), Some(listener)) = (listeners.admin, bound.admin) {
+        sockets.push((addr, listener));
+    }
+    assemble(&listeners, routes, config, threads.max(1), Some(&sockets))
+}
+
+/// The servers of an ingress. With `bound`, each server gets its own duplicate of every
+/// bound socket (a Pingora listener owns and closes its descriptor) instead of binding.
+fn assemble(
+    listeners: &Listeners,
+    routes: Arc<RouteState>,
+    config: ProxyConfig,
+    threads: usize,
+    bound: Option<&[(SocketAddr, std::net::TcpListener)]>,
+) -> Result<Ingress, Error> {
     let metrics = routes.metrics().clone();
     let mut servers = Vec::new();
-    for _ in 0..proxy_threads(listeners, threads) {
+    for index in 0..threads {
         let mut server = new_server();
+        let fds = bound.map(handover_fds).transpose()?;
         // A service owns its TLS settings: each thread loads the certificates.
         let tls = match &listeners.tls {
             Some(tls) => Some(tls_settings(tls)?),
             None => None,
         };
         let service = proxy_service(&server, listeners, routes.clone(), &config, tls);
-        server.add_service(service);
-        servers.push(server);
-    }
-    if let Some(admin) = listeners.admin {
-        let mut service = Service::new("stratus ingress admin".to_string(), AdminApp { routes });
-        service.add_tcp(&admin.to_string());
-        if let Some(first) = servers.first_mut() {
-            first.add_service(service);
+        server.add_service(Handover::new(service, fds.clone()));
+        if index == 0
+            && let Some(admin) = listeners.admin
+        {
+            let mut service = Service::new(
+                "stratus ingress admin".to_string(),
+                AdminApp {
+                    routes: routes.clone(),
+                },
+            );
+            service.add_tcp(&admin.to_string());
+            server.add_service(Handover::new(service, fds));
         }
+        servers.push(server);
     }
     Ok(Ingress {
         servers,
         listen: listeners.http,
         metrics,
     })
+}
+
+/// A table of duplicates of `bound`, keyed as Pingora looks listeners up: by the address
+/// string given to `add_tcp`.
+fn handover_fds(bound: &[(SocketAddr, std::net::TcpListener)]) -> Result<ListenFds, Error> {
+    let mut fds = Fds::new();
+    for (addr, listener) in bound {
+        let listen_error = |error: std::io::Error| Error::Listen {
+            addr: addr.to_string(),
+            reason: error.to_string(),
+        };
+        let copy = listener.try_clone().map_err(listen_error)?;
+        // Tokio takes the socket as it is: a blocking one would stall the runtime in
+        // accept.
+        copy.set_nonblocking(true).map_err(listen_error)?;
+        fds.add(addr.to_string(), copy.into_raw_fd());
+    }
+    Ok(Arc::new(parking_lot::Mutex::new(fds)))
+}
+
+/// A service that listens on the sockets it was handed (when it was) rather than on those
+/// the server passes at start, which it would bind itself. Pingora has no other way in for
+/// a socket bound before the server starts.
+struct Handover<S> {
+    inner: S,
+    fds: Option<ListenFds>,
+}
+
+impl<S> Handover<S> {
+    fn new(inner: S, fds: Option<ListenFds>) -> Handover<S> {
+        Handover { inner, fds }
+    }
+}
+
+#[async_trait]
+impl<S: ServiceWithDependents> ServiceWithDependents for Handover<S> {
+    async fn start_service(
+        &mut self,
+        fds: Option<ListenFds>,
+        shutdown: ShutdownWatch,
+        listeners_per_fd: usize,
+        ready_notifier: ServiceReadyNotifier,
+    ) {
+        let fds = self.fds.clone().or(fds);
+        self.inner
+            .start_service(fds, shutdown, listeners_per_fd, ready_notifier)
+            .await;
+    }
+
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn threads(&self) -> Option<usize> {
+        self.inner.threads()
+    }
+
+    fn runtime_opts_override(&self, global: &RuntimeOpts) -> Option<RuntimeOpts> {
+        self.inner.runtime_opts_override(global)
+    }
+
+    fn on_startup_delay(&self, time_waited: std::time::Duration) {
+        self.inner.on_startup_delay(time_waited);
+    }
+
+    fn listen_addresses(&self) -> Option<Vec<String>> {
+        self.inner.listen_addresses()
+    }
 }
 
 /// How many single-threaded proxy servers serve `listeners`: `threads`, at least 1, and

@@ -4,17 +4,19 @@
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use ingress::routes::RouteTable;
 use ingress::{BalancerConfig, BreakerState, ProxyConfig, RouteApp, RouteState, Strategy};
-use proto::{ContainerHealth, ContainerRecord, ContainerState};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
+
+mod common;
+use common::{http_on, record, start, wait_for};
 
 const PROXY_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 253, 1);
 
@@ -50,31 +52,6 @@ async fn silent_backend(ip: Ipv4Addr, heads: Arc<AtomicUsize>) -> SocketAddr {
     addr
 }
 
-fn record(id: &str, addr: SocketAddr) -> ContainerRecord {
-    ContainerRecord {
-        id: id.into(),
-        app: "web".into(),
-        release: 1,
-        replica: 0,
-        addr,
-        state: ContainerState::Running,
-        health: ContainerHealth::Healthy,
-        detail: None,
-    }
-}
-
-async fn wait_for<F, Fut>(what: &str, mut predicate: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !predicate().await {
-        assert!(Instant::now() < deadline, "{what}: not in 10 s");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_hanging_up_is_no_backend_failure_and_no_retry() {
     let heads = Arc::new(AtomicUsize::new(0));
@@ -84,7 +61,7 @@ async fn a_client_hanging_up_is_no_backend_failure_and_no_retry() {
         strategy: Strategy::RoundRobin,
         ..BalancerConfig::default()
     }));
-    let records = [record("one", one), record("two", two)];
+    let records = [record("one", "web", one), record("two", "web", two)];
     routes
         .update(RouteTable::build(
             "localhost",
@@ -92,19 +69,8 @@ async fn a_client_hanging_up_is_no_backend_failure_and_no_retry() {
             records.iter().map(|r| ("n1", r)),
         ))
         .await;
-    let port = std::net::TcpListener::bind((PROXY_IP, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = SocketAddr::new(IpAddr::V4(PROXY_IP), port);
-    let proxy = ingress::run(listen, routes.clone(), ProxyConfig::default(), 2)
-        .spawn()
-        .unwrap();
-    wait_for("the proxy to listen", || async {
-        TcpStream::connect(listen).await.is_ok()
-    })
-    .await;
+    let proxy = start(http_on(PROXY_IP), routes.clone(), ProxyConfig::default(), 2);
+    let listen = proxy.listen();
 
     // More hang-ups than the breaker's threshold (5), alternating between the backends.
     let hangups = 12;
@@ -114,20 +80,25 @@ async fn a_client_hanging_up_is_no_backend_failure_and_no_retry() {
             .write_all(b"GET / HTTP/1.1\r\nhost: web.localhost\r\n\r\n")
             .await
             .unwrap();
-        wait_for(&format!("request {sent} to reach a backend"), || async {
-            heads.load(Ordering::SeqCst) >= sent
-        })
+        wait_for(
+            || async { heads.load(Ordering::SeqCst) >= sent },
+            Duration::from_secs(10),
+        )
         .await;
         drop(client);
     }
-    wait_for("every attempt to end", || async {
-        routes
-            .with_balancer("web", |b| {
-                b.stats(Instant::now()).all(|s| s.outstanding == 0)
-            })
-            .await
-            .unwrap()
-    })
+    // Every attempt has ended.
+    wait_for(
+        || async {
+            routes
+                .with_balancer("web", |b| {
+                    b.stats(Instant::now()).all(|s| s.outstanding == 0)
+                })
+                .await
+                .unwrap()
+        },
+        Duration::from_secs(10),
+    )
     .await;
 
     assert_eq!(

@@ -15,10 +15,10 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use ingress::routes::RouteTable;
 use ingress::{
-    BalancerConfig, BreakerConfig, BreakerState, CertSpec, IngressHandle, Listeners, ProxyConfig,
-    RouteApp, RouteState, Strategy, TlsListener,
+    BalancerConfig, BoundListeners, BreakerConfig, BreakerState, CertSpec, Listeners, ProxyConfig,
+    RouteApp, RouteState, Strategy,
 };
-use proto::{ContainerHealth, ContainerRecord, ContainerState};
+use proto::ContainerRecord;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -26,49 +26,8 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
-fn ip(net: u8, host: u8) -> Ipv4Addr {
-    Ipv4Addr::new(127, 0, net, host)
-}
-
-fn free_port(ip: Ipv4Addr) -> u16 {
-    std::net::TcpListener::bind((ip, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn free_addr(ip: Ipv4Addr) -> SocketAddr {
-    SocketAddr::new(IpAddr::V4(ip), free_port(ip))
-}
-
-async fn wait_for<F, Fut>(mut predicate: F, timeout: Duration)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while !predicate().await {
-        assert!(
-            Instant::now() < deadline,
-            "condition not met in {timeout:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn record(id: &str, app: &str, addr: SocketAddr) -> ContainerRecord {
-    ContainerRecord {
-        id: id.into(),
-        app: app.into(),
-        release: 1,
-        replica: 0,
-        addr,
-        state: ContainerState::Running,
-        health: ContainerHealth::Healthy,
-        detail: None,
-    }
-}
+mod common;
+use common::{bind, http_on, ip, record, round_robin, start, stop};
 
 /// App `web` (also at `one.test` and `two.test`) on `backends`.
 fn table(backends: &[SocketAddr]) -> RouteTable {
@@ -82,50 +41,6 @@ fn table(backends: &[SocketAddr]) -> RouteTable {
         [RouteApp::new("web").with_domains(["one.test", "two.test"])].into_iter(),
         records.iter().map(|r| ("n1", r)),
     )
-}
-
-fn round_robin() -> BalancerConfig {
-    BalancerConfig {
-        strategy: Strategy::RoundRobin,
-        ..BalancerConfig::default()
-    }
-}
-
-/// Starts an ingress on `listeners` and waits until every listener accepts.
-async fn start(
-    listeners: Listeners,
-    routes: Arc<RouteState>,
-    config: ProxyConfig,
-) -> IngressHandle {
-    start_on(listeners, routes, config, 2).await
-}
-
-/// As [`start`], on `threads` proxy threads (each with its own upstream pool).
-async fn start_on(
-    listeners: Listeners,
-    routes: Arc<RouteState>,
-    config: ProxyConfig,
-    threads: usize,
-) -> IngressHandle {
-    let handle = ingress::build(&listeners, routes, config, threads)
-        .unwrap()
-        .spawn()
-        .unwrap();
-    let mut addrs = vec![listeners.http];
-    addrs.extend(listeners.tls.as_ref().map(|tls| tls.addr));
-    addrs.extend(listeners.admin);
-    for addr in addrs {
-        wait_for(
-            || async move { TcpStream::connect(addr).await.is_ok() },
-            Duration::from_secs(10),
-        )
-        .await;
-    }
-    handle
-}
-
-fn stop(handle: IngressHandle) -> JoinHandle<()> {
-    tokio::task::spawn_blocking(move || handle.stop(ingress::Stop::Fast))
 }
 
 /// Reads one request (head and body, by Content-Length or chunked) from `stream`; `None`
@@ -304,12 +219,13 @@ async fn metrics_count_requests_errors_breakers_and_routes() {
         ..BalancerConfig::default()
     }));
     routes.update(table(&[alpha, beta])).await;
-    let listeners = Listeners {
-        admin: Some(free_addr(ip(32, 1))),
-        ..Listeners::http(free_addr(ip(32, 1)))
+    let admin_listener = bind(ip(32, 1));
+    let admin = admin_listener.local_addr().unwrap();
+    let listeners = BoundListeners {
+        admin: Some(admin_listener),
+        ..http_on(ip(32, 1))
     };
-    let admin = listeners.admin.unwrap();
-    let proxy = start(listeners.clone(), routes.clone(), ProxyConfig::default()).await;
+    let proxy = start(listeners, routes.clone(), ProxyConfig::default(), 2);
     let listen = proxy.listen();
 
     for _ in 0..4 {
@@ -414,15 +330,13 @@ async fn tls_serves_each_domain_its_own_certificate_over_http2() {
     let dir = tempfile::tempdir().unwrap();
     let one = self_signed(dir.path(), "one.test");
     let two = self_signed(dir.path(), "two.test");
-    let tls_addr = free_addr(ip(32, 4));
-    let listeners = Listeners {
-        tls: Some(TlsListener {
-            addr: tls_addr,
-            certs: vec![one.clone(), two.clone()],
-        }),
-        ..Listeners::http(free_addr(ip(32, 4)))
+    let tls_listener = bind(ip(32, 4));
+    let tls_addr = tls_listener.local_addr().unwrap();
+    let listeners = BoundListeners {
+        tls: Some((tls_listener, vec![one.clone(), two.clone()])),
+        ..http_on(ip(32, 4))
     };
-    let proxy = start(listeners, routes.clone(), ProxyConfig::default()).await;
+    let proxy = start(listeners, routes.clone(), ProxyConfig::default(), 2);
     let port = tls_addr.port();
     let resolve = |domain: &str| format!("{domain}:{port}:{}", tls_addr.ip());
 
@@ -483,7 +397,8 @@ fn listeners_must_be_distinct_and_free() {
         .err()
         .unwrap();
     assert!(error.to_string().contains(&busy.to_string()), "{error}");
-    let free = free_addr(ip(33, 7));
+    // The duplicate is refused before anything is bound.
+    let free = SocketAddr::new(IpAddr::V4(ip(33, 7)), 0);
     let twice = Listeners {
         admin: Some(free),
         ..Listeners::http(free)
@@ -526,12 +441,7 @@ async fn h2c_with_prior_knowledge_on_the_plain_listener() {
     let (alpha, alpha_task) = backend(ip(32, 7), "alpha").await;
     let routes = Arc::new(RouteState::new(round_robin()));
     routes.update(table(&[alpha])).await;
-    let proxy = start(
-        Listeners::http(free_addr(ip(32, 6))),
-        routes,
-        ProxyConfig::default(),
-    )
-    .await;
+    let proxy = start(http_on(ip(32, 6)), routes, ProxyConfig::default(), 2);
     let listen = proxy.listen();
     let url = format!("http://web.localhost:{}/", listen.port());
     let resolve = format!("web.localhost:{}:{}", listen.port(), listen.ip());
@@ -570,12 +480,7 @@ async fn bodies_over_the_limit_get_413_declared_or_chunked() {
         max_body_bytes: limit as u64,
         ..ProxyConfig::default()
     };
-    let proxy = start(
-        Listeners::http(free_addr(ip(32, 8))),
-        routes.clone(),
-        config,
-    )
-    .await;
+    let proxy = start(http_on(ip(32, 8)), routes.clone(), config, 2);
     let listen = proxy.listen();
 
     // At the limit: passed on whole.
@@ -656,11 +561,11 @@ async fn a_stale_pooled_connection_is_sent_again_on_a_fresh_one() {
     let routes = Arc::new(RouteState::new(round_robin()));
     routes.update(table(&[addr])).await;
     let proxy = start(
-        Listeners::http(free_addr(ip(32, 10))),
+        http_on(ip(32, 10)),
         routes.clone(),
         ProxyConfig::default(),
-    )
-    .await;
+        2,
+    );
     let listen = proxy.listen();
     for round in 0..6 {
         let (status, text) = get(listen, "web.localhost").await;
@@ -708,11 +613,11 @@ async fn a_websocket_echoes_through_the_ingress() {
     let routes = Arc::new(RouteState::new(round_robin()));
     routes.update(table(&[addr])).await;
     let proxy = start(
-        Listeners::http(free_addr(ip(33, 1))),
+        http_on(ip(33, 1)),
         routes.clone(),
         ProxyConfig::default(),
-    )
-    .await;
+        2,
+    );
     let stream = TcpStream::connect(proxy.listen()).await.unwrap();
     let (mut ws, response) = tokio_tungstenite::client_async("ws://web.localhost/chat", stream)
         .await
@@ -777,12 +682,7 @@ async fn sse_events_arrive_one_by_one_as_they_are_sent() {
     });
     let routes = Arc::new(RouteState::new(round_robin()));
     routes.update(table(&[addr])).await;
-    let proxy = start(
-        Listeners::http(free_addr(ip(33, 3))),
-        routes,
-        ProxyConfig::default(),
-    )
-    .await;
+    let proxy = start(http_on(ip(33, 3)), routes, ProxyConfig::default(), 2);
 
     let deadline = Duration::from_secs(60);
     let client = async {
@@ -831,13 +731,7 @@ async fn an_http2_body_of_unknown_length_leaves_the_pooled_connection_clean() {
     let (alpha, alpha_task) = backend(ip(33, 6), "alpha").await;
     let routes = Arc::new(RouteState::new(round_robin()));
     routes.update(table(&[alpha])).await;
-    let proxy = start_on(
-        Listeners::http(free_addr(ip(33, 5))),
-        routes,
-        ProxyConfig::default(),
-        1,
-    )
-    .await;
+    let proxy = start(http_on(ip(33, 5)), routes, ProxyConfig::default(), 1);
     let listen = proxy.listen();
     let url = format!("http://web.localhost:{}/upload", listen.port());
     let resolve = format!("web.localhost:{}:{}", listen.port(), listen.ip());

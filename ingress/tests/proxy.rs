@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,11 +13,15 @@ use ingress::{
     BalancerConfig, BreakerConfig, BreakerState, IngressHandle, ProxyConfig, RouteApp, RouteState,
     Strategy,
 };
-use proto::{ContainerHealth, ContainerRecord, ContainerState};
+use proto::{ContainerHealth, ContainerRecord};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
+
 use tokio::time::Instant;
+
+mod common;
+use common::{http_on, record, round_robin, start, stop, wait_for};
 
 const PROXY_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 41, 1);
 
@@ -105,16 +109,10 @@ async fn get(proxy: SocketAddr, host: &str, extra: &str) -> Answer {
     }
 }
 
-fn record(id: &str, app: &str, addr: SocketAddr, health: ContainerHealth) -> ContainerRecord {
+fn record_with(id: &str, app: &str, addr: SocketAddr, health: ContainerHealth) -> ContainerRecord {
     ContainerRecord {
-        id: id.into(),
-        app: app.into(),
-        release: 1,
-        replica: 0,
-        addr,
-        state: ContainerState::Running,
         health,
-        detail: None,
+        ..record(id, app, addr)
     }
 }
 
@@ -126,50 +124,9 @@ fn table(records: &[ContainerRecord]) -> RouteTable {
     )
 }
 
-fn free_port(ip: Ipv4Addr) -> u16 {
-    std::net::TcpListener::bind((ip, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Starts the proxy and waits until it accepts connections.
-async fn start_proxy_for_test(routes: Arc<RouteState>) -> IngressHandle {
-    let listen = SocketAddr::new(IpAddr::V4(PROXY_IP), free_port(PROXY_IP));
-    let handle = ingress::run(listen, routes, ProxyConfig::default(), 2)
-        .spawn()
-        .unwrap();
-    wait_for(
-        || async { TcpStream::connect(listen).await.is_ok() },
-        Duration::from_secs(10),
-    )
-    .await;
-    handle
-}
-
-async fn wait_for<F, Fut>(mut predicate: F, timeout: Duration)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while !predicate().await {
-        assert!(
-            Instant::now() < deadline,
-            "condition not met in {timeout:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Round-robin: peak-EWMA sends sequential requests on loopback mostly to whichever
-/// backend measured fastest, so a handful of requests would not reliably see both.
-fn round_robin() -> BalancerConfig {
-    BalancerConfig {
-        strategy: Strategy::RoundRobin,
-        ..BalancerConfig::default()
-    }
+/// Starts the proxy on 2 threads; it accepts from the start.
+fn start_proxy_for_test(routes: Arc<RouteState>) -> IngressHandle {
+    start(http_on(PROXY_IP), routes, ProxyConfig::default(), 2)
 }
 
 /// Round-robin, with breakers that stay open long enough to be observed.
@@ -185,10 +142,6 @@ fn slow_breakers() -> BalancerConfig {
     }
 }
 
-fn stop(handle: IngressHandle) -> JoinHandle<()> {
-    tokio::task::spawn_blocking(move || handle.stop(ingress::Stop::Fast))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_balances_forwards_headers_and_answers_404_and_503() {
     let alpha = TestBackend::start("alpha", Ipv4Addr::new(127, 0, 41, 2)).await;
@@ -196,12 +149,12 @@ async fn routes_balances_forwards_headers_and_answers_404_and_503() {
     let routes = Arc::new(RouteState::new(round_robin()));
     routes
         .update(table(&[
-            record("a", "web", alpha.addr, ContainerHealth::Healthy),
-            record("b", "web", beta.addr, ContainerHealth::Healthy),
-            record("s", "sick", alpha.addr, ContainerHealth::Unhealthy),
+            record("a", "web", alpha.addr),
+            record("b", "web", beta.addr),
+            record_with("s", "sick", alpha.addr, ContainerHealth::Unhealthy),
         ]))
         .await;
-    let proxy = start_proxy_for_test(routes.clone()).await;
+    let proxy = start_proxy_for_test(routes.clone());
     let listen = proxy.listen();
 
     // Both backends get traffic.
@@ -271,11 +224,11 @@ async fn a_dead_backend_is_retried_around_and_ejected() {
     let routes = Arc::new(RouteState::new(slow_breakers()));
     routes
         .update(table(&[
-            record("a", "web", alpha.addr, ContainerHealth::Healthy),
-            record("b", "web", beta.addr, ContainerHealth::Healthy),
+            record("a", "web", alpha.addr),
+            record("b", "web", beta.addr),
         ]))
         .await;
-    let proxy = start_proxy_for_test(routes.clone()).await;
+    let proxy = start_proxy_for_test(routes.clone());
     let listen = proxy.listen();
     assert_eq!(get(listen, "web.localhost", "").await.status, 200);
 
@@ -314,9 +267,9 @@ async fn a_route_update_is_used_without_restart() {
     let alpha = TestBackend::start("alpha", Ipv4Addr::new(127, 0, 41, 6)).await;
     let beta = TestBackend::start("beta", Ipv4Addr::new(127, 0, 41, 7)).await;
     let routes = Arc::new(RouteState::new(round_robin()));
-    let first = record("a", "web", alpha.addr, ContainerHealth::Healthy);
+    let first = record("a", "web", alpha.addr);
     routes.update(table(std::slice::from_ref(&first))).await;
-    let proxy = start_proxy_for_test(routes.clone()).await;
+    let proxy = start_proxy_for_test(routes.clone());
     let listen = proxy.listen();
     for _ in 0..5 {
         assert!(
@@ -328,10 +281,7 @@ async fn a_route_update_is_used_without_restart() {
     }
 
     routes
-        .update(table(&[
-            first,
-            record("b", "web", beta.addr, ContainerHealth::Healthy),
-        ]))
+        .update(table(&[first, record("b", "web", beta.addr)]))
         .await;
     wait_for(
         || async {

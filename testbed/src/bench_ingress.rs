@@ -125,7 +125,8 @@ pub fn ingress(bench: &IngressBench) -> anyhow::Result<Vec<TargetFigures>> {
         .tempdir()?;
     let exe = std::env::current_exe().context("cannot find the testbed binary")?;
 
-    let backend_addr = SocketAddr::new(IpAddr::V4(BACKEND_IP), free_port(BACKEND_IP)?);
+    let backend_port = reserve(BACKEND_IP)?;
+    let backend_addr = backend_port.addr;
     let mut backend = Process::spawn(
         "backend",
         Command::new(&exe).args([
@@ -206,6 +207,7 @@ pub fn ingress(bench: &IngressBench) -> anyhow::Result<Vec<TargetFigures>> {
     // The proxies go first, then their backend.
     drop(targets);
     drop(backend);
+    drop(backend_port);
     Ok(figures)
 }
 
@@ -225,6 +227,7 @@ fn start_target(
                 kind,
                 addr: backend,
                 process: None,
+                _port: None,
             });
         }
         Kind::Stratus => INGRESS_IP,
@@ -233,7 +236,8 @@ fn start_target(
         Kind::Nginx => NGINX_IP,
         Kind::Haproxy => HAPROXY_IP,
     };
-    let addr = SocketAddr::new(IpAddr::V4(ip), free_port(ip)?);
+    let port = reserve(ip)?;
+    let addr = port.addr;
     let threads = bench.proxy_threads.to_string();
     let (name, mut command) = match kind {
         Kind::Stratus | Kind::StratusNoLog => {
@@ -269,7 +273,7 @@ fn start_target(
         }
     };
     let log = dir.join(format!("{kind:?}.log"));
-    Target::start(&name, kind, addr, &mut command, &log)
+    Target::start(&name, kind, port, &mut command, &log)
 }
 
 fn print_figures(bench: &IngressBench, figures: &[TargetFigures]) {
@@ -428,10 +432,25 @@ fn version(tool: &str, args: &[&str]) -> String {
         .to_string()
 }
 
-fn free_port(ip: Ipv4Addr) -> anyhow::Result<u16> {
-    let listener = std::net::TcpListener::bind((ip, 0))
+/// A free port on `ip`, kept bound (not listening) until dropped, so nothing else takes
+/// it between here and the process that serves on it. That process binds it again with
+/// `SO_REUSEPORT`, as the reservation is; a socket that does not listen gets none of its
+/// connections.
+struct Reserved {
+    addr: SocketAddr,
+    _socket: tokio::net::TcpSocket,
+}
+
+fn reserve(ip: Ipv4Addr) -> anyhow::Result<Reserved> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_reuseport(true)?;
+    socket
+        .bind(SocketAddr::new(IpAddr::V4(ip), 0))
         .with_context(|| format!("cannot bind {ip}: is this loopback address up?"))?;
-    Ok(listener.local_addr()?.port())
+    Ok(Reserved {
+        addr: socket.local_addr()?,
+        _socket: socket,
+    })
 }
 
 /// A process the bench started, stopped (SIGTERM, then SIGKILL) when dropped.
@@ -496,23 +515,26 @@ struct Target {
     kind: Kind,
     addr: SocketAddr,
     process: Option<Process>,
+    /// Dropped after the process (fields drop in order).
+    _port: Option<Reserved>,
 }
 
 impl Target {
     fn start(
         name: &str,
         kind: Kind,
-        addr: SocketAddr,
+        port: Reserved,
         command: &mut Command,
         log: &Path,
     ) -> anyhow::Result<Target> {
         let mut process = Process::spawn(name, command, log)?;
-        wait_until_serving(addr, &mut process)?;
+        wait_until_serving(port.addr, &mut process)?;
         Ok(Target {
             name: name.to_string(),
             kind,
-            addr,
+            addr: port.addr,
             process: Some(process),
+            _port: Some(port),
         })
     }
 
@@ -723,7 +745,8 @@ http {{
         keepalive_requests 1000000;
     }}
     server {{
-        listen {listen} default_server;
+        # The bench holds the port (bound, not listening) with SO_REUSEPORT.
+        listen {listen} default_server reuseport;
         return 404;
     }}
     server {{
@@ -776,6 +799,7 @@ defaults
     option http-keep-alive
 
 frontend web
+    # SO_REUSEPORT, as the bench's reservation of the port (HAProxy's default on Linux).
     bind {listen}
     unique-id-format %{{+X}}o%ci%cp%fi%fp%Ts%rt%pid
     option forwardfor
@@ -803,7 +827,15 @@ pub fn serve_backend(listen: SocketAddr, threads: usize) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(listen).await?;
+        // SO_REUSEPORT: the bench keeps the port reserved with a socket of its own.
+        let socket = if listen.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseport(true)?;
+        socket.bind(listen)?;
+        let listener = socket.listen(1024)?;
         let accepted = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let accept = async {
             loop {

@@ -30,6 +30,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use http::HeaderValue;
 use parking_lot::Mutex;
+use pingora_core::modules::http::HttpModules;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result, RetryType};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -429,6 +430,10 @@ impl ProxyHttp for Proxy {
             too_large: false,
         }
     }
+
+    // Pingora's default adds a response compression module that stays disabled: we never
+    // compress, and each request would still build and poll its per-request context.
+    fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let header = session.req_header();

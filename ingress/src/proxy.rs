@@ -397,11 +397,10 @@ fn request_id(header: &RequestHeader) -> HeaderValue {
 
 /// 128 random bits as 32 lowercase hex digits.
 fn new_request_id() -> HeaderValue {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let bits = rand::random::<u128>();
+    // Into a stack buffer: no allocation per request.
     let mut digits = [0u8; 32];
-    for (i, digit) in digits.iter_mut().enumerate() {
-        *digit = HEX[((bits >> (124 - 4 * i)) & 0xf) as usize];
+    if hex::encode_to_slice(rand::random::<u128>().to_be_bytes(), &mut digits).is_err() {
+        return HeaderValue::from_static("-");
     }
     HeaderValue::from_bytes(&digits).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
@@ -744,5 +743,24 @@ impl ProxyHttp for Proxy {
             error = e.map(|error| error.to_string()),
             "request"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_request_ids_are_32_lowercase_hex_digits_and_differ() {
+        let (a, b) = (new_request_id(), new_request_id());
+        for id in [&a, &b] {
+            let text = id.to_str().unwrap_or_default();
+            assert_eq!(text.len(), 32, "{text}");
+            assert!(
+                text.bytes()
+                    .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+            );
+        }
+        assert_ne!(a, b);
     }
 }

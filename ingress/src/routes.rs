@@ -21,6 +21,7 @@ use std::sync::Arc;
 
 use proto::ContainerRecord;
 use proto::catalog::AppRecord;
+use proto::routes::RouteFeed;
 
 /// The base domain apps answer under when none is configured: `web.localhost`.
 pub const DEFAULT_BASE_DOMAIN: &str = "localhost";
@@ -169,6 +170,17 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
+    /// The table of an agent's [`RouteFeed`]: its app records and every node's replicas.
+    pub fn from_feed(base_domain: &str, feed: &RouteFeed) -> RouteTable {
+        RouteTable::build(
+            base_domain,
+            feed.apps.iter().filter_map(RouteApp::from_record),
+            feed.replicas
+                .iter()
+                .map(|(node_id, record)| (node_id.as_str(), record)),
+        )
+    }
+
     /// Builds the table from the catalog's apps and the `(node_id, record)` pairs of live
     /// nodes. `base_domain` is lowercased; empty means [`DEFAULT_BASE_DOMAIN`].
     ///

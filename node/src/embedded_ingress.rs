@@ -69,16 +69,9 @@ pub fn start(
             let Some(feed) = feed_rx.borrow_and_update().clone() else {
                 continue;
             };
-            let table = ingress::RouteTable::build(
-                &base_domain,
-                feed.apps
-                    .iter()
-                    .filter_map(ingress::routes::RouteApp::from_record),
-                feed.replicas
-                    .iter()
-                    .map(|(node_id, record)| (node_id.as_str(), record)),
-            );
-            routes.update(table).await;
+            routes
+                .update(ingress::RouteTable::from_feed(&base_domain, &feed))
+                .await;
         }
     });
     Ok(Some((EmbeddedIngress { proxy }, feed_tx)))

@@ -42,16 +42,9 @@ fn start_ingress(
             let Some(feed) = feed.borrow_and_update().clone() else {
                 continue;
             };
-            let table = ingress::RouteTable::build(
-                "localhost",
-                feed.apps
-                    .iter()
-                    .filter_map(ingress::routes::RouteApp::from_record),
-                feed.replicas
-                    .iter()
-                    .map(|(node_id, record)| (node_id.as_str(), record)),
-            );
-            routes.update(table).await;
+            routes
+                .update(ingress::RouteTable::from_feed("localhost", &feed))
+                .await;
         }
     });
     (handle, routes)

@@ -58,7 +58,39 @@ impl TestNode {
     pub fn is_running(&self) -> bool {
         self.task.as_ref().is_some_and(|task| !task.is_finished())
     }
+
+    /// Until the agent's API answers; an agent that stops while starting (a store it
+    /// cannot use, a data dir it cannot write) fails here with its own error, not later
+    /// as a node that "does not answer".
+    async fn wait_until_serving(&mut self) -> Result<(), String> {
+        let client = self.client();
+        let deadline = tokio::time::Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            if let Some(task) = self.task.take_if(|task| task.is_finished()) {
+                let why = match task.await {
+                    Ok(Ok(())) => "it returned".to_string(),
+                    Ok(Err(err)) => err.to_string(),
+                    Err(err) => format!("it panicked: {err}"),
+                };
+                return Err(format!("{} stopped while starting: {why}", self.node_id));
+            }
+            if client.health().await.is_ok() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!(
+                    "{} did not answer within {STARTUP_TIMEOUT:?} of starting",
+                    self.node_id
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
+
+/// How long an agent may take from start to an answering API (an S3 store is checked
+/// first, and a loaded machine is slow).
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub struct TestCluster {
     pub nodes: Vec<TestNode>,
@@ -195,7 +227,7 @@ impl TestCluster {
             },
             routes,
         ));
-        let node = TestNode {
+        let mut node = TestNode {
             node_id,
             gossip_addr,
             api_addr,
@@ -204,6 +236,7 @@ impl TestCluster {
             config,
             feeds_routes,
         };
+        node.wait_until_serving().await?;
         if index < self.nodes.len() {
             self.nodes[index] = node;
         } else {
@@ -298,6 +331,47 @@ where
 /// Where the repository's `examples/` live (the hello app, ...).
 pub fn examples_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
+}
+
+/// A plain HTTP/1.0 GET of `/`, to read a replica's page without another client crate.
+pub async fn http_get_for_test(addr: std::net::SocketAddr) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream
+        .write_all(b"GET / HTTP/1.0\r\nHost: test\r\n\r\n")
+        .await?;
+    let mut page = String::new();
+    stream.read_to_string(&mut page).await?;
+    Ok(page)
+}
+
+/// True (and says so) when `STRATUS_SKIP_DOCKER_TESTS=1`: a machine without Docker skips
+/// the Docker tests by asking, never silently.
+pub fn skip_docker_tests() -> bool {
+    let skip = std::env::var_os("STRATUS_SKIP_DOCKER_TESTS").is_some_and(|v| v == "1");
+    if skip {
+        eprintln!("STRATUS_SKIP_DOCKER_TESTS=1: skipping a Docker test");
+    }
+    skip
+}
+
+/// Builds `stratus/busybox:latest` once per test binary if it is missing
+/// (`scripts/build-images.sh` keeps an existing image).
+pub fn ensure_test_image() -> Result<(), String> {
+    static BUILT: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/build-images.sh");
+            let status = std::process::Command::new("bash")
+                .arg(&script)
+                .status()
+                .map_err(|err| format!("cannot run {}: {err}", script.display()))?;
+            status
+                .success()
+                .then_some(())
+                .ok_or_else(|| format!("{} failed: {status}", script.display()))
+        })
+        .clone()
 }
 
 /// `dir` packed as a bundle, as `stratus deploy` sends it.

@@ -9,7 +9,6 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
-use std::sync::Once;
 use std::time::Duration;
 
 use bollard::Docker;
@@ -18,20 +17,11 @@ use node::build::recipe::{Asked, BaseImages, Recipe, recipe};
 use node::build::{Folder, detect::Builder};
 
 fn skip() -> bool {
-    let skip = std::env::var_os("STRATUS_SKIP_DOCKER_TESTS").is_some_and(|v| v == "1");
-    if skip {
-        eprintln!("STRATUS_SKIP_DOCKER_TESTS=1: skipping a Docker test");
-    }
-    skip
+    node::testsuite::skip_docker_tests()
 }
 
 fn ensure_image() {
-    static BUILD: Once = Once::new();
-    BUILD.call_once(|| {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/build-images.sh");
-        let status = Command::new("bash").arg(&script).status().unwrap();
-        assert!(status.success(), "{} failed", script.display());
-    });
+    node::testsuite::ensure_test_image().unwrap();
 }
 
 async fn docker() -> Docker {

@@ -154,7 +154,9 @@ async fn a_deploy_on_one_node_runs_and_answers_on_the_others() {
     .unwrap();
     let view = other.app("hello").await.unwrap();
     for replica in &view.replicas {
-        let page = http_get(replica.addr).await;
+        let page = node::testsuite::http_get_for_test(replica.addr)
+            .await
+            .unwrap();
         assert!(page.contains("hello from hello release 1"), "{page}");
     }
 
@@ -169,17 +171,4 @@ async fn a_deploy_on_one_node_runs_and_answers_on_the_others() {
     .await
     .unwrap();
     cluster.shutdown().await.unwrap();
-}
-
-/// A plain HTTP/1.0 GET, to read a replica's page without another client crate.
-async fn http_get(addr: std::net::SocketAddr) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(b"GET / HTTP/1.0\r\nHost: test\r\n\r\n")
-        .await
-        .unwrap();
-    let mut page = String::new();
-    stream.read_to_string(&mut page).await.unwrap();
-    page
 }

@@ -139,7 +139,9 @@ async fn the_example_runs_with_the_process_runtime_too() {
     .await
     .unwrap();
     for replica in healthy_replicas(&client, "hello", accepted.release).await {
-        let body = http_get(replica.addr).await;
+        let body = node::testsuite::http_get_for_test(replica.addr)
+            .await
+            .unwrap();
         assert!(
             body.contains(&format!("on node {}", replica.node_id)),
             "{body}"
@@ -280,17 +282,4 @@ async fn deploy_with_the_s3_store_keeps_the_bundle_in_the_bucket() {
     .unwrap();
     client.destroy("hello-s3").await.unwrap();
     cluster.shutdown().await.unwrap();
-}
-
-/// A plain HTTP/1.0 GET, to read a replica's page without another client crate.
-async fn http_get(addr: std::net::SocketAddr) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(b"GET / HTTP/1.0\r\nHost: test\r\n\r\n")
-        .await
-        .unwrap();
-    let mut page = String::new();
-    stream.read_to_string(&mut page).await.unwrap();
-    page
 }

@@ -11,7 +11,6 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::process::Command;
-use std::sync::Once;
 use std::time::Duration;
 
 use node::workload::health::probe;
@@ -26,21 +25,11 @@ use tokio::time::Instant;
 const IMAGE: &str = "stratus/busybox:latest";
 
 fn skip() -> bool {
-    let skip = std::env::var_os("STRATUS_SKIP_DOCKER_TESTS").is_some_and(|v| v == "1");
-    if skip {
-        eprintln!("STRATUS_SKIP_DOCKER_TESTS=1: skipping a Docker test");
-    }
-    skip
+    node::testsuite::skip_docker_tests()
 }
 
-/// Builds the test image once per test binary; the script itself skips an existing image.
 fn ensure_image() {
-    static BUILD: Once = Once::new();
-    BUILD.call_once(|| {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/build-images.sh");
-        let status = Command::new("bash").arg(&script).status().unwrap();
-        assert!(status.success(), "{} failed", script.display());
-    });
+    node::testsuite::ensure_test_image().unwrap();
 }
 
 /// Removes the named containers when dropped, so a failing test leaves nothing running.

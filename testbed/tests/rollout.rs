@@ -185,17 +185,23 @@ impl DockerEvent {
 /// Every replica of the app this test's cluster ran, over the whole test, and not only at
 /// the moments a poll happened to look:
 /// - a container runs from Docker's `start` event (exact, from `docker events`),
-/// - until Docker's `kill` or `die`, or the first moment its own node reported it
-///   `stopping` (sampled continuously from each node's API), whichever is first.
+/// - until Docker's `kill` or `die`, or the first moment any node's view showed it
+///   `stopping` (sampled continuously from every node's API), whichever is first.
 ///
-/// Every end is at or after the true one (a sample sees `stopping` only once it is so;
-/// the agent kills a container only after announcing it), so the count of replicas running
-/// at once is never under-estimated.
+/// Every end is at or after the true one (a view shows `stopping` only once the replica's
+/// node announced it; the agent kills a container only after announcing it), so the count
+/// of replicas running at once is never under-estimated. Any node, not only the replica's
+/// own: the app's reconciler places the next replica as soon as its own view shows the
+/// stop, and sampling only the replica's node could see it later than that, on a loaded
+/// machine later than the next replica's start.
+/// (node, placement) -> each time a node's view began to show it stopping, in ns.
+type StoppingSeen = BTreeMap<(String, String), Vec<i128>>;
+
 struct History {
     docker: tokio::process::Child,
     events: Arc<Mutex<Vec<DockerEvent>>>,
-    /// (node, placement) -> when its node's view first showed it stopping.
-    stopping: Arc<Mutex<BTreeMap<(String, String), i128>>>,
+    /// (node, placement) -> each time a node's view began to show it stopping.
+    stopping: Arc<Mutex<StoppingSeen>>,
     tasks: Vec<JoinHandle<()>>,
     /// (end of the phase, most replicas allowed at once, what).
     phases: Vec<(i128, usize, String)>,
@@ -244,27 +250,34 @@ impl History {
         })];
         let stopping = Arc::new(Mutex::new(BTreeMap::new()));
         for agent in &cluster.agents {
-            let (client, node_id, stopping) =
-                (agent.client(), agent.node_id.clone(), stopping.clone());
+            let (client, stopping) = (agent.client(), stopping.clone());
             tasks.push(tokio::spawn(async move {
-                let mut every = tokio::time::interval(Duration::from_millis(50));
+                let mut every = tokio::time::interval(Duration::from_millis(20));
                 every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                // What the previous sample showed stopping: a placement id comes back
+                // when a slot is placed again on the same node (a scale down and up), so
+                // each stretch of `stopping` is recorded, not only the first.
+                let mut before: BTreeSet<(String, String)> = BTreeSet::new();
                 loop {
                     every.tick().await;
                     let Ok(view) = client.app(APP).await else {
                         continue;
                     };
                     let seen = unix_nanos();
-                    let mut stopping = stopping.lock().await;
-                    for replica in view
+                    let now: BTreeSet<(String, String)> = view
                         .replicas
                         .iter()
-                        .filter(|r| r.node_id == node_id && r.state == ContainerState::Stopping)
-                    {
+                        .filter(|r| r.state == ContainerState::Stopping)
+                        .map(|r| (r.node_id.clone(), r.container_id.clone()))
+                        .collect();
+                    let mut stopping = stopping.lock().await;
+                    for key in now.difference(&before) {
                         stopping
-                            .entry((replica.node_id.clone(), replica.container_id.clone()))
-                            .or_insert(seen);
+                            .entry(key.clone())
+                            .or_insert_with(Vec::new)
+                            .push(seen);
                     }
+                    before = now;
                 }
             }));
         }
@@ -356,13 +369,19 @@ impl History {
             until: None,
             started,
         }));
-        // The node's `stopping` ends the stretch it falls in (a placement restarted after a
-        // crash is a new container under the same name, and stops only once).
+        // The first `stopping` seen within a stretch ends it (a placement id recurs: a
+        // crashed container restarted under the same name, a slot placed again).
         for stretch in &mut stretches {
-            if let Some(&seen) = stopping.get(&stretch.started.key())
-                && seen >= stretch.from
-                && stretch.until.is_none_or(|until| seen < until)
-            {
+            let seen = stopping
+                .get(&stretch.started.key())
+                .into_iter()
+                .flatten()
+                .copied()
+                .filter(|seen| {
+                    *seen >= stretch.from && stretch.until.is_none_or(|until| *seen < until)
+                })
+                .min();
+            if let Some(seen) = seen {
                 stretch.until = Some(seen);
             }
         }
@@ -403,7 +422,21 @@ impl History {
                 running.len(),
                 running
                     .iter()
-                    .map(|i| stretches[*i].started.describe())
+                    .map(|i| {
+                        let stretch = &stretches[*i];
+                        format!(
+                            "{} from {:+} ms until {:?} ms, stopping seen at {:?} ms",
+                            stretch.started.describe(),
+                            (stretch.from - at) / 1_000_000,
+                            stretch.until.map(|until| (until - at) / 1_000_000),
+                            stopping
+                                .get(&stretch.started.key())
+                                .into_iter()
+                                .flatten()
+                                .map(|seen| (seen - at) / 1_000_000)
+                                .collect::<Vec<_>>()
+                        )
+                    })
                     .collect::<Vec<_>>()
             );
         }

@@ -82,7 +82,7 @@ pub async fn build(
     // A missing base fails in a second with the image's name, not after a pull attempt
     // the daemon cannot make (there is no registry to pull from).
     for image in &recipe.base_images {
-        if docker.inspect_image(image).await.is_err() && !is_stage_arg(image) {
+        if !is_stage_arg(image) && docker.inspect_image(image).await.is_err() {
             return Err(BuildError::MissingBase {
                 image: image.clone(),
             });

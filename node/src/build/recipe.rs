@@ -160,13 +160,16 @@ pub fn recipe(
     }
 }
 
+/// A file the builder cannot do without, as text.
+fn read_text(tree: &impl SourceTree, file: &str) -> Result<String, RecipeError> {
+    tree.read(file).ok_or_else(|| RecipeError::Unparsable {
+        file: file.into(),
+        reason: "not readable as text".into(),
+    })
+}
+
 fn dockerfile(tree: &impl SourceTree) -> Result<Recipe, RecipeError> {
-    let text = tree
-        .read("Dockerfile")
-        .ok_or_else(|| RecipeError::Unparsable {
-            file: "Dockerfile".into(),
-            reason: "not readable as text".into(),
-        })?;
+    let text = read_text(tree, "Dockerfile")?;
     let mut stages = Vec::new();
     let mut bases = Vec::new();
     for line in text.lines() {
@@ -364,12 +367,7 @@ fn node(
     asked: &Asked<'_>,
     bases: &BaseImages,
 ) -> Result<Recipe, RecipeError> {
-    let text = tree
-        .read("package.json")
-        .ok_or_else(|| RecipeError::Unparsable {
-            file: "package.json".into(),
-            reason: "not readable as text".into(),
-        })?;
+    let text = read_text(tree, "package.json")?;
     let package: serde_json::Value =
         serde_json::from_str(&text).map_err(|err| RecipeError::Unparsable {
             file: "package.json".into(),

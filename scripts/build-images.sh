@@ -6,10 +6,15 @@
 #   stratus/busybox:latest  a static busybox (sh, httpd, nc, ...) with its applets in /bin,
 #                           /tmp and a `nobody` user; `busybox httpd -f -p $PORT -h /app` serves
 #                           a bundle mounted at /app
+#   stratus/python:3.11     the source builders' base images, from Debian's packages by
+#   stratus/node:18         scripts/build-base-images.sh (as root; 1-2 minutes for both when
+#                           missing, packages cached under /var/cache/stratus/debootstrap)
 #
 # Usage: scripts/build-images.sh [--force]
-# Idempotent: an image that already exists is kept unless --force is given. The only
-# network it uses is Debian's package archive, when busybox-static is not installed yet.
+# Idempotent: an image that already exists is kept unless --force is given (which rebuilds
+# the base images too). busybox comes first, so a machine that cannot build the base images
+# (no root) still gets the image most tests run. The only network it uses is Debian's
+# package archive, when busybox-static is not installed yet or a base image is missing.
 set -euo pipefail
 
 image="stratus/busybox:latest"
@@ -17,15 +22,24 @@ force=0
 for arg in "$@"; do
   case "$arg" in
     --force) force=1 ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "unknown argument: $arg (expected --force)" >&2; exit 2 ;;
   esac
 done
 
 command -v docker >/dev/null || { echo "docker not found: install Docker Engine first" >&2; exit 1; }
 
+base_images() {
+  if [[ $force -eq 1 ]]; then
+    bash "$(dirname "$0")/build-base-images.sh" --force
+  else
+    bash "$(dirname "$0")/build-base-images.sh"
+  fi
+}
+
 if [[ $force -eq 0 ]] && docker image inspect "$image" >/dev/null 2>&1; then
   echo "$image already exists (use --force to rebuild)"
+  base_images
   exit 0
 fi
 
@@ -58,3 +72,5 @@ GROUP
 tar --numeric-owner --owner=0 --group=0 -C "$rootfs" -c . \
   | docker import -c 'CMD ["/bin/sh"]' -c 'ENV PATH=/bin' - "$image" >/dev/null
 echo "built $image"
+
+base_images

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs what building and testing Stratus needs beyond Rust and Docker, from Debian's
 # packages, only when missing: cmake (pingora builds zlib-ng with it), curl, python3, nft
-# (the chaos suite's partitions, testbed/src/chaos/partition.rs) and Docker Compose (its
+# (the chaos suite's partitions, testbed/src/chaos/partition.rs), Docker Compose (its
 # compose variant, testbed/tests/chaos_compose.rs; Debian's docker-compose when neither the
-# v2 plugin nor v1 is present).
+# v2 plugin nor v1 is present) and docker-registry (the CNCF distribution registry that
+# scripts/start-registry.sh runs for the image pull tests).
 set -euo pipefail
 
 missing=()
@@ -11,6 +12,7 @@ command -v cmake >/dev/null || missing+=(cmake)
 command -v curl >/dev/null || missing+=(curl)
 command -v python3 >/dev/null || missing+=(python3)
 command -v nft >/dev/null || missing+=(nftables)
+command -v docker-registry >/dev/null || missing+=(docker-registry)
 if command -v docker >/dev/null && ! docker compose version >/dev/null 2>&1; then
   command -v docker-compose >/dev/null || missing+=(docker-compose)
 fi

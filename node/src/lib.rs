@@ -23,7 +23,9 @@
 //!   owning its state, given to the loops and services that use them;
 //! - [`cli`]: tables and the deploy client of the `stratus` binary;
 //! - [`logging`]: the daemon's log output;
-//! - `testsuite` (feature `testsuite`): `cluster_for_test(n)`, agents in one process.
+//! - `testsuite` (feature `testsuite`): `cluster_for_test(n)`, agents in one process;
+//! - `sandbox_dockerd` (feature `testsuite`): a second Docker daemon with its own image
+//!   store, bridge and folders, for tests that need a Docker of their own.
 
 pub mod agent;
 pub mod build;
@@ -35,6 +37,8 @@ pub mod control;
 pub mod handles;
 pub mod logging;
 pub mod operations;
+#[cfg(feature = "testsuite")]
+pub mod sandbox_dockerd;
 #[cfg(feature = "testsuite")]
 pub mod testsuite;
 pub mod workload;

@@ -7,10 +7,11 @@ use std::time::Duration;
 use crate::checksum::{Checksum, Sha256Stream};
 use futures_util::{Stream, StreamExt, TryStreamExt};
 use proto::api::{
-    AppView, AppsResponse, ChangeAccepted, DeployAccepted, DrainReply, ErrorBody, HealthResponse,
-    NodesResponse, PlacementReply, PlacementRequest, ReleasesResponse, RollbackRequest,
-    ScaleRequest, StopRequest,
+    AppView, AppsResponse, BuildsResponse, ChangeAccepted, DeployAccepted, DeployProgress,
+    DrainReply, ErrorBody, HealthResponse, NodesResponse, PlacementReply, PlacementRequest,
+    ReleasesResponse, RollbackRequest, ScaleRequest, StopRequest,
 };
+use proto::build::{BuildEvent, BuildRequest};
 use proto::catalog::AppRecord;
 use serde::de::DeserializeOwned;
 use tokio::io::AsyncWriteExt;
@@ -284,6 +285,79 @@ impl Client {
             .header(reqwest::header::CONTENT_TYPE, "application/zip")
             .body(body);
         self.send(request).await
+    }
+
+    /// [`Client::deploy`], with the build followed live: `on_build` is called with each of
+    /// its events as the node streams them.
+    pub async fn deploy_following(
+        &self,
+        app: &str,
+        zip: &Path,
+        progress: impl Fn(u64) + Send + Sync + 'static,
+        mut on_build: impl FnMut(BuildEvent) + Send,
+    ) -> Result<DeployAccepted, ClientError> {
+        let (body, _) = file_body(zip, progress).await?;
+        let url = self.url(&["v1", "apps", app, "deploys"], &[])?;
+        let shown = url.to_string();
+        let request = self
+            .request(reqwest::Method::POST, url)
+            .header(reqwest::header::CONTENT_TYPE, "application/zip")
+            .header(reqwest::header::ACCEPT, NDJSON)
+            .body(body);
+        let response = self.check(shown.clone(), request).await?;
+        let mut lines = ndjson::<DeployProgress>(response, shown.clone());
+        while let Some(line) = lines.next().await {
+            match line? {
+                DeployProgress::Build { build } => on_build(build),
+                DeployProgress::Accepted { accepted } => return Ok(accepted),
+                DeployProgress::Failed { status, error } => {
+                    return Err(ClientError::Api {
+                        url: shown,
+                        status,
+                        error: error.error,
+                        detail: error.detail,
+                    });
+                }
+            }
+        }
+        Err(ClientError::Stream {
+            url: shown,
+            source: std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the node stopped answering before the deploy ended: check `stratus builds APP` and `stratus status APP` on another node",
+            ),
+        })
+    }
+
+    /// An app's last builds, newest first.
+    pub async fn builds(&self, app: &str) -> Result<BuildsResponse, ClientError> {
+        self.send(self.call(reqwest::Method::GET, &["v1", "apps", app, "builds"], &[])?)
+            .await
+    }
+
+    /// The whole output of the build of release `release`.
+    pub async fn build_log(&self, app: &str, release: u64) -> Result<LogLines, ClientError> {
+        let release = release.to_string();
+        self.log_lines(self.url(&["v1", "apps", app, "builds", &release, "log"], &[])?)
+            .await
+    }
+
+    /// Node-to-node: builds a release on that node; its events as they come, the last a
+    /// `finished`. A stream that breaks (the node died) ends with the error.
+    pub async fn build(
+        &self,
+        request: &BuildRequest,
+    ) -> Result<Pin<Box<dyn Stream<Item = Result<BuildEvent, ClientError>> + Send>>, ClientError>
+    {
+        let url = self.url(&["v1", "internal", "builds"], &[])?;
+        let shown = url.to_string();
+        let response = self
+            .check_within(
+                &shown,
+                self.request(reqwest::Method::POST, url).json(request),
+            )
+            .await?;
+        Ok(ndjson::<BuildEvent>(response, shown))
     }
 
     /// Node-to-node: sends a bundle copy. The whole transfer, the peer's check of the
@@ -661,6 +735,45 @@ fn capped(
         Err(LinesCodecError::MaxLineLengthExceeded) => Ok(Some(DROPPED_LINE.to_string())),
         Err(LinesCodecError::Io(err)) => Err(err),
     }
+}
+
+const NDJSON: &str = "application/x-ndjson";
+
+/// Longest line of a newline-delimited JSON answer (a build's summary is the largest).
+const MAX_NDJSON_LINE_BYTES: usize = 1 << 20;
+
+/// A newline-delimited JSON answer, decoded a line at a time; the first error ends it.
+fn ndjson<T: DeserializeOwned + Send + 'static>(
+    response: reqwest::Response,
+    url: String,
+) -> Pin<Box<dyn Stream<Item = Result<T, ClientError>> + Send>> {
+    let body =
+        tokio_util::io::StreamReader::new(response.bytes_stream().map_err(std::io::Error::other));
+    let mut broken = false;
+    let lines = FramedRead::new(body, LinesCodec::new_with_max_length(MAX_NDJSON_LINE_BYTES))
+        .map(move |line| {
+            let stream_error = |source| ClientError::Stream {
+                url: url.clone(),
+                source,
+            };
+            let line = line.map_err(|err| match err {
+                LinesCodecError::Io(err) => stream_error(err),
+                LinesCodecError::MaxLineLengthExceeded => {
+                    stream_error(std::io::Error::other("a line longer than 1 MiB"))
+                }
+            })?;
+            serde_json::from_str::<T>(&line).map_err(|err| {
+                stream_error(std::io::Error::other(format!(
+                    "not an event of the API ({err}): {line:.200}"
+                )))
+            })
+        })
+        .take_while(move |line| {
+            let go_on = !broken;
+            broken = line.is_err();
+            futures_util::future::ready(go_on)
+        });
+    Box::pin(lines)
 }
 
 /// A streamed body of the file at `path`, and the file's size.

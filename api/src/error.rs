@@ -22,6 +22,7 @@ pub enum ErrorCode {
     PayloadTooLarge,
     InvalidBundle,
     InvalidManifest,
+    BuildFailed,
     Conflict,
     Unavailable,
     Timeout,
@@ -38,7 +39,7 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ErrorCode::InvalidBundle | ErrorCode::InvalidManifest => {
+            ErrorCode::InvalidBundle | ErrorCode::InvalidManifest | ErrorCode::BuildFailed => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             ErrorCode::Conflict => StatusCode::CONFLICT,
@@ -59,6 +60,7 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::InvalidBundle => "invalid_bundle",
             ErrorCode::InvalidManifest => "invalid_manifest",
+            ErrorCode::BuildFailed => "build_failed",
             ErrorCode::Conflict => "conflict",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Timeout => "timeout",
@@ -92,6 +94,9 @@ pub enum ApiError {
     InvalidBundle(String),
     #[error("{0}")]
     InvalidManifest(String),
+    /// The build or the release command failed: the previous release keeps serving.
+    #[error("{0}")]
+    BuildFailed(String),
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
@@ -136,6 +141,7 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
             ApiError::InvalidBundle(_) => ErrorCode::InvalidBundle,
             ApiError::InvalidManifest(_) => ErrorCode::InvalidManifest,
+            ApiError::BuildFailed(_) => ErrorCode::BuildFailed,
             ApiError::Conflict(_) => ErrorCode::Conflict,
             ApiError::Unavailable(_) => ErrorCode::Unavailable,
             ApiError::Timeout(_) => ErrorCode::Timeout,

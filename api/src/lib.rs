@@ -34,7 +34,8 @@ pub use error::{ApiError, ErrorCode, ServiceError};
 pub use routes::router;
 pub use server::{ServeLimits, serve};
 pub use service::{
-    AppsService, BlobsService, InternalService, LineStream, LogQuery, NodesService, Service,
+    AppsService, BlobsService, BuildEvents, InternalService, LineStream, LogQuery, NodesService,
+    Service,
 };
 pub use state::{ApiConfig, ApiState};
 pub use upload::Upload;

@@ -7,10 +7,11 @@ use std::future::Future;
 use std::path::PathBuf;
 
 use proto::api::{
-    AppView, AppsResponse, ChangeAccepted, DeployAccepted, DrainReply, HealthResponse,
-    NodesResponse, PlacementReply, PlacementRequest, ReleasesResponse, RollbackRequest,
-    ScaleRequest, StopRequest,
+    AppView, AppsResponse, BuildsResponse, ChangeAccepted, DeployAccepted, DrainReply,
+    HealthResponse, NodesResponse, PlacementReply, PlacementRequest, ReleasesResponse,
+    RollbackRequest, ScaleRequest, StopRequest,
 };
+use proto::build::BuildRequest;
 use proto::catalog::AppRecord;
 use serde::Deserialize;
 
@@ -20,6 +21,9 @@ use crate::upload::Upload;
 
 /// Lines streamed to the client as they come.
 pub type LineStream = std::pin::Pin<Box<dyn futures_util::Stream<Item = String> + Send>>;
+
+/// Where a deploy reports its build as it goes; nobody may be listening (a JSON deploy).
+pub type BuildEvents = tokio::sync::mpsc::UnboundedSender<proto::build::BuildEvent>;
 
 /// Everything the routers need: the agent implements all of it.
 pub trait Service:
@@ -37,12 +41,22 @@ pub trait AppsService: Send + Sync + 'static {
     fn apps(&self) -> impl Future<Output = AppsResponse> + Send;
     fn app(&self, name: &str) -> impl Future<Output = Result<AppView, ApiError>> + Send;
     fn destroy(&self, name: &str) -> impl Future<Output = Result<AppView, ApiError>> + Send;
-    /// A zipped app folder for `app`, already on disk with its SHA-256.
+    /// A zipped app folder for `app`, already on disk with its SHA-256; a build, if the app
+    /// has one, reports to `events`.
     fn deploy(
         &self,
         app: &str,
         upload: Upload,
+        events: BuildEvents,
     ) -> impl Future<Output = Result<DeployAccepted, ApiError>> + Send;
+    /// The last builds of `app`, newest first.
+    fn builds(&self, app: &str) -> impl Future<Output = Result<BuildsResponse, ApiError>> + Send;
+    /// The whole output of the build of release `release`.
+    fn build_log(
+        &self,
+        app: &str,
+        release: u64,
+    ) -> impl Future<Output = Result<LineStream, ApiError>> + Send;
     /// Releases of `app`, newest first.
     fn releases(
         &self,
@@ -100,6 +114,12 @@ pub trait InternalService: Send + Sync + 'static {
         &self,
         app: &str,
     ) -> impl Future<Output = Result<u64, ApiError>> + Send;
+    /// Build a release here: newline-delimited JSON [`proto::build::BuildEvent`]s, the
+    /// last a `finished`.
+    fn build(
+        &self,
+        request: BuildRequest,
+    ) -> impl Future<Output = Result<LineStream, ApiError>> + Send;
     /// Run one replica here, if it fits.
     fn place(
         &self,

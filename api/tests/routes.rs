@@ -114,13 +114,27 @@ impl AppsService for FakeNode {
     async fn destroy(&self, name: &str) -> Result<AppView, ApiError> {
         known(name).await.map(|()| app_view(name))
     }
-    async fn deploy(&self, app: &str, upload: Upload) -> Result<DeployAccepted, ApiError> {
+    async fn deploy(
+        &self,
+        app: &str,
+        upload: Upload,
+        events: api::BuildEvents,
+    ) -> Result<DeployAccepted, ApiError> {
+        let _ = events.send(proto::build::BuildEvent::Step {
+            text: format!("building {app}"),
+        });
+        if app == "unbuildable" {
+            return Err(ApiError::BuildFailed(
+                "the Dockerfile's RUN false failed".into(),
+            ));
+        }
         assert!(
             upload.path().exists(),
             "the upload is on disk while deploy runs"
         );
         *self.deployed.lock().await = Some((app.into(), upload.sha256.clone(), upload.size));
         Ok(DeployAccepted {
+            build: None,
             app: app.into(),
             release: 1,
             sha256: upload.sha256.clone(),
@@ -128,6 +142,19 @@ impl AppsService for FakeNode {
             holders: vec!["n1".into()],
             status_url: format!("/v1/apps/{app}"),
         })
+    }
+    async fn builds(&self, app: &str) -> Result<proto::api::BuildsResponse, ApiError> {
+        known(app).await?;
+        Ok(proto::api::BuildsResponse {
+            app: app.into(),
+            builds: vec![],
+        })
+    }
+    async fn build_log(&self, app: &str, release: u64) -> Result<LineStream, ApiError> {
+        known(app).await?;
+        Ok(Box::pin(futures_util::stream::iter(vec![format!(
+            "log of release {release}"
+        )])))
     }
     async fn releases(&self, app: &str) -> Result<ReleasesResponse, ApiError> {
         known(app).await?;
@@ -179,6 +206,11 @@ impl InternalService for FakeNode {
     }
     async fn reserve_release_number(&self, _: &str) -> Result<u64, ApiError> {
         Ok(7)
+    }
+    async fn build(&self, _: proto::build::BuildRequest) -> Result<LineStream, ApiError> {
+        Err(ApiError::Unavailable(
+            "this fake node does not build".into(),
+        ))
     }
     async fn place(&self, _: PlacementRequest) -> Result<PlacementReply, ApiError> {
         Ok(PlacementReply::Admitted)
@@ -269,6 +301,8 @@ const USER_ROUTES: &[(&str, &str, &str)] = &[
     ("POST", "/v1/apps/web/rollback", "{}"),
     ("POST", "/v1/apps/web/restart", ""),
     ("GET", "/v1/apps/web/logs", ""),
+    ("GET", "/v1/apps/web/builds", ""),
+    ("GET", "/v1/apps/web/builds/3/log", ""),
     ("POST", "/v1/nodes/n1/drain", ""),
     ("POST", "/v1/nodes/n1/undrain", ""),
 ];
@@ -567,6 +601,59 @@ async fn a_deploy_hands_the_service_the_saved_body_and_its_digest() {
     );
 }
 
+/// Asked for NDJSON, a deploy streams its build's events and ends with `accepted`, or with
+/// `failed` carrying the error's status and body, as the client reads it.
+#[tokio::test]
+async fn a_streamed_deploy_sends_the_build_events_then_the_outcome() {
+    let f = fixture();
+    for (app, ok) in [("web", true), ("unbuildable", false)] {
+        let response = f
+            .router
+            .clone()
+            .oneshot(
+                Request::builder()
+                    .method(Method::POST)
+                    .uri(format!("/v1/apps/{app}/deploys"))
+                    .header(header::AUTHORIZATION, format!("Bearer {USER}"))
+                    .header(header::ACCEPT, "application/x-ndjson")
+                    .body(Body::from("hello"))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            response.headers()[header::CONTENT_TYPE],
+            "application/x-ndjson"
+        );
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let lines: Vec<proto::api::DeployProgress> = String::from_utf8_lossy(&bytes)
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        assert_eq!(
+            lines[0],
+            proto::api::DeployProgress::Build {
+                build: proto::build::BuildEvent::Step {
+                    text: format!("building {app}")
+                }
+            }
+        );
+        match (&lines[1], ok) {
+            (proto::api::DeployProgress::Accepted { accepted }, true) => {
+                assert_eq!(accepted.app, app)
+            }
+            (proto::api::DeployProgress::Failed { status, error }, false) => {
+                assert_eq!(*status, 422);
+                assert_eq!(error.error, "build_failed");
+                assert!(error.detail.contains("RUN false"), "{error:?}");
+            }
+            (other, _) => panic!("unexpected last line {other:?}"),
+        }
+        assert_eq!(lines.len(), 2);
+    }
+}
+
 #[tokio::test]
 async fn log_queries_parse_like_the_client_sends_them() {
     let f = fixture();
@@ -615,6 +702,7 @@ async fn the_openapi_document_lists_every_route() {
         )
         .collect();
     routes.push(("POST".into(), "/v1/internal/placements".into()));
+    routes.push(("POST".into(), "/v1/internal/builds".into()));
     routes.push(("GET".into(), "/v1/health".into()));
     routes.push(("GET".into(), "/v1/nodes".into()));
     for (method, uri) in routes {
@@ -622,7 +710,8 @@ async fn the_openapi_document_lists_every_route() {
             .replace("/web", "/{app}")
             .replace("/n1/", "/{node}/")
             .replace("/abc", "/{sha256}")
-            .replace("/p1/", "/{id}/");
+            .replace("/p1/", "/{id}/")
+            .replace("/builds/3/", "/builds/{release}/");
         let entry = paths
             .get(&templated)
             .unwrap_or_else(|| panic!("{templated} is not in the document"));
@@ -632,7 +721,16 @@ async fn the_openapi_document_lists_every_route() {
         );
     }
     let schemas = doc["components"]["schemas"].as_object().unwrap();
-    for schema in ["AppView", "ErrorBody", "PlacementRequest", "Manifest"] {
+    for schema in [
+        "AppView",
+        "ErrorBody",
+        "PlacementRequest",
+        "Manifest",
+        "BuildRequest",
+        "BuildEvent",
+        "DeployProgress",
+        "BuildsResponse",
+    ] {
         assert!(schemas.contains_key(schema), "schema {schema} is missing");
     }
 }

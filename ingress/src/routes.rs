@@ -527,6 +527,7 @@ mod tests {
 
     fn app_record(name: &str, manifest: &str) -> AppRecord {
         AppRecord {
+            builds: Default::default(),
             name: name.into(),
             stamp: proto::catalog::Stamp {
                 wall_ms: 1,
@@ -535,6 +536,7 @@ mod tests {
             },
             deleted: false,
             release: Some(proto::catalog::Release {
+                image: None,
                 number: 1,
                 bundle: proto::catalog::BlobRef {
                     sha256: "00".into(),

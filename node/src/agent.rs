@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
+use crate::build::builds::{BuildSettings, Builds};
 use crate::bundle::{BlobStore, Bundles, S3Store};
 use crate::cluster::generation::bump_generation;
 use crate::cluster::load::LoadSampler;
@@ -153,6 +154,17 @@ pub async fn run_with_routes(
     let resolver = SeedResolver::from_system();
     let mut initial_seeds = resolver.resolve(&config.seeds).await;
     initial_seeds.remove(&config.advertise_addr);
+    let (runtime, docker) = choose_runtime(&config).await?;
+    let builds = Builds::new(
+        docker,
+        BuildSettings {
+            bases: config.base_images.clone(),
+            timeout: config.build_timeout,
+            pull: config.image_pull,
+            keep_releases: config.keep_releases,
+            work_dir: config.data_dir.join("builds"),
+        },
+    );
     let identity = NodeIdentity {
         node_id: config.node_id.clone(),
         gossip_addr: config.advertise_addr,
@@ -162,6 +174,7 @@ pub async fn run_with_routes(
         labels: config.labels.clone(),
         started_at_ms: now_ms,
         runs_workloads: config.runs_workloads,
+        builds: config.runs_workloads && builds.can_build(),
     };
     let mut sampler = LoadSampler::new();
     let first_load = sampler.sample((0, 0));
@@ -194,7 +207,6 @@ pub async fn run_with_routes(
         "agent ready"
     );
 
-    let runtime = choose_runtime(&config).await?;
     info!(runtime = runtime.name(), "container runtime ready");
     let catalog = CatalogHandle::open(&config.data_dir.join("catalog.redb"), &config.node_id)
         .map_err(|err| AgentError::Catalog(err.to_string()))?;
@@ -236,6 +248,7 @@ pub async fn run_with_routes(
         bundles: Arc::new(Bundles::new(&config.data_dir, blobs, s3)),
         admission: Arc::new(admission),
         replicas: Arc::new(Replicas::new(runtime)),
+        builds: Arc::new(builds),
         config: Arc::new(config.clone()),
     };
 
@@ -371,12 +384,16 @@ impl Supervised {
     }
 }
 
-/// Docker where its daemon answers (or when asked for), else plain processes.
-async fn choose_runtime(config: &AgentConfig) -> Result<Arc<dyn RuntimeDriver>, AgentError> {
+/// Docker where its daemon answers (or when asked for), else plain processes; with Docker,
+/// also its client, which builds and image loads use.
+async fn choose_runtime(
+    config: &AgentConfig,
+) -> Result<(Arc<dyn RuntimeDriver>, Option<bollard::Docker>), AgentError> {
     let range = PortRange::new(config.port_range.0, config.port_range.1)
         .ok_or_else(|| AgentError::Runtime("invalid port range".into()))?;
     let ip = config.advertise_addr.ip();
     let docker_options = DockerOptions {
+        docker_host: config.docker_host.clone(),
         port_range: range,
         network: config.docker_network.clone(),
         oci_runtime: config.oci_runtime.clone(),
@@ -384,24 +401,28 @@ async fn choose_runtime(config: &AgentConfig) -> Result<Arc<dyn RuntimeDriver>, 
         cluster_id: Some(config.cluster_id.clone()),
         ..DockerOptions::new(ip)
     };
-    let process = || -> Result<Arc<dyn RuntimeDriver>, AgentError> {
+    let process = || -> Result<(Arc<dyn RuntimeDriver>, Option<bollard::Docker>), AgentError> {
         let options = ProcessOptions {
             port_range: range,
             ..ProcessOptions::new(ip, config.data_dir.join("logs"))
         };
-        Ok(Arc::new(
-            ProcessDriver::new(options).map_err(|err| AgentError::Runtime(err.to_string()))?,
-        ))
+        let driver =
+            ProcessDriver::new(options).map_err(|err| AgentError::Runtime(err.to_string()))?;
+        Ok((Arc::new(driver), None))
+    };
+    let docker = |driver: DockerDriver| {
+        let client = driver.client();
+        (Arc::new(driver) as Arc<dyn RuntimeDriver>, Some(client))
     };
     match config.runtime {
         RuntimeChoice::Process => process(),
-        RuntimeChoice::Docker => Ok(Arc::new(
+        RuntimeChoice::Docker => Ok(docker(
             DockerDriver::connect(docker_options)
                 .await
                 .map_err(|err| AgentError::Runtime(err.to_string()))?,
         )),
         RuntimeChoice::Auto => match DockerDriver::connect(docker_options).await {
-            Ok(docker) if docker.is_available().await => Ok(Arc::new(docker)),
+            Ok(driver) if driver.is_available().await => Ok(docker(driver)),
             _ => {
                 warn!("docker does not answer: running apps as plain processes");
                 process()

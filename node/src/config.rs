@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::build::image_pull::ImagePull;
+use crate::build::recipe::BaseImages;
 use crate::bundle::{S3Config, S3Error};
 use crate::cluster::seal::{KeyError, Keyring};
 use crate::cluster::seeds::{Seed, SeedError};
@@ -95,6 +97,22 @@ pub struct AgentArgs {
     /// OCI runtime for containers, e.g. runsc for gVisor [default: Docker's default]
     #[arg(long, env = "STRATUS_OCI_RUNTIME")]
     pub oci_runtime: Option<String>,
+    /// The Docker daemon to use, e.g. unix:///run/other/docker.sock [default: DOCKER_HOST or the local socket]
+    #[arg(long, env = "STRATUS_DOCKER_HOST")]
+    pub docker_host: Option<String>,
+    /// Longest a build may take before it is stopped and reported [default: 15m]
+    #[arg(long, env = "STRATUS_BUILD_TIMEOUT")]
+    pub build_timeout: Option<String>,
+    /// Map a runtime to a base image, RUNTIME=IMAGE, e.g. python-3.11=python:3.11-slim;
+    /// repeat the flag (or separate by commas) for more [default: the stratus/* images scripts/build-images.sh builds]
+    #[arg(long, env = "STRATUS_BASE_IMAGE", value_delimiter = ',')]
+    pub base_image: Option<Vec<String>>,
+    /// When to pull an image an app names: never, if-missing (after looking in the cluster) or always [default: if-missing]
+    #[arg(long, env = "STRATUS_IMAGE_PULL")]
+    pub image_pull: Option<String>,
+    /// Built images kept per app: older releases' images are removed from this node [default: 5]
+    #[arg(long, env = "STRATUS_KEEP_RELEASES")]
+    pub keep_releases: Option<usize>,
     /// Image for apps whose manifest names none [default: stratus/busybox:latest]
     #[arg(long, env = "STRATUS_DEFAULT_IMAGE")]
     pub default_image: Option<String>,
@@ -165,6 +183,11 @@ struct FileConfig {
     docker_network: Option<String>,
     oci_runtime: Option<String>,
     default_image: Option<String>,
+    docker_host: Option<String>,
+    build_timeout: Option<String>,
+    base_image: Option<Vec<String>>,
+    image_pull: Option<String>,
+    keep_releases: Option<usize>,
     port_range: Option<String>,
     no_workloads: Option<bool>,
     ingress_addr: Option<SocketAddr>,
@@ -222,6 +245,12 @@ pub enum ConfigError {
     S3WithoutStore(&'static str),
     #[error("{0}")]
     IngressTls(&'static str),
+    #[error("invalid --build-timeout: {0}")]
+    BuildTimeout(String),
+    #[error("{0}")]
+    BaseImage(String),
+    #[error("invalid --image-pull {0:?}: use never, if-missing or always")]
+    ImagePull(String),
 }
 
 /// Which runtime driver runs containers.
@@ -256,6 +285,12 @@ pub struct AgentConfig {
     pub docker_network: Option<String>,
     pub oci_runtime: Option<String>,
     pub default_image: String,
+    /// `None`: `DOCKER_HOST` or the local socket.
+    pub docker_host: Option<String>,
+    pub build_timeout: Duration,
+    pub base_images: BaseImages,
+    pub image_pull: ImagePull,
+    pub keep_releases: usize,
     pub port_range: (u16, u16),
     pub runs_workloads: bool,
     /// Where the embedded ingress listens, if this node runs one.
@@ -379,7 +414,36 @@ impl AgentConfig {
                 ));
             }
         };
+        let build_timeout = match args.build_timeout.or(file.build_timeout) {
+            None => Duration::from_secs(15 * 60),
+            Some(text) => Duration::from_millis(
+                proto::manifest::parse_duration_ms(&text).map_err(ConfigError::BuildTimeout)?,
+            ),
+        };
+        let mut base_images = BaseImages::local();
+        for mapping in args.base_image.or(file.base_image).unwrap_or_default() {
+            let mapping = mapping.trim();
+            if !mapping.is_empty() {
+                base_images.set(mapping).map_err(ConfigError::BaseImage)?;
+            }
+        }
+        let image_pull = match args.image_pull.or(file.image_pull) {
+            None => ImagePull::IfMissing,
+            Some(text) => text.parse().map_err(|_| ConfigError::ImagePull(text))?,
+        };
         Ok(AgentConfig {
+            docker_host: args
+                .docker_host
+                .or(file.docker_host)
+                .filter(|host| !host.is_empty()),
+            build_timeout,
+            base_images,
+            image_pull,
+            keep_releases: args
+                .keep_releases
+                .or(file.keep_releases)
+                .unwrap_or(5)
+                .max(1),
             ingress_admin_addr: args.ingress_admin_addr.or(file.ingress_admin_addr),
             ingress_tls,
             ingress_max_body_bytes: args.ingress_max_body_bytes.or(file.ingress_max_body_bytes),

@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use crate::build::builds::Builds;
 use crate::bundle::Bundles;
 use crate::cluster::membership::{ClusterView, Membership, TransportStats};
 use crate::cluster::peers::Peers;
@@ -25,6 +26,8 @@ pub struct AgentHandles {
     pub bundles: Arc<Bundles>,
     pub admission: Arc<AdmissionControl>,
     pub replicas: Arc<Replicas>,
+    /// Builds from source, and the Docker client images are loaded with.
+    pub builds: Arc<Builds>,
 }
 
 impl AgentHandles {

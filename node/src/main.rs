@@ -101,6 +101,17 @@ enum Command {
         /// The kept output of stopped replicas (replaced, moved, crashed) instead
         #[arg(long, conflicts_with = "follow")]
         previous: bool,
+        /// The whole output of the build of release N instead
+        #[arg(long, value_name = "N", conflicts_with_all = ["follow", "previous"])]
+        build: Option<u64>,
+    },
+    /// List an app's builds, newest first: release, builder, node, duration, cache, result
+    Builds {
+        app: String,
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        json: bool,
     },
     /// List an app's releases, newest first, with the failed ones and why
     Releases {
@@ -262,10 +273,13 @@ fn main() -> anyhow::Result<()> {
             follow,
             tail,
             previous,
+            build,
         } => runtime()?.block_on(async {
             use futures_util::StreamExt as _;
             let client = target.client()?;
-            let mut lines: api::client::LogLines = if previous {
+            let mut lines: api::client::LogLines = if let Some(release) = build {
+                client.build_log(&app, release).await?
+            } else if previous {
                 Box::pin(client.previous_logs(&app, tail).await?.map(Ok))
             } else {
                 client.logs(&app, follow, tail).await?
@@ -274,6 +288,15 @@ fn main() -> anyhow::Result<()> {
             // of exiting as if the app had stopped writing.
             while let Some(line) = lines.next().await {
                 println!("{}", line?);
+            }
+            Ok(())
+        }),
+        Command::Builds { app, target, json } => runtime()?.block_on(async {
+            let builds = target.client()?.builds(&app).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&builds)?);
+            } else {
+                println!("{}", node::cli::builds_table(&builds));
             }
             Ok(())
         }),

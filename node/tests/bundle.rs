@@ -318,7 +318,7 @@ fn the_manifest_and_procfile_go_in_even_if_ignored() {
     fs::write(dir.path().join("Procfile"), "web: ./serve\n").unwrap();
     fs::write(dir.path().join(".gitignore"), "*.toml\nProcfile\n").unwrap();
     let (zip, summary) = pack_to_vec(dir.path());
-    assert_eq!(summary.manifest.cmd, "./serve");
+    assert_eq!(summary.manifest.cmd.as_deref(), Some("./serve"));
     assert_eq!(
         entry_names(&zip),
         [".gitignore", "Procfile", "stratus.toml"]
@@ -815,7 +815,7 @@ fn a_procfile_in_the_bundle_supplies_the_command() {
     let procfile = Raw::file("Procfile", b"web: ./serve --port $PORT\n");
     let (_dir, path, _) = bundle_file(&raw_zip(&[manifest, procfile]));
     let manifest = inspect_and_unpack(&path, None, UnpackLimits::default()).unwrap();
-    assert_eq!(manifest.cmd, "./serve --port $PORT");
+    assert_eq!(manifest.cmd.as_deref(), Some("./serve --port $PORT"));
 }
 
 // ---------------------------------------------------------------------------------------

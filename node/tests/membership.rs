@@ -38,6 +38,7 @@ async fn member(
         labels: Default::default(),
         started_at_ms: 0,
         runs_workloads: true,
+        builds: false,
     };
     Membership::start(config, &identity, NodeLoad::default(), transport)
         .await

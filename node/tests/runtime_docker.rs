@@ -110,6 +110,8 @@ fn spec(placement: &str, node_id: &str, bundle_dir: &Path) -> ContainerSpec {
         bundle_dir: bundle_dir.to_path_buf(),
         image: IMAGE.into(),
         cmd: "echo serving on $PORT; exec busybox httpd -f -p $PORT -h /app".into(),
+        built: false,
+        read_only_root: false,
         port: 8080,
         env: BTreeMap::from([("GREETING".to_string(), "hello".to_string())]),
         cpu_millis: 500,

@@ -37,6 +37,8 @@ fn spec(placement: &str, bundle_dir: &Path, cmd: &str) -> ContainerSpec {
         bundle_dir: bundle_dir.to_path_buf(),
         image: String::new(),
         cmd: cmd.to_string(),
+        built: false,
+        read_only_root: false,
         port: 8080,
         env: BTreeMap::from([("GREETING".to_string(), "hello".to_string())]),
         cpu_millis: 0,

@@ -124,6 +124,28 @@ pub struct DeployAccepted {
     pub holders: Vec<String>,
     /// Where to follow the rollout.
     pub status_url: String,
+    /// The build that made the release's image; `None` for an app with no builder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<crate::build::BuildSummary>,
+}
+
+/// A line of `POST /v1/apps/{app}/deploys` when asked for `application/x-ndjson`: the
+/// build's events as they happen, then exactly one `accepted` or `failed`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "event")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum DeployProgress {
+    Build { build: crate::build::BuildEvent },
+    Accepted { accepted: DeployAccepted },
+    Failed { status: u16, error: ErrorBody },
+}
+
+/// `GET /v1/apps/{app}/builds`: the app's last builds, newest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct BuildsResponse {
+    pub app: String,
+    pub builds: Vec<crate::build::BuildSummary>,
 }
 
 /// One replica of an app, as gossiped by the node that runs it.

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::build::{BuildSummary, ImageRef};
 use crate::manifest::Manifest;
 
 /// A hybrid-logical-clock timestamp with the writer's node id as the final tie-break.
@@ -42,6 +43,10 @@ pub struct Release {
     /// Why the release exists when it is not a plain deploy: "rollback to 3", "restart".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// The image built from the bundle; `None`: no build (the manifest's or the node's
+    /// default image runs with the bundle mounted at `/app`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageRef>,
 }
 
 /// Everything the cluster must agree on about one app.
@@ -60,6 +65,10 @@ pub struct AppRecord {
     /// it ran before. Carried over by every later write of the record.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub failed: BTreeMap<u64, String>,
+    /// The last builds, by release number, failed ones included; carried over like
+    /// `failed`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub builds: BTreeMap<u64, BuildSummary>,
 }
 
 impl AppRecord {

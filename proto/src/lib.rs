@@ -8,6 +8,7 @@
 //! - [`gossip`]: the versioned key schema and the values published under it;
 //! - [`node`]: what a node says about itself (identity, load);
 //! - [`container`]: one record per container a node runs;
+//! - [`build`]: builders, built images, build records and the events a build streams;
 //! - [`catalog`]: app records and releases, last writer wins by hybrid logical clock;
 //! - [`manifest`]: `stratus.toml`, parsed and validated;
 //! - [`routes`]: what an agent feeds the ingress embedded beside it;
@@ -17,6 +18,7 @@
 //! the api crate serves; without it the crate is serde and nothing else.
 
 pub mod api;
+pub mod build;
 pub mod catalog;
 pub mod container;
 pub mod gossip;

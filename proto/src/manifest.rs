@@ -8,6 +8,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::build::Builder;
+
 pub const MANIFEST_FILE: &str = "stratus.toml";
 pub const PROCFILE: &str = "Procfile";
 pub const DEFAULT_PORT: u16 = 8080;
@@ -26,7 +28,9 @@ pub struct Manifest {
     /// `None`: the node's default image.
     pub image: Option<String>,
     /// Shell command that starts the app (from `cmd` or the Procfile's `web:` line).
-    pub cmd: String,
+    /// `None`: a built app's image starts it the way its builder chose; an app with no
+    /// builder must have one (checked when its builder is known, at deploy).
+    pub cmd: Option<String>,
     /// The port the app listens on, given to it as `$PORT`.
     pub port: u16,
     pub replicas: u32,
@@ -43,6 +47,49 @@ pub struct Manifest {
     /// existed: those get the defaults.
     #[serde(default)]
     pub rollout: Rollout,
+    /// How the app is built from its folder; absent in releases recorded before builds.
+    #[serde(default)]
+    pub build: BuildSettings,
+    /// `python-3.11`, `node-18`: the base image a builder starts from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
+    /// The release phase: run once per release in a container of the new image, before
+    /// the rollout (`release = "..."` or the Procfile's `release:` line).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<String>,
+    /// The container's root filesystem is read-only, with a writable `/tmp` (opt-in: by
+    /// default it is writable and thrown away with the container).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only_root: bool,
+}
+
+/// `build = "python"`, or a `[build]` table with `builder`, `args`, `target`, `cpu` and
+/// `memory`: the builder (`None`: detected from the files), the Dockerfile's build args and
+/// target stage, and what a build reserves on the node that runs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct BuildSettings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub builder: Option<Builder>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub args: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    pub resources: Resources,
+}
+
+impl Default for BuildSettings {
+    fn default() -> Self {
+        BuildSettings {
+            builder: None,
+            args: BTreeMap::new(),
+            target: None,
+            resources: Resources {
+                cpu_millis: 1_000,
+                memory_bytes: 1 << 30,
+            },
+        }
+    }
 }
 
 /// One `[[routes]]` table: the app answers requests whose path is `path` or lies under it
@@ -148,6 +195,30 @@ struct RawManifest {
     routes: Vec<RawRoute>,
     #[serde(default)]
     rollout: RawRollout,
+    build: Option<RawBuild>,
+    runtime: Option<String>,
+    release: Option<String>,
+    #[serde(default)]
+    read_only_root: bool,
+}
+
+/// `build = "python"` or a `[build]` table.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawBuild {
+    Name(String),
+    Table(RawBuildTable),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBuildTable {
+    builder: Option<String>,
+    #[serde(default)]
+    args: BTreeMap<String, String>,
+    target: Option<String>,
+    cpu: Option<f64>,
+    memory: Option<toml_size::Size>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -212,23 +283,34 @@ impl Manifest {
         if let Err(message) = validate_app_name(&name) {
             fail("name", message);
         }
-        let cmd = match (raw.cmd, procfile.and_then(procfile_web)) {
-            (Some(cmd), _) if !cmd.trim().is_empty() => cmd,
+        let cmd = match (
+            raw.cmd,
+            procfile.and_then(|text| procfile_line(text, "web")),
+        ) {
+            (Some(cmd), _) if !cmd.trim().is_empty() => Some(cmd),
             (Some(_), _) => {
                 fail(
                     "cmd",
-                    "is empty: give the command that starts the app".into(),
+                    "is empty: give the command that starts the app, or leave `cmd` out to let its builder choose".into(),
                 );
-                String::new()
+                None
             }
-            (None, Some(web)) => web,
-            (None, None) => {
+            (None, web) => web,
+        };
+        let release = match (
+            raw.release,
+            procfile.and_then(|text| procfile_line(text, "release")),
+        ) {
+            (Some(release), _) if !release.trim().is_empty() => Some(release),
+            (Some(_), _) => {
                 fail(
-                    "cmd",
-                    "missing: set `cmd = \"...\"` or add a Procfile with a `web:` line".into(),
+                    "release",
+                    "is empty: give the command to run before each rollout, or leave `release` out"
+                        .into(),
                 );
-                String::new()
+                None
             }
+            (None, procfile_release) => procfile_release,
         };
         let port = match raw.port {
             None => DEFAULT_PORT,
@@ -389,6 +471,22 @@ impl Manifest {
         {
             fail("image", format!("{image:?} is not an image reference"));
         }
+        let build = build_settings(raw.build, &mut fail);
+        if let Some(runtime) = &raw.runtime {
+            let valid = runtime.split_once('-').is_some_and(|(language, version)| {
+                !language.is_empty()
+                    && !version.is_empty()
+                    && version.split('.').all(|part| part.parse::<u32>().is_ok())
+            });
+            if !valid {
+                fail(
+                    "runtime",
+                    format!(
+                        "{runtime:?} is not a runtime: write e.g. \"python-3.11\" or \"node-18\""
+                    ),
+                );
+            }
+        }
         if !errors.is_empty() {
             return Err(ManifestErrors(errors));
         }
@@ -418,8 +516,66 @@ impl Manifest {
                 max_surge,
                 health_timeout_ms,
             },
+            build,
+            runtime: raw.runtime,
+            release,
+            read_only_root: raw.read_only_root,
         })
     }
+}
+
+/// `build = "python"`, or the `[build]` table, checked.
+fn build_settings(raw: Option<RawBuild>, fail: &mut impl FnMut(&str, String)) -> BuildSettings {
+    let mut settings = BuildSettings::default();
+    let table = match raw {
+        None => return settings,
+        Some(RawBuild::Name(name)) => RawBuildTable {
+            builder: Some(name),
+            ..RawBuildTable::default()
+        },
+        Some(RawBuild::Table(table)) => table,
+    };
+    if let Some(name) = table.builder {
+        match name.parse::<Builder>() {
+            Ok(builder) => settings.builder = Some(builder),
+            Err(err) => fail("build", err.to_string()),
+        }
+    }
+    for key in table.args.keys() {
+        if !is_env_name(key) {
+            fail(
+                &format!("build.args.{key}"),
+                "is not a valid build argument name: use letters, digits and _".into(),
+            );
+        }
+    }
+    settings.args = table.args;
+    if let Some(target) = &table.target
+        && (target.is_empty() || target.contains(char::is_whitespace))
+    {
+        fail("build.target", format!("{target:?} is not a stage name"));
+    }
+    settings.target = table.target;
+    match table.cpu {
+        None => {}
+        Some(cpu) if cpu > 0.0 && cpu <= 256.0 => {
+            settings.resources.cpu_millis = (cpu * 1000.0).round().max(1.0) as u64
+        }
+        Some(cpu) => fail(
+            "build.cpu",
+            format!("{cpu} cores is out of range: use e.g. 0.5 or 2"),
+        ),
+    }
+    match table.memory.map(parse_size) {
+        None => {}
+        Some(Ok(bytes)) if bytes >= 64 << 20 => settings.resources.memory_bytes = bytes,
+        Some(Ok(bytes)) => fail(
+            "build.memory",
+            format!("{bytes} bytes is too little for a build: use at least \"64MiB\""),
+        ),
+        Some(Err(message)) => fail("build.memory", message),
+    }
+    settings
 }
 
 /// App names go into host names, container names and keys: lowercase DNS labels.
@@ -479,10 +635,11 @@ fn validate_route_path(path: &str) -> Result<String, String> {
     Ok(trimmed.to_string())
 }
 
-fn procfile_web(procfile: &str) -> Option<String> {
+/// The command of a Procfile's `web:` or `release:` line.
+fn procfile_line(procfile: &str, process: &str) -> Option<String> {
     procfile.lines().find_map(|line| {
         let (kind, cmd) = line.split_once(':')?;
-        (kind.trim() == "web" && !cmd.trim().is_empty()).then(|| cmd.trim().to_string())
+        (kind.trim() == process && !cmd.trim().is_empty()).then(|| cmd.trim().to_string())
     })
 }
 
@@ -538,6 +695,11 @@ fn parse_size(size: toml_size::Size) -> Result<u64, String> {
         .parse::<bytesize::ByteSize>()
         .map(|size| size.as_u64())
         .map_err(|_| not_a_size())
+}
+
+/// A size for people: `148.2 MiB`.
+pub fn human_bytes(bytes: u64) -> String {
+    bytesize::ByteSize::b(bytes).display().iec().to_string()
 }
 
 /// `"500ms"`, `"2s"`, `"1m"`, a bare number of seconds, or any other duration `humantime`
@@ -664,9 +826,81 @@ mod tests {
             Some("worker: x\nweb: ./serve --port $PORT\n"),
         )
         .unwrap();
-        assert_eq!(manifest.cmd, "./serve --port $PORT");
+        assert_eq!(manifest.cmd.as_deref(), Some("./serve --port $PORT"));
         assert_eq!(manifest.port, DEFAULT_PORT);
         assert_eq!(manifest.replicas, 1);
+    }
+
+    /// `build` is a builder's name or a `[build]` table; without `cmd` a manifest is valid
+    /// (a builder may start the app); the Procfile's `release:` line is the release phase.
+    #[test]
+    fn builds_are_named_by_a_string_or_a_table_and_the_release_phase_comes_from_the_procfile() {
+        let named = Manifest::parse(
+            "name = \"web\"\nbuild = \"python\"\nruntime = \"python-3.11\"",
+            None,
+        )
+        .unwrap();
+        assert_eq!(named.build.builder, Some(Builder::Python));
+        assert_eq!(named.runtime.as_deref(), Some("python-3.11"));
+        assert_eq!(named.cmd, None);
+        assert_eq!(named.build.resources.cpu_millis, 1_000);
+        assert_eq!(named.build.resources.memory_bytes, 1 << 30);
+
+        let table = Manifest::parse(
+            r#"
+            name = "web"
+            release = "python manage.py migrate"
+            read_only_root = true
+            [build]
+            builder = "dockerfile"
+            target = "runtime"
+            cpu = 2
+            memory = "2GiB"
+            [build.args]
+            GREETING = "hi"
+            "#,
+            Some("web: ./serve\nrelease: ./ignored"),
+        )
+        .unwrap();
+        assert_eq!(table.build.builder, Some(Builder::Dockerfile));
+        assert_eq!(table.build.target.as_deref(), Some("runtime"));
+        assert_eq!(table.build.args["GREETING"], "hi");
+        assert_eq!(table.build.resources.cpu_millis, 2_000);
+        assert_eq!(table.build.resources.memory_bytes, 2 << 30);
+        assert_eq!(table.release.as_deref(), Some("python manage.py migrate"));
+        assert!(table.read_only_root);
+
+        let procfile = Manifest::parse(
+            "name = \"web\"",
+            Some("web: gunicorn app:app\nrelease: ./migrate\n"),
+        )
+        .unwrap();
+        assert_eq!(procfile.cmd.as_deref(), Some("gunicorn app:app"));
+        assert_eq!(procfile.release.as_deref(), Some("./migrate"));
+
+        for (text, field) in [
+            ("name = \"web\"\nbuild = \"cobol\"", "build"),
+            ("name = \"web\"\nruntime = \"python3\"", "runtime"),
+            ("name = \"web\"\nrelease = \" \"", "release"),
+            (
+                "name = \"web\"\n[build.args]\n\"A B\" = \"1\"",
+                "build.args.A B",
+            ),
+            ("name = \"web\"\n[build]\ncpu = 0", "build.cpu"),
+        ] {
+            let errors = Manifest::parse(text, None).unwrap_err();
+            assert!(
+                errors.0.iter().any(|error| error.field == field),
+                "{text:?}: {errors}"
+            );
+        }
+        // Records written before builds existed still read.
+        let old = r#"{"name":"web","image":null,"cmd":"./serve","port":8080,"replicas":1,
+            "resources":{"cpu_millis":250,"memory_bytes":134217728},"env":{},
+            "health":{"path":null,"interval_ms":2000,"timeout_ms":1000},"domains":[]}"#;
+        let old: Manifest = serde_json::from_str(old).unwrap();
+        assert_eq!(old.build, BuildSettings::default());
+        assert_eq!(old.cmd.as_deref(), Some("./serve"));
     }
 
     #[test]
@@ -685,6 +919,9 @@ mod tests {
             [health]
             path = "healthz"
             interval = "soon"
+            [build]
+            builder = "rust"
+            memory = "1MiB"
             "#,
             None,
         )
@@ -692,7 +929,8 @@ mod tests {
         let fields: Vec<&str> = errors.0.iter().map(|e| e.field.as_str()).collect();
         for field in [
             "name",
-            "cmd",
+            "build",
+            "build.memory",
             "port",
             "replicas",
             "resources.cpu",

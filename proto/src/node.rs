@@ -30,6 +30,10 @@ pub struct NodeIdentity {
     /// scheduler never places replicas there.
     #[serde(default = "yes")]
     pub runs_workloads: bool,
+    /// Whether builds may be placed here (it runs workloads and has Docker). Absent from
+    /// nodes older than builds, which cannot build.
+    #[serde(default)]
+    pub builds: bool,
 }
 
 fn yes() -> bool {

@@ -45,6 +45,7 @@ impl SimCluster {
                 ..MembershipConfig::new(&node_id, 1, addr)
             };
             let identity = NodeIdentity {
+                builds: false,
                 node_id: node_id.clone(),
                 gossip_addr: addr,
                 api_addr: SocketAddr::new(addr.ip(), 7070),

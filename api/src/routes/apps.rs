@@ -3,13 +3,16 @@
 use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::Response;
+use axum::http::header::{ACCEPT, CONTENT_TYPE};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use proto::api::{
-    AppView, AppsResponse, ChangeAccepted, DeployAccepted, ErrorBody, ReleasesResponse,
-    RollbackRequest, ScaleRequest,
+    AppView, AppsResponse, BuildsResponse, ChangeAccepted, DeployAccepted, DeployProgress,
+    ErrorBody, ReleasesResponse, RollbackRequest, ScaleRequest,
 };
+
+use futures_util::StreamExt as _;
 
 use super::shared::{Json, Path, Query, deadline, lines_response};
 use crate::caller::User;
@@ -44,6 +47,11 @@ pub fn router<S: Service>(config: &ApiConfig) -> Router<ApiState<S>> {
             deadline(post(restart::<S>), answer),
         )
         .route("/v1/apps/{app}/logs", deadline(get(logs::<S>), answer))
+        .route("/v1/apps/{app}/builds", deadline(get(builds::<S>), answer))
+        .route(
+            "/v1/apps/{app}/builds/{release}/log",
+            deadline(get(build_log::<S>), answer),
+        )
 }
 
 /// Every app with its release and replica counts.
@@ -93,14 +101,18 @@ async fn destroy<S: Service>(
 }
 
 /// Deploys a zipped app folder (with its `stratus.toml`). The body is streamed to disk and
-/// hashed; the answer comes once the release is recorded and its bundle held by enough
-/// nodes.
+/// hashed; the answer comes once the release is built (when its app has a builder),
+/// recorded, and its bundle and image are held by enough nodes. With
+/// `Accept: application/x-ndjson` the answer is 200 at once and a stream of
+/// [`DeployProgress`] lines: the build as it happens, then `accepted` or `failed`.
 #[utoipa::path(post, path = "/v1/apps/{app}/deploys", tag = "apps",
     params(("app" = String, Path, description = "app name; must match the manifest's")),
     request_body(content = Vec<u8>, content_type = "application/octet-stream",
         description = "the zipped app folder, as `stratus deploy` packs it"),
     responses(
         (status = 202, body = DeployAccepted),
+        (status = 200, body = DeployProgress, content_type = "application/x-ndjson",
+            description = "asked for with Accept: application/x-ndjson: one JSON object a line"),
         (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody),
         (status = 409, body = ErrorBody),
@@ -113,16 +125,101 @@ async fn deploy<S: Service>(
     State(state): State<ApiState<S>>,
     _user: User,
     Path(app): Path<String>,
+    headers: HeaderMap,
     body: Body,
-) -> Result<(StatusCode, Json<DeployAccepted>), ApiError> {
+) -> Result<Response, ApiError> {
     let upload = save_body(
         body,
         &state.config.upload_dir,
         state.config.max_upload_bytes,
     )
     .await?;
-    let accepted = state.service.deploy(&app, upload).await?;
-    Ok((StatusCode::ACCEPTED, Json(accepted)))
+    let streamed = headers
+        .get(ACCEPT)
+        .and_then(|accept| accept.to_str().ok())
+        .is_some_and(|accept| accept.contains(NDJSON));
+    let (events, received) = tokio::sync::mpsc::unbounded_channel();
+    // The deploy runs on its own task: a client that goes away does not cut a build or a
+    // replication short.
+    let service = state.service.clone();
+    let deploying = tokio::spawn(async move { service.deploy(&app, upload, events).await });
+    if !streamed {
+        let accepted = joined(deploying.await)?;
+        return Ok((StatusCode::ACCEPTED, Json(accepted)).into_response());
+    }
+    let events = futures_util::stream::unfold(received, |mut received| async move {
+        let build = received.recv().await?;
+        Some((progress_line(&DeployProgress::Build { build }), received))
+    });
+    let last = futures_util::stream::once(async move {
+        progress_line(&match joined(deploying.await) {
+            Ok(accepted) => DeployProgress::Accepted { accepted },
+            Err(err) => DeployProgress::Failed {
+                status: err.status().as_u16(),
+                error: err.body(),
+            },
+        })
+    });
+    let lines = events.chain(last);
+    let mut response = lines_response(Box::pin(lines));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(NDJSON));
+    Ok(response)
+}
+
+const NDJSON: &str = "application/x-ndjson";
+
+fn joined<T>(result: Result<Result<T, ApiError>, tokio::task::JoinError>) -> Result<T, ApiError> {
+    result.map_err(|err| ApiError::Internal(format!("the deploy task failed: {err}")))?
+}
+
+fn progress_line(progress: &DeployProgress) -> String {
+    serde_json::to_string(progress).unwrap_or_else(|err| {
+        format!(
+            r#"{{"event":"failed","status":500,"error":{{"error":"internal","detail":"{err}"}}}}"#
+        )
+    })
+}
+
+/// An app's last builds, newest first: release, builder, node, duration, cache, result.
+#[utoipa::path(get, path = "/v1/apps/{app}/builds", tag = "apps",
+    params(("app" = String, Path, description = "app name")),
+    responses(
+        (status = 200, body = BuildsResponse),
+        (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    ),
+    security(("token" = [])))]
+async fn builds<S: Service>(
+    State(state): State<ApiState<S>>,
+    _user: User,
+    Path(app): Path<String>,
+) -> Result<Json<BuildsResponse>, ApiError> {
+    Ok(Json(state.service.builds(&app).await?))
+}
+
+/// The whole output of one build, as text.
+#[utoipa::path(get, path = "/v1/apps/{app}/builds/{release}/log", tag = "apps",
+    params(
+        ("app" = String, Path, description = "app name"),
+        ("release" = u64, Path, description = "the release the build made"),
+    ),
+    responses(
+        (status = 200, body = String, content_type = "text/plain"),
+        (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 503, body = ErrorBody),
+    ),
+    security(("token" = [])))]
+async fn build_log<S: Service>(
+    State(state): State<ApiState<S>>,
+    _user: User,
+    Path((app, release)): Path<(String, u64)>,
+) -> Result<Response, ApiError> {
+    Ok(lines_response(
+        state.service.build_log(&app, release).await?,
+    ))
 }
 
 /// An app's releases, newest first, with the failed ones and why.
@@ -231,5 +328,7 @@ async fn logs<S: Service>(
 }
 
 #[derive(utoipa::OpenApi)]
-#[openapi(paths(list, show, destroy, deploy, releases, scale, rollback, restart, logs))]
+#[openapi(paths(
+    list, show, destroy, deploy, builds, build_log, releases, scale, rollback, restart, logs
+))]
 pub struct AppsApi;

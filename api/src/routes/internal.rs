@@ -8,6 +8,7 @@ use proto::api::{
     DrainReply, ErrorBody, HeldReply, PlacementReply, PlacementRequest, ReservedNumber,
     StopRequest, StoppingReply,
 };
+use proto::build::{BuildEvent, BuildRequest};
 use proto::catalog::AppRecord;
 
 use super::shared::{Json, Path, Query, deadline, lines_response};
@@ -31,6 +32,7 @@ pub fn router<S: Service>(config: &ApiConfig) -> Router<ApiState<S>> {
             "/replicas/{id}/logs",
             deadline(get(replica_logs::<S>), answer),
         )
+        .route("/builds", deadline(post(build::<S>), answer))
         .route("/placements", deadline(post(place::<S>), answer))
         .route("/placements/{id}/stop", deadline(post(stop::<S>), answer))
         .route("/draining", deadline(put(set_draining::<S>), answer))
@@ -61,6 +63,25 @@ async fn hold_record<S: Service>(
     }
     state.service.hold_record(record).await?;
     Ok(Json(HeldReply { held: true }))
+}
+
+/// Build a release on this node: its events as newline-delimited JSON, the last one
+/// `finished` (with the image, or the error).
+#[utoipa::path(post, path = "/v1/internal/builds", tag = "internal",
+    request_body = BuildRequest,
+    responses(
+        (status = 200, body = BuildEvent, content_type = "application/x-ndjson",
+            description = "one event a line"),
+        (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 503, body = ErrorBody),
+    ),
+    security(("node_token" = [])))]
+async fn build<S: Service>(
+    State(state): State<ApiState<S>>,
+    Json(request): Json<BuildRequest>,
+) -> Result<Response, ApiError> {
+    Ok(lines_response(state.service.build(request).await?))
 }
 
 /// The next release number of an app, reserved by its first keeper.
@@ -185,6 +206,7 @@ async fn set_draining<S: Service>(
 #[derive(utoipa::OpenApi)]
 #[openapi(paths(
     hold_record,
+    build,
     reserve_number,
     previous_logs,
     replica_logs,

@@ -2,65 +2,9 @@
 //! first that its files call for, in a fixed order so the same folder always gets the same
 //! builder. `stratus deploy` prints the choice with its reason.
 
-use std::fmt;
-use std::str::FromStr;
-
 use super::SourceTree;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Builder {
-    /// `docker build` with the bundle as the context.
-    Dockerfile,
-    /// A `stratus/python` base, dependencies installed into a layer of their own.
-    Python,
-    /// A `stratus/node` base, `npm ci` (or `npm install`) into a layer of their own.
-    Node,
-    /// The folder served by a small static file server on `$PORT`.
-    Static,
-    /// No build: the manifest's `image` (or the node's default) runs `cmd`.
-    Image,
-}
-
-impl Builder {
-    pub const ALL: [Builder; 5] = [
-        Builder::Dockerfile,
-        Builder::Python,
-        Builder::Node,
-        Builder::Static,
-        Builder::Image,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Builder::Dockerfile => "dockerfile",
-            Builder::Python => "python",
-            Builder::Node => "node",
-            Builder::Static => "static",
-            Builder::Image => "image",
-        }
-    }
-}
-
-impl fmt::Display for Builder {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown builder {0:?}: use one of dockerfile, python, node, static, image")]
-pub struct UnknownBuilder(pub String);
-
-impl FromStr for Builder {
-    type Err = UnknownBuilder;
-
-    fn from_str(name: &str) -> Result<Builder, UnknownBuilder> {
-        Builder::ALL
-            .into_iter()
-            .find(|builder| builder.name() == name)
-            .ok_or_else(|| UnknownBuilder(name.to_string()))
-    }
-}
+pub use proto::build::{Builder, UnknownBuilder};
 
 /// The files that make an app a Python one, in the order they are reported.
 pub const PYTHON_FILES: [&str; 3] = ["requirements.txt", "pyproject.toml", "Pipfile"];

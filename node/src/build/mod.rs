@@ -1,16 +1,28 @@
-//! Deploys from source (issue 11, in progress): which builder an app folder takes, and the
-//! recipe each builder turns into a Docker build. The decisions are pure (a folder's files in, a
-//! builder with its reason and a Dockerfile out); `docker_build` is the thin driver. The build queue, image transfer and release phase that
-//! run these recipes come next; nothing calls this module from a deploy yet.
+//! Deploys from source: which builder an app folder takes, the recipe each builder turns
+//! into a Docker build, where the build runs, and how its image reaches the nodes that run
+//! the release. The decisions are pure (a folder's files in, a builder with its reason and a
+//! Dockerfile out; candidates in, build nodes out); the Docker calls are thin drivers.
 //!
 //! - [`detect`]: the builder, named by `build = "..."` or detected from the files;
-//! - [`docker_build`]: runs a recipe through the Docker daemon's build API, output live;
 //! - [`recipe`]: the Dockerfile and start command of each builder, with the dependency
-//!   layer kept apart from the code so a code-only change reuses it.
+//!   layer kept apart from the code so a code-only change reuses it;
+//! - [`placement`]: the node a build runs on;
+//! - [`builds`]: this node's builder handle (Docker, base images, limits);
+//! - [`job`]: one build on the node it was placed on, from bundle to image archive;
+//! - [`docker_build`]: runs a recipe through the Docker daemon's build API, output live;
+//! - [`release_phase`]: the release command, once per release, before the rollout;
+//! - [`image_archive`]: images saved into and loaded from the content-addressed store;
+//! - [`image_pull`]: when an image an app names is pulled from a registry.
 
+pub mod builds;
 pub mod detect;
 pub mod docker_build;
+pub mod image_archive;
+pub mod image_pull;
+pub mod job;
+pub mod placement;
 pub mod recipe;
+pub mod release_phase;
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -1,5 +1,6 @@
-//! `stratus deploy`: pack the app folder, upload it with a progress bar, then follow the
-//! rollout until every replica is healthy or the deploy fails.
+//! `stratus deploy`: pack the app folder, upload it with a progress bar, show the build as
+//! it happens (when the app has a builder), then follow the rollout until every replica is
+//! healthy or the deploy fails.
 
 use std::path::Path;
 use std::time::Duration;
@@ -7,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use proto::api::AppView;
+use proto::build::BuildEvent;
 use proto::{ContainerHealth, ContainerState};
 use tokio::time::Instant;
 
@@ -42,11 +44,28 @@ pub async fn deploy(client: &api::Client, dir: &Path, timeout: Duration) -> anyh
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let progress = bar.clone();
+    let mut shown = BuildOutput::new(bar.clone());
     let accepted = client
-        .deploy(&app, zip.path(), move |sent| progress.set_position(sent))
+        .deploy_following(
+            &app,
+            zip.path(),
+            move |sent| progress.set_position(sent),
+            |event| shown.show(event),
+        )
         .await;
+    shown.finish();
     bar.finish_and_clear();
     let accepted = accepted?;
+    if let Some(build) = &accepted.build {
+        println!(
+            "Built release {} with the {} builder on {} in {:.1} s (dependencies: cache {})",
+            accepted.release,
+            build.builder,
+            build.node,
+            build.duration_ms as f64 / 1000.0,
+            build.cache
+        );
+    }
     println!(
         "Release {} of {app} accepted (sha256 {}), held by {}",
         accepted.release,
@@ -54,6 +73,73 @@ pub async fn deploy(client: &api::Client, dir: &Path, timeout: Duration) -> anyh
         accepted.holders.join(", ")
     );
     follow(client, &app, accepted.release, timeout).await
+}
+
+/// A build's output as the deploy streams it: each step on a line of its own, ended with
+/// its duration, its output indented under it, and a spinner while a step is silent.
+struct BuildOutput {
+    spinner: ProgressBar,
+    upload: Option<ProgressBar>,
+    step: Option<(String, Instant)>,
+}
+
+impl BuildOutput {
+    fn new(upload: ProgressBar) -> BuildOutput {
+        let spinner = ProgressBar::hidden();
+        BuildOutput {
+            spinner,
+            upload: Some(upload),
+            step: None,
+        }
+    }
+
+    fn show(&mut self, event: BuildEvent) {
+        if let Some(upload) = self.upload.take() {
+            // The first event means the upload is done.
+            upload.finish_and_clear();
+            self.spinner = ProgressBar::new_spinner();
+            self.spinner.enable_steady_tick(Duration::from_millis(120));
+        }
+        match event {
+            BuildEvent::Placed { node, reason } => {
+                self.close_step();
+                self.say(format!("-----> Building on {node} ({reason})"));
+            }
+            BuildEvent::Step { text } => {
+                self.close_step();
+                self.say(format!("-----> {text}"));
+                self.spinner.set_message(text.clone());
+                self.step = Some((text, Instant::now()));
+            }
+            BuildEvent::Line { text } => self.say(format!("       {text}")),
+            BuildEvent::Alive { .. } | BuildEvent::Finished { .. } => {}
+        }
+    }
+
+    /// A line above the spinner; printed plainly when there is no terminal to draw on (the
+    /// spinner is hidden then, and would swallow it).
+    fn say(&self, line: String) {
+        if self.spinner.is_hidden() {
+            println!("{line}");
+        } else {
+            self.spinner.println(line);
+        }
+    }
+
+    /// A step that took a while gets its duration when the next begins.
+    fn close_step(&mut self) {
+        if let Some((_, started)) = self.step.take() {
+            let took = started.elapsed();
+            if took >= Duration::from_millis(500) {
+                self.say(format!("       ({:.1} s)", took.as_secs_f64()));
+            }
+        }
+    }
+
+    fn finish(&mut self) {
+        self.close_step();
+        self.spinner.finish_and_clear();
+    }
 }
 
 /// Polls the app until release `release` has every replica healthy, or fails.

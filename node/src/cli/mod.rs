@@ -106,6 +106,45 @@ pub fn apps_table(response: &proto::api::AppsResponse) -> String {
     table.to_string()
 }
 
+/// `stratus builds APP`.
+pub fn builds_table(response: &proto::api::BuildsResponse) -> String {
+    let mut table = Table::new();
+    table.load_preset(UTF8_BORDERS_ONLY).set_header(vec![
+        "RELEASE", "BUILDER", "NODE", "DURATION", "CACHE", "RESULT",
+    ]);
+    for build in &response.builds {
+        let result = match &build.error {
+            None => "ok".to_string(),
+            Some(error) => {
+                let first = error.lines().next().unwrap_or_default();
+                format!("failed: {}", first.chars().take(80).collect::<String>())
+            }
+        };
+        table.add_row(vec![
+            Cell::new(format!("v{}", build.release)),
+            Cell::new(build.builder),
+            Cell::new(if build.node.is_empty() {
+                "-"
+            } else {
+                &build.node
+            }),
+            Cell::new(format!("{:.1} s", build.duration_ms as f64 / 1000.0)),
+            Cell::new(build.cache),
+            Cell::new(result),
+        ]);
+    }
+    if response.builds.is_empty() {
+        return format!(
+            "{} has no builds: it runs an image with no builder",
+            response.app
+        );
+    }
+    format!(
+        "{table}\n`stratus logs {} --build N` prints a build's whole output",
+        response.app
+    )
+}
+
 /// `stratus releases APP`.
 pub fn releases_table(response: &proto::api::ReleasesResponse) -> String {
     let mut table = Table::new();

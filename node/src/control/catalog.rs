@@ -280,6 +280,7 @@ pub(crate) mod tests {
     pub(crate) fn record(app: &str, wall_ms: u64, node: &str, release: u64) -> AppRecord {
         let manifest = Manifest::parse(&format!("name = \"{app}\"\ncmd = \"run\""), None).unwrap();
         AppRecord {
+            builds: Default::default(),
             name: app.into(),
             stamp: Stamp {
                 wall_ms,
@@ -288,6 +289,7 @@ pub(crate) mod tests {
             },
             deleted: false,
             release: Some(Release {
+                image: None,
                 number: release,
                 bundle: BlobRef {
                     sha256: "ab".repeat(32),

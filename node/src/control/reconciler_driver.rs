@@ -35,6 +35,8 @@ use crate::handles::AgentHandles;
 use crate::workload::admission_control::Refusal;
 
 mod decisions;
+
+pub(crate) use decisions::candidates;
 #[cfg(test)]
 mod tests;
 

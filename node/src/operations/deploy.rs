@@ -5,39 +5,50 @@
 //! [`KEEPERS`] nodes (all live nodes if fewer), so stopping any two nodes loses no
 //! acknowledged release.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
-use api::{ApiError, Upload};
+use api::{ApiError, BuildEvents, Upload};
 use proto::api::{AppSummary, AppView, AppsResponse, DeployAccepted, ReplicaView};
+use proto::build::{BuildEvent, BuildRequest, BuildSummary, Builder, KEPT_BUILDS};
 use proto::catalog::{AppRecord, BlobRef, Release};
-use proto::manifest::validate_app_name;
+use proto::manifest::{MANIFEST_FILE, Manifest, validate_app_name};
 use tracing::{info, warn};
 
+use crate::build::Folder;
+use crate::build::detect::{Detection, detect};
+use crate::build::recipe::{Asked, recipe};
 use crate::bundle::{BundleError, UnpackLimits, inspect_and_unpack};
 use crate::cluster::membership::ClusterView;
 use crate::control::catalog::{KEEPERS, keepers};
 use crate::control::hlc::unix_ms;
 use crate::handles::AgentHandles;
+use crate::operations::build_release;
 
 pub async fn accept(
     agent: &AgentHandles,
     app: &str,
     upload: Upload,
+    events: BuildEvents,
 ) -> Result<DeployAccepted, ApiError> {
     validate_app_name(app).map_err(ApiError::BadRequest)?;
-    let zip = upload.path().to_path_buf();
-    let manifest = tokio::task::spawn_blocking(move || {
-        inspect_and_unpack(&zip, None, UnpackLimits::default())
-    })
-    .await
-    .map_err(|err| ApiError::Internal(err.to_string()))?
-    .map_err(bundle_error)?;
+    let (manifest, detection) = inspect(agent, &upload).await?;
     if manifest.name != app {
         return Err(ApiError::BadRequest(format!(
             "the bundle's stratus.toml names the app {:?}, not {app:?}: deploy it as {:?} or fix `name`",
             manifest.name, manifest.name
         )));
     }
+    if detection.builder == Builder::Image && manifest.cmd.is_none() {
+        return Err(ApiError::InvalidManifest(format!(
+            "invalid {MANIFEST_FILE}: cmd: missing, and no builder applies ({}): set `cmd = \"...\"`, \
+             add a Procfile with a `web:` line, or add what a builder starts from (a Dockerfile, \
+             requirements.txt, package.json or index.html)",
+            detection.reason
+        )));
+    }
+    let _ = events.send(BuildEvent::Step {
+        text: format!("builder: {} ({})", detection.builder, detection.reason),
+    });
     let sha256 = upload.sha256.clone();
     let size = upload.size;
     let blob_path = store_blob(agent, upload).await?;
@@ -57,18 +68,57 @@ pub async fn accept(
         .map(|node| node.node_id.as_str())
         .collect();
     let needed = KEEPERS.min(live.len().max(1));
+    let number = release_number(agent, &view, app, &live).await;
+    let bundle = BlobRef {
+        sha256: sha256.clone(),
+        size,
+    };
+    let keepers_of_app = keepers(app, &live, needed);
+    let (image, build) = match detection.builder {
+        Builder::Image => match &manifest.image {
+            Some(named) if agent.builds.can_build() => {
+                let image = build_release::named_image(agent, named, &keepers_of_app, &events)
+                    .await
+                    .map_err(ApiError::BuildFailed)?;
+                (Some(image), None)
+            }
+            _ => (None, None),
+        },
+        builder => {
+            let request = BuildRequest {
+                app: app.to_string(),
+                release: number,
+                bundle: bundle.clone(),
+                manifest: manifest.clone(),
+                builder,
+                reason: detection.reason.clone(),
+                keepers: keepers_of_app.clone(),
+            };
+            let summary = build_release::build_release(agent, &request, &events).await;
+            if let Some(error) = &summary.error {
+                record_failed_build(agent, app, &manifest, &summary).await;
+                return Err(ApiError::BuildFailed(format!(
+                    "release {number} of {app} was not built, and nothing was rolled out (the previous release, if any, keeps serving): {error}. \
+                     `stratus logs {app} --build {number}` shows the whole output"
+                )));
+            }
+            (summary.image.clone(), Some(summary))
+        }
+    };
     // Keepers first (they will publish the record), then any other live node as fallback.
     let targets: Vec<String> = keepers(app, &live, live.len())
         .into_iter()
         .filter(|node| node != agent.node_id())
         .collect();
-    let number = release_number(agent, &view, app, &live).await;
-    let previous_failures = agent
-        .catalog
-        .live_record(app)
-        .await
-        .map(|record| record.failed)
+    let previous = agent.catalog.live_record(app).await;
+    let previous_failures = previous
+        .as_ref()
+        .map(|record| record.failed.clone())
         .unwrap_or_default();
+    let mut builds = previous.map(|record| record.builds).unwrap_or_default();
+    if let Some(summary) = &build {
+        keep_build(&mut builds, summary.clone());
+    }
     let record = AppRecord {
         name: app.to_string(),
         stamp: agent.catalog.stamp().await,
@@ -76,16 +126,15 @@ pub async fn accept(
         replicas: manifest.replicas,
         release: Some(Release {
             number,
-            bundle: BlobRef {
-                sha256: sha256.clone(),
-                size,
-            },
+            bundle,
             manifest,
             created_at_ms: unix_ms(),
             created_on: agent.node_id().to_string(),
             note: None,
+            image,
         }),
         failed: previous_failures,
+        builds,
     };
     let mut holders = vec![agent.node_id().to_string()];
     agent
@@ -103,7 +152,6 @@ pub async fn accept(
             Err(err) => warn!(app, node = %target, error = %err, "could not replicate the release"),
         }
     }
-    let number = record.release.as_ref().map_or(0, |release| release.number);
     if holders.len() < needed {
         return Err(ApiError::Unavailable(format!(
             "release {number} of {app} is held by only {} of {needed} nodes ({}), so it is not \
@@ -120,7 +168,91 @@ pub async fn accept(
         size,
         holders,
         status_url: format!("/v1/apps/{app}"),
+        build,
     })
+}
+
+/// The manifest, checked, and the builder the folder takes. The bundle is unpacked into a
+/// scratch folder for this (the builders read its files) and the folder removed.
+async fn inspect(agent: &AgentHandles, upload: &Upload) -> Result<(Manifest, Detection), ApiError> {
+    let zip = upload.path().to_path_buf();
+    let scratch_root = agent.bundles.uploads_dir().to_path_buf();
+    let bases = agent.builds.bases().clone();
+    tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&scratch_root).map_err(|err| {
+            ApiError::Internal(format!("cannot create {}: {err}", scratch_root.display()))
+        })?;
+        let scratch = tempfile::Builder::new()
+            .prefix("inspect-")
+            .tempdir_in(&scratch_root)
+            .map_err(|err| ApiError::Internal(format!("cannot create a scratch folder: {err}")))?;
+        let folder = scratch.path().join("app");
+        let manifest = inspect_and_unpack(&zip, Some(&folder), UnpackLimits::default())
+            .map_err(bundle_error)?;
+        let tree = Folder(&folder);
+        let detection = detect(&tree, manifest.build.builder, manifest.cmd.is_some());
+        // What the builder needs from the files is checked here, before anything is
+        // stored or placed: a package.json that does not parse fails in a second.
+        if detection.builder != Builder::Image {
+            let asked = Asked {
+                runtime: manifest.runtime.as_deref(),
+                cmd: manifest.cmd.as_deref(),
+            };
+            recipe(detection.builder, &tree, &asked, &bases).map_err(|err| {
+                ApiError::BuildFailed(format!(
+                    "the {} builder cannot build this app ({}): {err}",
+                    detection.builder, detection.reason
+                ))
+            })?;
+        }
+        Ok((manifest, detection))
+    })
+    .await
+    .map_err(|err| ApiError::Internal(err.to_string()))?
+}
+
+/// Adds a build's summary to an app's, keeping the last [`KEPT_BUILDS`].
+pub(crate) fn keep_build(builds: &mut BTreeMap<u64, BuildSummary>, summary: BuildSummary) {
+    builds.insert(summary.release, summary);
+    while builds.len() > KEPT_BUILDS {
+        builds.pop_first();
+    }
+}
+
+/// A failed build is recorded (its summary, and the release among the failed ones) without
+/// touching the release that runs: `stratus builds` and `stratus releases` show it.
+async fn record_failed_build(
+    agent: &AgentHandles,
+    app: &str,
+    manifest: &Manifest,
+    summary: &BuildSummary,
+) {
+    let previous = agent.catalog.live_record(app).await;
+    let mut record = previous.unwrap_or_else(|| AppRecord {
+        name: app.to_string(),
+        stamp: proto::catalog::Stamp {
+            wall_ms: 0,
+            counter: 0,
+            node_id: String::new(),
+        },
+        deleted: false,
+        release: None,
+        replicas: manifest.replicas,
+        failed: BTreeMap::new(),
+        builds: BTreeMap::new(),
+    });
+    record.stamp = agent.catalog.stamp().await;
+    record.failed.insert(
+        summary.release,
+        format!(
+            "build failed: {}",
+            summary.error.clone().unwrap_or_default()
+        ),
+    );
+    keep_build(&mut record.builds, summary.clone());
+    if let Err(err) = crate::operations::changes::commit(agent, &record).await {
+        warn!(app, error = %err, "could not record the failed build on enough nodes");
+    }
 }
 
 /// Asks the app's first keeper for the next number (so two nodes deploying the same app at

@@ -5,17 +5,18 @@ use std::path::PathBuf;
 
 use api::{ApiError, Caller, ErrorCode, LineStream, LogQuery, ServiceError, Upload};
 use proto::api::{
-    AppView, AppsResponse, ChangeAccepted, DeployAccepted, DrainReply, HealthResponse,
-    NodesResponse, PlacementReply, PlacementRequest, ReleasesResponse, RollbackRequest,
-    ScaleRequest, StopRequest,
+    AppView, AppsResponse, BuildsResponse, ChangeAccepted, DeployAccepted, DrainReply,
+    HealthResponse, NodesResponse, PlacementReply, PlacementRequest, ReleasesResponse,
+    RollbackRequest, ScaleRequest, StopRequest,
 };
+use proto::build::BuildRequest;
 use proto::catalog::AppRecord;
 
 use crate::bundle::BundleError;
 use crate::cluster::seal::constant_time_eq;
 use crate::control::reconciler_driver;
 use crate::handles::AgentHandles;
-use crate::operations::{changes, deploy, health};
+use crate::operations::{build_release, changes, deploy, health};
 use crate::workload::logs;
 
 /// What the API calls on this node.
@@ -70,8 +71,21 @@ impl api::AppsService for AgentService {
         deploy::destroy(&self.agent, name).await
     }
 
-    async fn deploy(&self, app: &str, upload: Upload) -> Result<DeployAccepted, ApiError> {
-        deploy::accept(&self.agent, app, upload).await
+    async fn deploy(
+        &self,
+        app: &str,
+        upload: Upload,
+        events: api::BuildEvents,
+    ) -> Result<DeployAccepted, ApiError> {
+        deploy::accept(&self.agent, app, upload, events).await
+    }
+
+    async fn builds(&self, app: &str) -> Result<BuildsResponse, ApiError> {
+        build_release::builds(&self.agent, app).await
+    }
+
+    async fn build_log(&self, app: &str, release: u64) -> Result<LineStream, ApiError> {
+        build_release::build_log(&self.agent, app, release).await
     }
 
     async fn releases(&self, app: &str) -> Result<ReleasesResponse, ApiError> {
@@ -126,6 +140,10 @@ impl api::InternalService for AgentService {
     async fn reserve_release_number(&self, app: &str) -> Result<u64, ApiError> {
         proto::manifest::validate_app_name(app).map_err(ApiError::BadRequest)?;
         Ok(self.agent.catalog.reserve_release_number(app).await)
+    }
+
+    async fn build(&self, request: BuildRequest) -> Result<LineStream, ApiError> {
+        build_release::serve_build(&self.agent, request).await
     }
 
     async fn place(&self, request: PlacementRequest) -> Result<PlacementReply, ApiError> {

@@ -8,11 +8,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use proto::api::{PlacementRequest, StopRequest};
+use proto::build::{Builder, ImageRef};
 use proto::catalog::Release;
 use proto::{ContainerHealth, ContainerRecord, ContainerState};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use crate::build::image_archive;
 use crate::bundle::UnpackLimits;
 use crate::handles::AgentHandles;
 use crate::workload::health::{HealthTracker, probe};
@@ -63,8 +65,16 @@ async fn run_replica(
         detail: None,
     };
     agent.membership.publish_container(&record).await;
+    // A built image holds the code: there is no bundle to unpack, only the image to load.
+    let built = release
+        .image
+        .as_ref()
+        .is_some_and(|image| image.builder != Builder::Image);
     let mut backoff = RestartBackoff::new();
     let bundle_dir = loop {
+        if built {
+            break PathBuf::new();
+        }
         match prepare_bundle(agent, request).await {
             Ok(dir) => break dir,
             Err(reason) => {
@@ -77,6 +87,17 @@ async fn run_replica(
             }
         }
     };
+    if let Some(image) = &release.image {
+        let mut backoff = RestartBackoff::new();
+        while let Err(reason) = ensure_image(agent, image).await {
+            fail(agent, &mut record, reason).await;
+            if wait_or_stop(&mut stop, backoff.next_delay()).await
+                || !still_wanted(agent, &record).await
+            {
+                return;
+            }
+        }
+    }
     let spec = ContainerSpec {
         placement_id: request.placement_id.clone(),
         app: request.app.clone(),
@@ -84,12 +105,17 @@ async fn run_replica(
         replica: request.replica,
         node_id: agent.node_id().to_string(),
         bundle_dir,
-        image: release
-            .manifest
-            .image
-            .clone()
-            .unwrap_or_else(|| agent.config.default_image.clone()),
-        cmd: release.manifest.cmd.clone(),
+        image: match &release.image {
+            Some(image) => image.id.clone(),
+            None => release
+                .manifest
+                .image
+                .clone()
+                .unwrap_or_else(|| agent.config.default_image.clone()),
+        },
+        cmd: release.manifest.cmd.clone().unwrap_or_default(),
+        built,
+        read_only_root: release.manifest.read_only_root,
         port: release.manifest.port,
         env: replica_env(agent, request),
         cpu_millis: release.manifest.resources.cpu_millis,
@@ -320,6 +346,34 @@ async fn prepare_bundle(
         }
     })?;
     Ok(dir)
+}
+
+/// Makes sure this node's Docker has a release's image: if not, its archive is fetched
+/// from a holder (or the store), checked against its digest, and loaded. A corrupt copy is
+/// discarded and the next holder tried.
+pub async fn ensure_image(agent: &AgentHandles, image: &ImageRef) -> Result<(), String> {
+    let docker = agent.builds.docker()?.clone();
+    if image_archive::has_image(&docker, &image.id).await {
+        return Ok(());
+    }
+    let sha256 = &image.archive.sha256;
+    if !agent.bundles.local().has(sha256) {
+        let holders = crate::build::job::live_api_addrs(agent).await;
+        fetch_bundle(agent, sha256, &holders, "image")
+            .await
+            .map_err(|err| format!("cannot get image {}: {err}", image.tag))?;
+    }
+    let path = agent
+        .bundles
+        .local()
+        .path(sha256)
+        .map_err(|err| err.to_string())?;
+    let started = tokio::time::Instant::now();
+    image_archive::load(&docker, &path, &image.id)
+        .await
+        .map_err(|err| err.to_string())?;
+    info!(image = %image.tag, ms = started.elapsed().as_millis() as u64, "image loaded from the cluster");
+    Ok(())
 }
 
 /// Fetches the bundle of a placement from any holder, verifying it.

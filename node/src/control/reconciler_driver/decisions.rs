@@ -524,7 +524,7 @@ fn occupy(candidate: &mut NodeCandidate, needs: Needs, same_app: bool) {
     candidate.reserved_mem_bytes += needs.mem_bytes;
 }
 
-fn candidates(view: &ClusterView, app: &str) -> Vec<NodeCandidate> {
+pub(crate) fn candidates(view: &ClusterView, app: &str) -> Vec<NodeCandidate> {
     view.nodes
         .iter()
         .filter_map(|node| {

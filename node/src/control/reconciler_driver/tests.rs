@@ -38,6 +38,7 @@ fn node(i: usize, status: NodeStatus, draining: bool) -> NodeView {
         gossip_addr: SocketAddr::from(([10, 0, 0, i as u8 + 1], 7946)),
         status,
         identity: Some(NodeIdentity {
+            builds: false,
             node_id,
             gossip_addr: SocketAddr::from(([10, 0, 0, i as u8 + 1], 7946)),
             api_addr: addr(i),
@@ -62,6 +63,7 @@ fn node(i: usize, status: NodeStatus, draining: bool) -> NodeView {
 
 fn release(app: &str, number: u64) -> Release {
     Release {
+        image: None,
         number,
         bundle: BlobRef {
             sha256: "ab".repeat(32),
@@ -77,6 +79,7 @@ fn release(app: &str, number: u64) -> Release {
 fn app(name: &str, replicas: u32) -> AppInput {
     AppInput {
         record: AppRecord {
+            builds: Default::default(),
             name: name.into(),
             stamp: Stamp {
                 wall_ms: 1,

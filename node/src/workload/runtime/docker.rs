@@ -57,6 +57,8 @@ pub const MAX_GRACE: Duration = Duration::from_secs(100);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DockerOptions {
+    /// `unix:///...` or `tcp://...`; `None`: `DOCKER_HOST` or the local socket.
+    pub docker_host: Option<String>,
     /// The IP published ports bind to, and the IP in addresses handed to peers.
     pub advertise_ip: IpAddr,
     /// Host ports for published containers.
@@ -78,6 +80,7 @@ impl DockerOptions {
     /// containers listed.
     pub fn new(advertise_ip: IpAddr) -> DockerOptions {
         DockerOptions {
+            docker_host: None,
             advertise_ip,
             port_range: PortRange::default(),
             network: None,
@@ -101,8 +104,11 @@ impl DockerDriver {
     /// Connects to the local Docker daemon (`DOCKER_HOST` or the default socket) and
     /// settles on the newest API version both sides speak.
     pub async fn connect(options: DockerOptions) -> Result<DockerDriver, RuntimeError> {
-        let docker = Docker::connect_with_local_defaults()
-            .map_err(|source| RuntimeError::DockerUnavailable { source })?;
+        let docker = match &options.docker_host {
+            Some(host) => Docker::connect_with_host(host),
+            None => Docker::connect_with_local_defaults(),
+        }
+        .map_err(|source| RuntimeError::DockerUnavailable { source })?;
         // bollard speaks a newer API than many installed daemons; without negotiation every
         // call to an older daemon fails with "client version is too new".
         let docker = docker
@@ -115,6 +121,11 @@ impl DockerDriver {
             options,
             start_lock: Mutex::new(allocator),
         })
+    }
+
+    /// The daemon's client, for the builds this node runs.
+    pub fn client(&self) -> Docker {
+        self.docker.clone()
     }
 
     pub fn options(&self) -> &DockerOptions {
@@ -487,7 +498,11 @@ fn create_body(
     });
 
     let host_config = HostConfig {
-        binds: Some(vec![format!("{}:/app:ro", spec.bundle_dir.display())]),
+        binds: (!spec.built).then(|| vec![format!("{}:/app:ro", spec.bundle_dir.display())]),
+        readonly_rootfs: spec.read_only_root.then_some(true),
+        tmpfs: spec
+            .read_only_root
+            .then(|| HashMap::from([("/tmp".to_string(), "rw,nosuid,nodev,size=64m".to_string())])),
         init: Some(true),
         nano_cpus: positive_i64(spec.cpu_millis.saturating_mul(1_000_000)),
         memory: positive_i64(spec.memory_bytes),
@@ -511,12 +526,27 @@ fn create_body(
         )])),
     });
 
+    // A built image starts the way its builder chose, in its own working directory, unless
+    // the manifest gives a command; otherwise `sh -c cmd` in the mounted bundle.
+    let (cmd, entrypoint, working_dir) = match (spec.built, spec.cmd.is_empty()) {
+        (true, true) => (None, None, None),
+        (true, false) => (
+            Some(vec!["sh".into(), "-c".into(), spec.cmd.clone()]),
+            Some(Vec::new()),
+            None,
+        ),
+        // The image's entrypoint would otherwise wrap our `sh -c`.
+        (false, _) => (
+            Some(vec!["sh".into(), "-c".into(), spec.cmd.clone()]),
+            Some(Vec::new()),
+            Some("/app".into()),
+        ),
+    };
     ContainerCreateBody {
         image: Some(spec.image.clone()),
-        cmd: Some(vec!["sh".into(), "-c".into(), spec.cmd.clone()]),
-        // The image's entrypoint would otherwise wrap our `sh -c`.
-        entrypoint: Some(Vec::new()),
-        working_dir: Some("/app".into()),
+        cmd,
+        entrypoint,
+        working_dir,
         env: Some(env),
         exposed_ports: Some(vec![container_port]),
         labels: Some(container_labels),
@@ -665,6 +695,8 @@ mod tests {
             bundle_dir: PathBuf::from("/srv/bundles/web/1"),
             image: "stratus/busybox:latest".into(),
             cmd: "busybox httpd -f -p $PORT -h /app".into(),
+            built: false,
+            read_only_root: false,
             port: 8080,
             env: BTreeMap::from([
                 ("GREETING".to_string(), "hi".to_string()),

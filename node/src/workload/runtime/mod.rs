@@ -58,6 +58,12 @@ pub struct ContainerSpec {
     pub image: String,
     /// Run with `sh -c`.
     pub cmd: String,
+    /// The image was built from the bundle: it holds the code and its start command. No
+    /// folder is mounted, the image's own command and working directory are used (unless
+    /// `cmd` is set), and the filesystem is the image's, writable.
+    pub built: bool,
+    /// Mount the root filesystem read-only, with a writable `/tmp`.
+    pub read_only_root: bool,
     /// The app listens on `$PORT`, which is this port inside a container. The process
     /// driver has no port mapping, so there `$PORT` is the allocated host port instead.
     pub port: u16,

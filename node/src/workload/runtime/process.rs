@@ -148,6 +148,14 @@ impl ProcessDriver {
         id: &str,
         port: u16,
     ) -> Result<(Child, Pid), RuntimeError> {
+        if spec.built {
+            return Err(RuntimeError::Io {
+                action: format!("start {id}"),
+                source: std::io::Error::other(
+                    "this app is built into an image and this node runs apps as processes: run the agent with Docker (--runtime docker)",
+                ),
+            });
+        }
         let log_path = self.log_path(id);
         let io_error = |action: String| move |source| RuntimeError::Io { action, source };
         let log = std::fs::OpenOptions::new()

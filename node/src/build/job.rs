@@ -89,6 +89,10 @@ pub async fn run(
         summary.error = Some(error.clone());
     }
     summary.duration_ms = reporter.started.elapsed().as_millis() as u64;
+    if let Ok(docker) = agent.builds.docker() {
+        let running = running_releases(agent).await;
+        super::image_gc::collect(docker, &running, agent.builds.keep_releases()).await;
+    }
     summary.log = keep_log(agent, request, &reporter.log).await;
     info!(app = %request.app, release = request.release, ok = summary.error.is_none(),
         ms = summary.duration_ms, cache = %summary.cache, "build finished");
@@ -326,6 +330,19 @@ async fn unpack(agent: &AgentHandles, request: &BuildRequest) -> Result<Unpacked
         _folder: folder,
         app,
     })
+}
+
+/// The release each app runs now, from the catalog.
+pub(crate) async fn running_releases(
+    agent: &AgentHandles,
+) -> std::collections::BTreeMap<String, u64> {
+    agent
+        .catalog
+        .records()
+        .await
+        .into_iter()
+        .filter_map(|record| Some((record.name.clone(), record.release?.number)))
+        .collect()
 }
 
 pub(crate) async fn live_api_addrs(agent: &AgentHandles) -> Vec<SocketAddr> {

@@ -12,12 +12,14 @@
 //! - [`docker_build`]: runs a recipe through the Docker daemon's build API, output live;
 //! - [`release_phase`]: the release command, once per release, before the rollout;
 //! - [`image_archive`]: images saved into and loaded from the content-addressed store;
+//! - [`image_gc`]: old release images removed, the last `--keep-releases` kept;
 //! - [`image_pull`]: when an image an app names is pulled from a registry.
 
 pub mod builds;
 pub mod detect;
 pub mod docker_build;
 pub mod image_archive;
+pub mod image_gc;
 pub mod image_pull;
 pub mod job;
 pub mod placement;

@@ -373,6 +373,8 @@ pub async fn ensure_image(agent: &AgentHandles, image: &ImageRef) -> Result<(), 
         .await
         .map_err(|err| err.to_string())?;
     info!(image = %image.tag, ms = started.elapsed().as_millis() as u64, "image loaded from the cluster");
+    let running = crate::build::job::running_releases(agent).await;
+    crate::build::image_gc::collect(&docker, &running, agent.builds.keep_releases()).await;
     Ok(())
 }
 

@@ -59,6 +59,13 @@ impl TestNode {
         self.task.as_ref().is_some_and(|task| !task.is_finished())
     }
 
+    /// The agent's data dir (under the cluster's temporary folder): its catalog, and its
+    /// blob store in `blobs/<first 2 hex>/<sha256>` (see [`crate::bundle::BlobStore`]).
+    /// Kept across [`TestCluster::restart_node`].
+    pub fn data_dir(&self) -> &Path {
+        &self.config.data_dir
+    }
+
     /// Until the agent's API answers; an agent that stops while starting (a store it
     /// cannot use, a data dir it cannot write) fails here with its own error, not later
     /// as a node that "does not answer".

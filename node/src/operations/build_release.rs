@@ -1,22 +1,26 @@
 //! The accepting node's side of a build: place it (see [`crate::build::placement`]), run it
 //! here or on a peer, pass its events on to the deploy's stream, and when the building node
-//! dies or falls silent, place it again elsewhere. It ends with a summary, never a hang:
-//! every build has a time limit, and a peer must send something at least every
-//! [`SILENCE_LIMIT`].
+//! dies, leaves the cluster or falls silent, place it again elsewhere. It ends with a
+//! summary, never a hang: every build has a time limit, and a peer must send something at
+//! least every [`SILENCE_LIMIT`].
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use api::{ApiError, LineStream};
 use futures_util::StreamExt;
-use proto::api::BuildsResponse;
+use proto::api::{BuildsResponse, NodeStatus};
 use proto::build::{BuildEvent, BuildRequest, BuildSummary, CacheUse, ImageRef};
 use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::watch;
+use tokio::time::Instant;
 use tracing::warn;
 
 use crate::build::image_archive;
 use crate::build::image_pull::{self, ImageSource};
 use crate::build::job::{self, SILENCE_LIMIT};
 use crate::build::placement::build_nodes;
+use crate::cluster::membership::ClusterView;
 use crate::control::hlc::unix_ms;
 use crate::control::scheduler::Needs;
 use crate::handles::AgentHandles;
@@ -32,7 +36,7 @@ enum Attempt {
     Finished(Box<BuildSummary>),
     /// The node would not take it (no room, draining): try the next, nothing was built.
     Refused(String),
-    /// The node died or fell silent mid-build.
+    /// The node died, left or fell silent mid-build.
     Lost(String),
 }
 
@@ -180,8 +184,17 @@ async fn attempt_on(
         node: node.to_string(),
         reason: reason.to_string(),
     });
+    let mut views = agent.membership.subscribe().await;
+    let mut silent_until = Instant::now() + SILENCE_LIMIT;
     loop {
-        match tokio::time::timeout(SILENCE_LIMIT, stream.next()).await {
+        let next = tokio::select! {
+            next = tokio::time::timeout_at(silent_until, stream.next()) => next,
+            () = leaves(&mut views, node) => {
+                return Attempt::Lost(format!("{node} left the cluster mid-build"));
+            }
+        };
+        silent_until = Instant::now() + SILENCE_LIMIT;
+        match next {
             Err(_) => {
                 return Attempt::Lost(format!(
                     "{node} sent nothing for {} s",
@@ -200,6 +213,26 @@ async fn attempt_on(
             Ok(Some(Ok(event))) => {
                 let _ = events.send(event);
             }
+        }
+    }
+}
+
+/// Resolves once `node` has announced that it leaves the cluster (a graceful shutdown):
+/// its build will not finish, even while its stream still flows (its API lets open answers
+/// run on for a grace period). A node only suspected dead is left to its stream and
+/// [`SILENCE_LIMIT`]: its stream may well be alive.
+async fn leaves(views: &mut watch::Receiver<Arc<ClusterView>>, node: &str) {
+    loop {
+        let left = views
+            .borrow_and_update()
+            .node(node)
+            .is_some_and(|seen| seen.status == NodeStatus::Left);
+        if left {
+            return;
+        }
+        if views.changed().await.is_err() {
+            // The agent is stopping: the stream decides.
+            std::future::pending::<()>().await;
         }
     }
 }

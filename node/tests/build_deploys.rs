@@ -99,17 +99,46 @@ async fn raw_get(ingress: &str, host: &str) -> Option<String> {
     Some(response.chars().take(400).collect())
 }
 
-async fn docker_cluster(nodes: usize, ingress: &str) -> (TestCluster, ingress::IngressHandle) {
+/// Removes the containers of a test's cluster when the test ends, passed or failed: the
+/// agents leave their replicas running when they stop (a restarted agent adopts them), and
+/// a replica left on a host port would answer another test's health checks there.
+struct RemoveContainers(String);
+
+impl Drop for RemoveContainers {
+    fn drop(&mut self) {
+        let filter = format!("label=stratus.cluster={}", self.0);
+        let listed = std::process::Command::new("docker")
+            .args(["ps", "-aq", "--filter", &filter])
+            .output();
+        if let Ok(listed) = listed {
+            let ids: Vec<String> = String::from_utf8_lossy(&listed.stdout)
+                .split_whitespace()
+                .map(str::to_string)
+                .collect();
+            if !ids.is_empty() {
+                let _ = std::process::Command::new("docker")
+                    .args(["rm", "-f"])
+                    .args(&ids)
+                    .output();
+            }
+        }
+    }
+}
+
+async fn docker_cluster(
+    nodes: usize,
+    ingress: &str,
+) -> (TestCluster, ingress::IngressHandle, RemoveContainers) {
+    let cluster_id = format!("build-test-{}-{}", std::process::id(), nodes);
+    let cleanup = RemoveContainers(cluster_id.clone());
+    let docker = |args: &mut node::config::AgentArgs| {
+        args.runtime = Some("docker".into());
+        args.cluster_id = Some(cluster_id.clone());
+    };
     let mut cluster = cluster_for_test(0).await.unwrap();
-    let (_, feed) = cluster
-        .add_node_with_routes(|args| args.runtime = Some("docker".into()))
-        .await
-        .unwrap();
+    let (_, feed) = cluster.add_node_with_routes(docker).await.unwrap();
     for _ in 1..nodes {
-        cluster
-            .add_node_with(|args| args.runtime = Some("docker".into()))
-            .await
-            .unwrap();
+        cluster.add_node_with(docker).await.unwrap();
     }
     let (ingress, _) = start_ingress(feed, ingress);
     let client = cluster.node(0).client();
@@ -129,7 +158,7 @@ async fn docker_cluster(nodes: usize, ingress: &str) -> (TestCluster, ingress::I
     })
     .await
     .unwrap();
-    (cluster, ingress)
+    (cluster, ingress, cleanup)
 }
 
 /// A deploy through the streamed API, with every build event it sent.
@@ -218,7 +247,7 @@ async fn flask_is_built_once_runs_on_two_nodes_and_a_code_change_reuses_its_depe
         return;
     }
     ensure_test_image().unwrap();
-    let (cluster, _ingress) = docker_cluster(2, FLASK_INGRESS).await;
+    let (cluster, _ingress, _cleanup) = docker_cluster(2, FLASK_INGRESS).await;
     let client = cluster.node(0).client();
 
     // The Flask example: built once, on one node, and run by 2 replicas on 2 nodes.
@@ -363,7 +392,7 @@ async fn dockerfile_node_and_static_apps_build_and_bad_sources_fail_clearly() {
         return;
     }
     ensure_test_image().unwrap();
-    let (cluster, _ingress) = docker_cluster(1, BUILDERS_INGRESS).await;
+    let (cluster, _ingress, _cleanup) = docker_cluster(1, BUILDERS_INGRESS).await;
     let client = cluster.node(0).client();
 
     // A Dockerfile, with a build argument.
@@ -431,6 +460,16 @@ async fn dockerfile_node_and_static_apps_build_and_bad_sources_fail_clearly() {
             .unwrap()
             .contains("hello from node")
     );
+
+    // Nothing a builder starts from and no `cmd`: refused, saying what would do.
+    let bare = tempfile::tempdir().unwrap();
+    std::fs::write(bare.path().join("stratus.toml"), "name = \"bare\"\n").unwrap();
+    std::fs::write(bare.path().join("notes.txt"), "no code here\n").unwrap();
+    let (failed, _) = deploy(&client, bare.path()).await;
+    let err = failed.expect_err("refused");
+    assert_eq!(err.status(), Some(422), "{err}");
+    assert!(err.to_string().contains("cmd: missing"), "{err}");
+    assert!(err.to_string().contains("requirements.txt"), "{err}");
 
     // FROM an image nobody has: the error names it and how to provide it.
     let missing = example_copy("dockerfile", |dir| {

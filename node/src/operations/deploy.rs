@@ -105,6 +105,18 @@ pub async fn accept(
             (summary.image.clone(), Some(summary))
         }
     };
+    // A build takes a while, and nodes may have come or gone meanwhile: the holders are
+    // chosen from the cluster as it is now.
+    let view = if build.is_some() {
+        agent.view().await
+    } else {
+        view
+    };
+    let live: Vec<&str> = view
+        .live_nodes()
+        .map(|node| node.node_id.as_str())
+        .collect();
+    let needed = KEEPERS.min(live.len().max(1));
     // Keepers first (they will publish the record), then any other live node as fallback.
     let targets: Vec<String> = keepers(app, &live, live.len())
         .into_iter()

@@ -207,6 +207,7 @@ async fn builds<S: Service>(
     ),
     responses(
         (status = 200, body = String, content_type = "text/plain"),
+        (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody),
         (status = 404, body = ErrorBody),
         (status = 503, body = ErrorBody),

@@ -43,13 +43,18 @@ pub fn to_remove(
     remove
 }
 
-/// Removes this node's old release images (labelled `stratus.app` and `stratus.release` by
-/// the build). An image a container still uses is left: Docker refuses, and it is retried
-/// after the next build.
+/// The app and release of a release image's tag, `stratus-app/NAME:rN`.
+pub fn release_of_tag(tag: &str) -> Option<(String, u64)> {
+    let (name, release) = tag.strip_prefix("stratus-app/")?.rsplit_once(":r")?;
+    Some((name.to_string(), release.parse().ok()?))
+}
+
+/// Removes this node's old release images (tagged `stratus-app/NAME:rN`). An image a
+/// container still uses is left: Docker refuses, and it is retried after the next build.
 pub async fn collect(docker: &Docker, running: &BTreeMap<String, u64>, keep: usize) {
     let filters = std::collections::HashMap::from([(
-        "label".to_string(),
-        vec!["stratus.release".to_string()],
+        "reference".to_string(),
+        vec!["stratus-app/*".to_string()],
     )]);
     let options = ListImagesOptionsBuilder::default()
         .filters(&filters)
@@ -63,11 +68,15 @@ pub async fn collect(docker: &Docker, running: &BTreeMap<String, u64>, keep: usi
     };
     let images: Vec<LocalImage> = listed
         .into_iter()
-        .filter_map(|image| {
-            Some(LocalImage {
-                app: image.labels.get("stratus.app")?.clone(),
-                release: image.labels.get("stratus.release")?.parse().ok()?,
-                id: image.id,
+        .flat_map(|image| {
+            let id = image.id.clone();
+            image.repo_tags.into_iter().filter_map(move |tag| {
+                let (app, release) = release_of_tag(&tag)?;
+                Some(LocalImage {
+                    id: id.clone(),
+                    app,
+                    release,
+                })
             })
         })
         .collect();
@@ -107,5 +116,11 @@ mod tests {
         );
         assert!(to_remove(&images, &BTreeMap::new(), 100).is_empty());
         assert_eq!(to_remove(&images, &BTreeMap::new(), 1).len(), 8);
+        assert_eq!(
+            release_of_tag("stratus-app/web-2:r17"),
+            Some(("web-2".to_string(), 17))
+        );
+        assert_eq!(release_of_tag("stratus/python:3.11"), None);
+        assert_eq!(release_of_tag("stratus-app/web:latest"), None);
     }
 }

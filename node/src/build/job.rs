@@ -195,10 +195,9 @@ async fn build_reserved(
         target: manifest.build.target.clone(),
         memory_bytes: manifest.build.resources.memory_bytes,
         timeout: agent.builds.timeout(),
-        labels: HashMap::from([
-            ("stratus.app".to_string(), request.app.clone()),
-            ("stratus.release".to_string(), request.release.to_string()),
-        ]),
+        // No labels: each would be one more step (a container and a commit, seconds on
+        // each deploy) after the code; the tag names the app and release.
+        labels: HashMap::new(),
     };
     let (lines, mut received) = tokio::sync::mpsc::unbounded_channel::<String>();
     let building = docker_build::build(docker, source.path(), &recipe, &spec, move |line| {

@@ -230,8 +230,10 @@ fn python(
          # The dependency layer: only the requirements, so a code-only change reuses it.\n\
          COPY {generated_requirements} /opt/requirements.txt\n\
          RUN python3 -m venv /opt/venv && pip install --no-cache-dir -r /opt/requirements.txt\n\
-         COPY . /app\n\
-         CMD {}\n",
+         # Every step after the code is a container and a commit on each deploy: the\n\
+         # code is the last step, the command (which rarely changes) is set before it.\n\
+         CMD {}\n\
+         COPY . /app\n",
         shell_cmd(&start)
     );
     Ok(Recipe {
@@ -396,8 +398,10 @@ fn node(
          # The dependency layer: only the package files, so a code-only change reuses it.\n\
          COPY {} /app/\n\
          RUN {install}\n\
-         COPY . /app\n\
-         CMD {}\n",
+         # Every step after the code is a container and a commit on each deploy: the\n\
+         # code is the last step, the command (which rarely changes) is set before it.\n\
+         CMD {}\n\
+         COPY . /app\n",
         dependency_files.join(" "),
         shell_cmd(&start)
     );
@@ -434,7 +438,7 @@ fn node_start(tree: &impl SourceTree, package: &serde_json::Value) -> Result<Str
 fn static_site() -> Recipe {
     let start = "busybox httpd -f -p $PORT -h /app".to_string();
     let dockerfile = format!(
-        "FROM {STATIC_IMAGE}\nCOPY . /app\nCMD {}\n",
+        "FROM {STATIC_IMAGE}\nCMD {}\nCOPY . /app\n",
         shell_cmd(&start)
     );
     Recipe {
@@ -519,7 +523,11 @@ mod tests {
         );
         assert!(
             dockerfile
-                .ends_with("CMD [\"/bin/sh\",\"-c\",\"gunicorn --bind 0.0.0.0:$PORT app:app\"]\n")
+                .contains("CMD [\"/bin/sh\",\"-c\",\"gunicorn --bind 0.0.0.0:$PORT app:app\"]\n")
+        );
+        assert!(
+            dockerfile.ends_with("COPY . /app\n"),
+            "the code is the last step, so a code-only change rebuilds one layer:\n{dockerfile}"
         );
     }
 

@@ -13,11 +13,14 @@
 //!   vocabulary, `node::testsuite::Step`) and on the chaos stage ([`scenario::ChaosStep`]);
 //! - [`bench`]: the figures printed by `testbed bench ...` ([`bench_failover`]: kill -9 of a
 //!   host → traffic off it, replacements healthy);
-//! - [`bench_ingress`]: `testbed bench ingress`, the ingress against nginx and HAProxy.
+//! - [`bench_ingress`]: `testbed bench ingress`, the ingress against nginx and HAProxy;
+//! - [`bench_build`]: `testbed bench build`, deploys from source on agents with a Docker
+//!   daemon each (cold build, code-only redeploy, image spread against save | load).
 //!
 //! It depends on everything and nothing depends on it.
 
 pub mod bench;
+pub mod bench_build;
 pub mod bench_failover;
 pub mod bench_ingress;
 pub mod bench_pingora;

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use testbed::bench;
+use testbed::bench_build::{self, BuildBench};
 use testbed::bench_ingress::{self, IngressBench};
 use testbed::bench_pingora;
 use testbed::harness::LocalCluster;
@@ -110,6 +111,25 @@ enum Bench {
         #[arg(long, default_value_t = 48)]
         net: u8,
     },
+    /// Deploys from source on 3 agents with a dockerd each: cold Flask build, code-only
+    /// redeploy, and a ~100 MB image spread to 2 nodes against docker save | docker load
+    Build {
+        /// Agents run on 127.0.NET.x
+        #[arg(long, default_value_t = 249)]
+        net: u8,
+        /// Cold builds of examples/flask (each downloads its wheels from PyPI)
+        #[arg(long, default_value_t = 3)]
+        cold_rounds: usize,
+        /// Code-only redeploys (app.py changed) of the last cold app
+        #[arg(long, default_value_t = 5)]
+        redeploy_rounds: usize,
+        /// Spread rounds, each a new app with a new random layer on 3 replicas
+        #[arg(long, default_value_t = 3)]
+        spread_rounds: usize,
+        /// Size of the spread image's random layer, in MiB
+        #[arg(long, default_value_t = 100)]
+        spread_mib: u64,
+    },
     /// Requests/s and latency of the ingress, nginx and HAProxy in front of one backend (wrk)
     Ingress {
         #[arg(long, default_value_t = 5)]
@@ -187,6 +207,27 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench { which: Bench::Seal } => bench::seal(),
+        Command::Bench {
+            which:
+                Bench::Build {
+                    net,
+                    cold_rounds,
+                    redeploy_rounds,
+                    spread_rounds,
+                    spread_mib,
+                },
+        } => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            let report = runtime.block_on(bench_build::build(&BuildBench {
+                net,
+                cold_rounds,
+                redeploy_rounds,
+                spread_rounds,
+                spread_mib,
+            }))?;
+            bench_build::print_report(&report);
+            Ok(())
+        }
         Command::Bench {
             which: Bench::Deploy { runs, bundle_bytes },
         } => {

@@ -6,12 +6,13 @@ use std::time::Duration;
 
 use crate::checksum::{Checksum, Sha256Stream};
 use futures_util::{Stream, StreamExt, TryStreamExt};
+use proto::api::BuildRequest;
 use proto::api::{
     AppView, AppsResponse, BuildsResponse, ChangeAccepted, DeployAccepted, DeployProgress,
     DrainReply, ErrorBody, HealthResponse, NodesResponse, PlacementReply, PlacementRequest,
     ReleasesResponse, RollbackRequest, ScaleRequest, StopRequest,
 };
-use proto::build::{BuildEvent, BuildRequest};
+use proto::build::BuildEvent;
 use proto::catalog::AppRecord;
 use serde::de::DeserializeOwned;
 use tokio::io::AsyncWriteExt;

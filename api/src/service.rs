@@ -6,12 +6,12 @@
 use std::future::Future;
 use std::path::PathBuf;
 
+use proto::api::BuildRequest;
 use proto::api::{
     AppView, AppsResponse, BuildsResponse, ChangeAccepted, DeployAccepted, DrainReply,
     HealthResponse, NodesResponse, PlacementReply, PlacementRequest, ReleasesResponse,
     RollbackRequest, ScaleRequest, StopRequest,
 };
-use proto::build::BuildRequest;
 use proto::catalog::AppRecord;
 use serde::Deserialize;
 

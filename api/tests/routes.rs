@@ -207,7 +207,7 @@ impl InternalService for FakeNode {
     async fn reserve_release_number(&self, _: &str) -> Result<u64, ApiError> {
         Ok(7)
     }
-    async fn build(&self, _: proto::build::BuildRequest) -> Result<LineStream, ApiError> {
+    async fn build(&self, _: proto::api::BuildRequest) -> Result<LineStream, ApiError> {
         Err(ApiError::Unavailable(
             "this fake node does not build".into(),
         ))

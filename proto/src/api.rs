@@ -317,3 +317,17 @@ pub struct ReservedNumber {
 pub struct StoppingReply {
     pub stopping: bool,
 }
+
+/// Node to node: build this release (the bundle is in the store) and stream [`crate::build::BuildEvent`]s.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct BuildRequest {
+    pub app: String,
+    pub release: u64,
+    pub bundle: crate::blob::BlobRef,
+    pub manifest: crate::manifest::Manifest,
+    pub builder: crate::build::Builder,
+    pub reason: String,
+    /// The nodes to leave the image archive and the log with (the app's keepers).
+    pub keepers: Vec<String>,
+}

@@ -8,8 +8,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::BlobRef;
-use crate::manifest::Manifest;
+use crate::blob::BlobRef;
 
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
@@ -136,20 +135,6 @@ pub struct BuildSummary {
 
 /// How many build summaries an app's record keeps.
 pub const KEPT_BUILDS: usize = 20;
-
-/// Node to node: build this release (the bundle is in the store) and stream [`BuildEvent`]s.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct BuildRequest {
-    pub app: String,
-    pub release: u64,
-    pub bundle: BlobRef,
-    pub manifest: Manifest,
-    pub builder: Builder,
-    pub reason: String,
-    /// The nodes to leave the image archive and the log with (the app's keepers).
-    pub keepers: Vec<String>,
-}
 
 /// A line of a build's live output, as newline-delimited JSON.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

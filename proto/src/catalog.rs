@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::blob::BlobRef;
 use crate::build::{BuildSummary, ImageRef};
 use crate::manifest::Manifest;
 
@@ -19,15 +20,6 @@ pub struct Stamp {
     pub wall_ms: u64,
     pub counter: u32,
     pub node_id: String,
-}
-
-/// A bundle in the content-addressed artifact store.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct BlobRef {
-    /// Lowercase hex SHA-256 of the zip.
-    pub sha256: String,
-    pub size: u64,
 }
 
 /// One numbered, immutable release of an app.

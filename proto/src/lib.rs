@@ -8,6 +8,7 @@
 //! - [`gossip`]: the versioned key schema and the values published under it;
 //! - [`node`]: what a node says about itself (identity, load);
 //! - [`container`]: one record per container a node runs;
+//! - [`blob`]: a blob of the content-addressed store;
 //! - [`build`]: builders, built images, build records and the events a build streams;
 //! - [`catalog`]: app records and releases, last writer wins by hybrid logical clock;
 //! - [`manifest`]: `stratus.toml`, parsed and validated;
@@ -18,6 +19,7 @@
 //! the api crate serves; without it the crate is serde and nothing else.
 
 pub mod api;
+pub mod blob;
 pub mod build;
 pub mod catalog;
 pub mod container;

@@ -4,11 +4,12 @@ use axum::Router;
 use axum::extract::State;
 use axum::response::Response;
 use axum::routing::{get, post, put};
+use proto::api::BuildRequest;
 use proto::api::{
     DrainReply, ErrorBody, HeldReply, PlacementReply, PlacementRequest, ReservedNumber,
     StopRequest, StoppingReply,
 };
-use proto::build::{BuildEvent, BuildRequest};
+use proto::build::BuildEvent;
 use proto::catalog::AppRecord;
 
 use super::shared::{Json, Path, Query, deadline, lines_response};

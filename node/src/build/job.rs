@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use proto::build::{BuildEvent, BuildRequest, BuildSummary, Builder, CacheUse, ImageRef};
+use proto::api::BuildRequest;
+use proto::build::{BuildEvent, BuildSummary, Builder, CacheUse, ImageRef};
 use proto::catalog::BlobRef;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc::UnboundedSender;

@@ -4,6 +4,7 @@
 //! [`scheduler`] and [`reconciler`] are pure: they take `now` and data and return actions.
 //! [`reconciler_driver`] and [`catalog_sync`] are the thin I/O loops around them.
 
+pub mod candidates;
 pub mod catalog;
 pub mod catalog_handle;
 pub mod catalog_sync;

@@ -36,7 +36,6 @@ use crate::workload::admission_control::Refusal;
 
 mod decisions;
 
-pub(crate) use decisions::candidates;
 #[cfg(test)]
 mod tests;
 

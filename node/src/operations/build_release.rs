@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use api::{ApiError, LineStream};
 use futures_util::StreamExt;
+use proto::api::BuildRequest;
 use proto::api::{BuildsResponse, NodeStatus};
-use proto::build::{BuildEvent, BuildRequest, BuildSummary, CacheUse, ImageRef};
+use proto::build::{BuildEvent, BuildSummary, CacheUse, ImageRef};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -68,7 +69,7 @@ pub async fn build_release(
     let mut problems: Vec<String> = Vec::new();
     for _ in 0..MAX_ATTEMPTS {
         let view = agent.view().await;
-        let candidates: Vec<_> = crate::control::reconciler_driver::candidates(&view, &request.app)
+        let candidates: Vec<_> = crate::control::candidates::candidates(&view, &request.app)
             .into_iter()
             .filter(|candidate| {
                 view.node(&candidate.node_id)

@@ -8,8 +8,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use api::{ApiError, BuildEvents, Upload};
+use proto::api::BuildRequest;
 use proto::api::{AppSummary, AppView, AppsResponse, DeployAccepted, ReplicaView};
-use proto::build::{BuildEvent, BuildRequest, BuildSummary, Builder, KEPT_BUILDS};
+use proto::build::{BuildEvent, BuildSummary, Builder, KEPT_BUILDS};
 use proto::catalog::{AppRecord, BlobRef, Release};
 use proto::manifest::{MANIFEST_FILE, Manifest, validate_app_name};
 use tracing::{info, warn};

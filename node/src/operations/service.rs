@@ -4,12 +4,12 @@
 use std::path::PathBuf;
 
 use api::{ApiError, Caller, ErrorCode, LineStream, LogQuery, ServiceError, Upload};
+use proto::api::BuildRequest;
 use proto::api::{
     AppView, AppsResponse, BuildsResponse, ChangeAccepted, DeployAccepted, DrainReply,
     HealthResponse, NodesResponse, PlacementReply, PlacementRequest, ReleasesResponse,
     RollbackRequest, ScaleRequest, StopRequest,
 };
-use proto::build::BuildRequest;
 use proto::catalog::AppRecord;
 
 use crate::bundle::BundleError;

@@ -10,11 +10,12 @@
 //! - [`DriverCore::next_deadline`], when to call [`DriverCore::plan`] again if nothing
 //!   changes before.
 
+use crate::control::candidates::candidates;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use proto::api::{NodeStatus, PlacementRequest, StopRequest};
+use proto::api::{PlacementRequest, StopRequest};
 use proto::catalog::AppRecord;
 use proto::gossip::RolloutFailure;
 use rand::rngs::StdRng;
@@ -522,34 +523,4 @@ fn occupy(candidate: &mut NodeCandidate, needs: Needs, same_app: bool) {
     candidate.containers += 1;
     candidate.reserved_cpu_millis += needs.cpu_millis;
     candidate.reserved_mem_bytes += needs.mem_bytes;
-}
-
-pub(crate) fn candidates(view: &ClusterView, app: &str) -> Vec<NodeCandidate> {
-    view.nodes
-        .iter()
-        .filter_map(|node| {
-            let load = node.load?;
-            let runs_workloads = node
-                .identity
-                .as_ref()
-                .is_some_and(|identity| identity.runs_workloads);
-            // Replicas on their way out no longer count against the node.
-            let containers = view.containers.iter().filter(|c| {
-                c.node_id == node.node_id && c.record.state != proto::ContainerState::Stopping
-            });
-            Some(NodeCandidate {
-                node_id: node.node_id.clone(),
-                live: node.status == NodeStatus::Live,
-                draining: !runs_workloads || node.draining,
-                cpu_capacity_millis: u64::from(load.cpu_cores) * 1000,
-                mem_capacity_bytes: load.mem_total_bytes,
-                reserved_cpu_millis: load.reserved_cpu_millis,
-                reserved_mem_bytes: load.reserved_mem_bytes,
-                cpu_usage_pct: load.cpu_usage_pct,
-                mem_available_bytes: load.mem_available_bytes,
-                containers: containers.clone().count(),
-                replicas_of_app: containers.filter(|c| c.record.app == app).count(),
-            })
-        })
-        .collect()
 }

@@ -108,14 +108,18 @@ pub struct Route {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Rollout {
-    pub max_surge: u32,
+    /// `None`: every new replica at once, as Heroku's preboot does (the old ones still
+    /// retire one by one, as new ones settle); `Some(1)`: one at a time, for a cluster
+    /// without room for a second copy of the app.
+    #[serde(default)]
+    pub max_surge: Option<u32>,
     pub health_timeout_ms: u64,
 }
 
 impl Default for Rollout {
     fn default() -> Self {
         Rollout {
-            max_surge: 1,
+            max_surge: None,
             health_timeout_ms: 60_000,
         }
     }
@@ -412,7 +416,7 @@ impl Manifest {
         let rollout_defaults = Rollout::default();
         let max_surge = match raw.rollout.max_surge {
             None => rollout_defaults.max_surge,
-            Some(n) if (1..=i64::from(MAX_REPLICAS)).contains(&n) => n as u32,
+            Some(n) if (1..=i64::from(MAX_REPLICAS)).contains(&n) => Some(n as u32),
             Some(n) => {
                 fail(
                     "rollout.max_surge",
@@ -775,7 +779,7 @@ mod tests {
         assert_eq!(
             manifest.rollout,
             Rollout {
-                max_surge: 2,
+                max_surge: Some(2),
                 health_timeout_ms: 30_000
             }
         );

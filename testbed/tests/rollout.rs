@@ -20,7 +20,8 @@ use tokio::task::JoinHandle;
 const APP: &str = "roll";
 const INGRESS: &str = "127.0.18.2:18080";
 const ROLLOUT: Duration = Duration::from_secs(120);
-/// The manifest's default `rollout.max_surge`.
+/// The app's `rollout.max_surge`: one new replica at a time, the strictest bound to hold
+/// (the default starts every new replica at once).
 const MAX_SURGE: usize = 1;
 
 struct Cleanup;
@@ -47,7 +48,7 @@ fn app_dir(greeting: &str, cmd: Option<&str>) -> tempfile::TempDir {
              [resources]\ncpu = 0.1\nmemory = \"32MiB\"\n\
              [env]\nGREETING = \"{greeting}\"\n\
              [health]\npath = \"/\"\ninterval = \"1s\"\ntimeout = \"500ms\"\n\
-             [rollout]\nhealth_timeout = \"20s\"\n"
+             [rollout]\nmax_surge = 1\nhealth_timeout = \"20s\"\n"
         ),
     )
     .unwrap();

@@ -311,7 +311,11 @@ impl DriverCore {
             app: record.name.clone(),
             release: release.number,
             replicas: record.replicas,
-            max_surge: release.manifest.rollout.max_surge,
+            max_surge: release
+                .manifest
+                .rollout
+                .max_surge
+                .unwrap_or(record.replicas),
             health_timeout: Duration::from_millis(release.manifest.rollout.health_timeout_ms),
             previous: app.previous,
         };

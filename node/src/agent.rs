@@ -162,6 +162,7 @@ pub async fn run_with_routes(
             timeout: config.build_timeout,
             pull: config.image_pull,
             keep_releases: config.keep_releases,
+            cache_bytes: config.build_cache_bytes,
             work_dir: config.data_dir.join("builds"),
         },
     );

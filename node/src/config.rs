@@ -113,6 +113,10 @@ pub struct AgentArgs {
     /// Built images kept per app: older releases' images are removed from this node [default: 5]
     #[arg(long, env = "STRATUS_KEEP_RELEASES")]
     pub keep_releases: Option<usize>,
+    /// Room for dependency images on this node (e.g. 10GiB): those no kept release uses go
+    /// first, then the oldest [default: 10GiB]
+    #[arg(long, env = "STRATUS_BUILD_CACHE_SIZE")]
+    pub build_cache_size: Option<String>,
     /// Image for apps whose manifest names none [default: stratus/busybox:latest]
     #[arg(long, env = "STRATUS_DEFAULT_IMAGE")]
     pub default_image: Option<String>,
@@ -188,6 +192,7 @@ struct FileConfig {
     base_image: Option<Vec<String>>,
     image_pull: Option<String>,
     keep_releases: Option<usize>,
+    build_cache_size: Option<String>,
     port_range: Option<String>,
     no_workloads: Option<bool>,
     ingress_addr: Option<SocketAddr>,
@@ -251,6 +256,8 @@ pub enum ConfigError {
     BaseImage(String),
     #[error("invalid --image-pull {0:?}: use never, if-missing or always")]
     ImagePull(String),
+    #[error("invalid --build-cache-size {0:?}: write a size such as 10GiB or 500MB")]
+    BuildCacheSize(String),
 }
 
 /// Which runtime driver runs containers.
@@ -291,6 +298,8 @@ pub struct AgentConfig {
     pub base_images: BaseImages,
     pub image_pull: ImagePull,
     pub keep_releases: usize,
+    /// Bytes of dependency images this node keeps.
+    pub build_cache_bytes: u64,
     pub port_range: (u16, u16),
     pub runs_workloads: bool,
     /// Where the embedded ingress listens, if this node runs one.
@@ -431,7 +440,16 @@ impl AgentConfig {
             None => ImagePull::IfMissing,
             Some(text) => text.parse().map_err(|_| ConfigError::ImagePull(text))?,
         };
+        let build_cache_bytes = match args.build_cache_size.or(file.build_cache_size) {
+            None => 10 << 30,
+            Some(text) => text
+                .trim()
+                .parse::<bytesize::ByteSize>()
+                .map_err(|_| ConfigError::BuildCacheSize(text.clone()))?
+                .as_u64(),
+        };
         Ok(AgentConfig {
+            build_cache_bytes,
             docker_host: args
                 .docker_host
                 .or(file.docker_host)

@@ -5,7 +5,7 @@
 //! 1. the Dockerfile example, built on one node and run by a replica on every node: the
 //!    others load the image the build saved into the store (their daemons hold it, and
 //!    nothing of a build: no parent chain, no intermediate images);
-//! 2. a corrupt copy of the image archive in a holder's store is refused and discarded: a
+//! 2. a corrupt copy of the image's layer in a holder's store is refused and discarded: a
 //!    node lacking the image takes the next holder's good copy, and while every reachable
 //!    copy is corrupt its replica says so and runs nothing, until a good holder is back;
 //! 3. `image = "..."` against the local registry (`scripts/start-registry.sh`): pulled once
@@ -13,6 +13,9 @@
 //!    a `--image-pull never` node, and refused (422, naming the image and the flag) by that
 //!    node while the cluster has no copy;
 //! 4. the node a build was placed on stops mid-build: the deploy ends, built elsewhere.
+//! 5. a dependency image installed on one node is loaded (not installed again) by a build of
+//!    another app with the same dependencies on another node while the first is down; and
+//!    a later install on the first node takes the package from its download cache.
 //!
 //! Needs root, Docker and the base images (`scripts/build-images.sh`); the tests run one at
 //! a time (each starts several daemons on a 2-core machine). `STRATUS_SKIP_DOCKER_TESTS=1`
@@ -279,6 +282,15 @@ fn image_field(sandbox: &SandboxDockerd, image: &str, format: &str) -> String {
 }
 
 /// The images the app's containers in `sandbox` were created from.
+/// The diff ids of an image's layers in `sandbox`.
+fn layers_of(sandbox: &SandboxDockerd, image: &str) -> BTreeSet<String> {
+    image_field(sandbox, image, "{{json .RootFS.Layers}}")
+        .trim_matches(|c| c == '[' || c == ']')
+        .split(',')
+        .map(|layer| layer.trim_matches('"').to_string())
+        .collect()
+}
+
 fn container_images(sandbox: &SandboxDockerd, app: &str) -> Vec<String> {
     let label = format!("label=stratus.app={app}");
     let ids = docker_ok(sandbox, &["ps", "-a", "-q", "--filter", &label]);
@@ -422,9 +434,15 @@ async fn an_image_built_on_one_node_runs_on_every_node_without_building_there() 
                 BTreeSet::from([python.clone(), image.id.clone()]),
                 "{node_id} holds images of a build"
             );
-            // It holds the archive the builder saved, intact.
-            let copy = blob_path(cluster.node(index).data_dir(), &image.archive.sha256);
-            assert_eq!(sha256_of(&copy), image.archive.sha256, "{node_id}'s copy");
+            // It holds the config and the layers it lacked (all but the base's), intact.
+            let base_layers = layers_of(sandbox, &python);
+            for blob in image.blobs() {
+                let path = blob_path(cluster.node(index).data_dir(), &blob.sha256);
+                if base_layers.contains(&format!("sha256:{}", blob.sha256)) {
+                    continue;
+                }
+                assert_eq!(sha256_of(&path), blob.sha256, "{node_id}'s copy");
+            }
         }
     }
     cluster.shutdown().await.unwrap();
@@ -483,11 +501,16 @@ async fn a_corrupt_copy_of_the_image_is_refused_and_the_replica_waits_for_a_good
     let accepted = accepted.unwrap_or_else(|err| panic!("{err}\n{}", lines_of(&events)));
     let release = accepted.release;
     let image = release_image(&client, APP).await;
-    let digest = image.archive.sha256.clone();
+    // The layer the Dockerfile made: the blob every node without the image must fetch.
+    let digest = image.layers.last().unwrap().sha256.clone();
     wait_spread(&client, APP, release, 2).await;
     for index in 0..3 {
         let copy = blob_path(cluster.node(index).data_dir(), &digest);
-        assert_eq!(sha256_of(&copy), digest, "node-{index} holds the archive");
+        assert_eq!(
+            sha256_of(&copy),
+            digest,
+            "node-{index} holds the image's layer"
+        );
     }
     println!(
         "deployed, 3 holders, in {:.1} s",
@@ -821,6 +844,118 @@ async fn a_build_whose_node_stops_midway_is_built_again_elsewhere() {
         "{output}"
     );
     wait_spread(&client, APP, accepted.release, 1).await;
+    cluster.shutdown().await.unwrap();
+    drop_sandboxes(sandboxes).await;
+    println!("whole test: {:.1} s", started.elapsed().as_secs_f64());
+}
+
+/// A Python app that installs one small package from PyPI; `marker` changes only the code.
+fn six_app(name: &str, requirements: &str) -> tempfile::TempDir {
+    app_folder(&[
+        (
+            "stratus.toml",
+            &format!(
+                "name = \"{name}\"\nreplicas = 1\n[resources]\ncpu = 0.1\nmemory = \"64MiB\"\n\
+                 [build]\ncpu = 0.5\nmemory = \"512MiB\"\n[health]\ninterval = \"1s\"\n"
+            ),
+        ),
+        ("requirements.txt", requirements),
+        (
+            "app.py",
+            "import os, six, http.server\n\
+             http.server.HTTPServer(('0.0.0.0', int(os.environ['PORT'])), \
+             http.server.SimpleHTTPRequestHandler).serve_forever()\n",
+        ),
+    ])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dependencies_installed_on_one_node_are_reused_by_another_and_downloads_are_cached() {
+    if skip_docker_tests() {
+        return;
+    }
+    ensure_test_image().unwrap();
+    let _serial = SERIAL.lock().await;
+    let started = Instant::now();
+    let sandboxes = start_sandboxes("deps", vec![vec![PYTHON], vec![PYTHON]]).await;
+    let mut cluster = cluster_for_test(0).await.unwrap();
+    for sandbox in &sandboxes {
+        add_node(&mut cluster, Some(sandbox), |_| {}).await;
+    }
+    let client = cluster.node(0).client();
+    wait_nodes(&client, 2, 2).await;
+
+    // The first install: pip downloads six, into the building node's download cache.
+    let first = six_app("deps-a", "six==1.16.0\n");
+    let (accepted, events) = deploy(&client, "deps-a", first.path()).await;
+    let accepted = accepted.unwrap_or_else(|err| panic!("{err}\n{}", lines_of(&events)));
+    let build = accepted.build.clone().unwrap();
+    assert_eq!(
+        build.cache,
+        proto::build::CacheUse::Miss,
+        "{}",
+        lines_of(&events)
+    );
+    let deps = build.dependencies.clone().expect("a dependency image");
+    let built_on: usize = cluster
+        .nodes
+        .iter()
+        .position(|node| node.node_id == build.node)
+        .unwrap();
+    let other = 1 - built_on;
+    let cache = cluster
+        .node(built_on)
+        .data_dir()
+        .join("builds/download-cache/pip/wheels");
+    assert!(
+        std::fs::read_dir(&cache).is_ok_and(|mut entries| entries.next().is_some()),
+        "pip left nothing in {}:\n{}",
+        cache.display(),
+        lines_of(&events)
+    );
+    wait_spread(&client, "deps-a", accepted.release, 1).await;
+
+    // Another app with the same dependencies, built on the other node while the first is
+    // gone: it loads the dependency image from the blobs the first left with the keepers.
+    cluster.stop_node(built_on).await.unwrap();
+    let client = cluster.node(other).client();
+    wait_nodes(&client, 1, 1).await;
+    let second = six_app("deps-b", "six==1.16.0\n");
+    let (accepted, events) = deploy(&client, "deps-b", second.path()).await;
+    let accepted = accepted.unwrap_or_else(|err| panic!("{err}\n{}", lines_of(&events)));
+    let output = lines_of(&events);
+    let reused = accepted.build.clone().unwrap();
+    assert_eq!(reused.node, cluster.node(other).node_id);
+    assert_eq!(reused.cache, proto::build::CacheUse::Hit, "{output}");
+    assert_eq!(reused.cache_key, build.cache_key, "the same key");
+    assert_eq!(reused.dependencies.as_ref().map(|d| &d.id), Some(&deps.id));
+    assert!(
+        output.contains(&format!("dependencies: loading {}", deps.tag)),
+        "{output}"
+    );
+    assert!(!output.contains("installing the dependencies"), "{output}");
+    assert!(sandboxes[other].has_image(&deps.id));
+    wait_spread(&client, "deps-b", accepted.release, 1).await;
+
+    // A different requirements file on the first node, back: a new key, so pip runs, but
+    // six comes from that node's download cache, not from PyPI.
+    cluster.restart_node(built_on).await.unwrap();
+    wait_nodes(&client, 2, 2).await;
+    cluster.stop_node(other).await.unwrap();
+    let client = cluster.node(built_on).client();
+    wait_nodes(&client, 1, 1).await;
+    let third = six_app("deps-c", "six==1.16.0\n# one more line, another key\n");
+    let (accepted, events) = deploy(&client, "deps-c", third.path()).await;
+    let accepted = accepted.unwrap_or_else(|err| panic!("{err}\n{}", lines_of(&events)));
+    let output = lines_of(&events);
+    assert_eq!(
+        accepted.build.as_ref().unwrap().cache,
+        proto::build::CacheUse::Miss
+    );
+    assert!(
+        output.contains("File was already downloaded /stratus/cache/wheels/six-1.16.0"),
+        "{output}"
+    );
     cluster.shutdown().await.unwrap();
     drop_sandboxes(sandboxes).await;
     println!("whole test: {:.1} s", started.elapsed().as_secs_f64());

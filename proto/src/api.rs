@@ -136,7 +136,7 @@ pub struct DeployAccepted {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum DeployProgress {
     Build { build: crate::build::BuildEvent },
-    Accepted { accepted: DeployAccepted },
+    Accepted { accepted: Box<DeployAccepted> },
     Failed { status: u16, error: ErrorBody },
 }
 

@@ -70,19 +70,37 @@ impl FromStr for Builder {
     }
 }
 
-/// The image a build made. Replicas run it by `id`; a node without it loads `archive`
-/// (`docker save` output, content-addressed like bundles) from a holder or the store.
+/// The image a build made, as blobs held like bundles: its config (whose SHA-256 is the
+/// image id) and its layers, each named by its diff id (the SHA-256 of the uncompressed
+/// layer tar). Replicas run it by `id`; a node without it fetches the config and only the
+/// layers its Docker lacks, and loads them. Two releases that share their dependency
+/// layers share those blobs: a code-only change moves one small layer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ImageRef {
     /// `sha256:...`, the image's config digest: the same on every node that loads it.
     pub id: String,
-    /// `stratus-app/NAME:rN`, the tag the archive carries.
+    /// `stratus-app/NAME:rN` (`stratus-deps/BUILDER:KEY` for a dependency image).
     pub tag: String,
-    pub archive: BlobRef,
+    /// The image config; `config.sha256` is `id` without its `sha256:`.
+    pub config: BlobRef,
+    /// The layers, base first; `sha256` is the layer's diff id.
+    pub layers: Vec<BlobRef>,
     /// `Image`: an image the manifest named, run with the bundle mounted at `/app`;
     /// otherwise the image holds the code and its start command.
     pub builder: Builder,
+}
+
+impl ImageRef {
+    /// Every blob of the image, config first.
+    pub fn blobs(&self) -> impl Iterator<Item = &BlobRef> {
+        std::iter::once(&self.config).chain(&self.layers)
+    }
+
+    /// The bytes of the config and every layer.
+    pub fn size(&self) -> u64 {
+        self.blobs().map(|blob| blob.size).sum()
+    }
 }
 
 /// Whether the dependency layer was reused or installed.
@@ -131,6 +149,10 @@ pub struct BuildSummary {
     pub log: Option<BlobRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<ImageRef>,
+    /// The dependency image the release image was made on (python, node and static): any
+    /// node building the same `cache_key` loads it instead of installing again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dependencies: Option<ImageRef>,
 }
 
 /// How many build summaries an app's record keeps.
@@ -150,5 +172,5 @@ pub enum BuildEvent {
     /// Sent while a step is silent, so the reader knows the builder is alive.
     Alive { elapsed_ms: u64 },
     /// The build (and its release command) finished.
-    Finished { summary: BuildSummary },
+    Finished { summary: Box<BuildSummary> },
 }

@@ -18,8 +18,7 @@
 //!    from the release being recorded to both lacking nodes' replicas running, against
 //!    `docker save | docker load` of the same image from the building node's daemon into a
 //!    spare sandboxed daemon prepared like the lacking nodes (it has `stratus/busybox`),
-//!    right after each round; also two such copies at once (into two spare daemons) and a
-//!    `docker load -i` of the very archive file a lacking node stored.
+//!    right after each round; also two such copies at once (into two spare daemons).
 //!
 //! Replica states come from each node's own view (its own replicas), not gossip: the times
 //! are when it happened, not when another node heard. Timestamps of build steps are taken
@@ -34,7 +33,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context as _, bail};
 use node::sandbox_dockerd::SandboxDockerd;
 use proto::build::{BuildEvent, CacheUse};
-use proto::catalog::BlobRef;
 use proto::{ContainerHealth, ContainerState};
 use tokio::time::Instant;
 
@@ -78,8 +76,6 @@ pub struct DeployRound {
     /// When the release was recorded (its `created_at_ms`).
     pub recorded: Duration,
     pub accepted: Duration,
-    /// The image archive the build stored.
-    pub archive: Option<BlobRef>,
     pub replicas: Vec<ReplicaTimes>,
     /// Every replica of the release healthy.
     pub healthy: Duration,
@@ -117,9 +113,6 @@ pub struct SpreadRound {
     /// Two of those at once, into two fresh sandboxes (the machine's 2 cores shared as the
     /// two lacking nodes share them).
     pub baseline_two: Duration,
-    /// `docker -H <fresh sandbox> load -i` of the archive a lacking node stored (the file
-    /// the agent loaded): Docker's part of the agent's load.
-    pub cli_load_of_stored: Duration,
     pub archive_bytes: u64,
 }
 
@@ -220,9 +213,8 @@ pub async fn build(bench: &BuildBench) -> anyhow::Result<BuildReport> {
             spread.baseline.as_secs_f64()
         );
         println!(
-            "    two save | load at once {:.2} s; docker load -i of the archive a lacking node stored {:.2} s",
+            "    two save | load at once {:.2} s",
             spread.baseline_two.as_secs_f64(),
-            spread.cli_load_of_stored.as_secs_f64()
         );
         print_round(&format!("spread {round}"), &spread.deploy);
         spreads.push(spread);
@@ -463,7 +455,6 @@ async fn deploy_and_wait(stage: &Stage, app: &str, dir: &Path) -> anyhow::Result
         held_s: seconds_after(&text, "image held by ", " in "),
         recorded,
         accepted: accepted_at,
-        archive: summary.image.as_ref().map(|image| image.archive.clone()),
         replicas,
         healthy,
     })
@@ -683,7 +674,7 @@ fn assert_cold(stage: &Stage) -> anyhow::Result<()> {
 
 async fn spread_round(stage: &Stage, round: usize, mib: u64) -> anyhow::Result<SpreadRound> {
     // A new app every round: its first release places all 3 replicas at once (a later
-    // release of one app rolls out one replica at a time, max_surge = 1).
+    // release starts its new replicas at once too, but the old ones would be noise).
     let app = format!("spread-{round}");
     let dir = spread_app(stage, &app, round, mib)?;
     let deploy = deploy_and_wait(stage, &app, &dir).await?;
@@ -711,12 +702,6 @@ async fn spread_round(stage: &Stage, round: usize, mib: u64) -> anyhow::Result<S
         deploy.replicas
     );
     let last_running = lacking.values().max().copied().unwrap_or(deploy.healthy);
-    let lacking_node = lacking
-        .keys()
-        .next()
-        .copied()
-        .unwrap_or_default()
-        .to_string();
     let spread_with_export = last_running.saturating_sub(export_started);
 
     // The baseline: the same image, from the building node's daemon into a daemon that
@@ -732,38 +717,12 @@ async fn spread_round(stage: &Stage, round: usize, mib: u64) -> anyhow::Result<S
     let archive_bytes = image_bytes(source, &tag)?;
     let baseline = save_load(source, &stage.baselines[..1], &tag).await?;
     let baseline_two = save_load(source, &stage.baselines, &tag).await?;
-    // The very file a lacking node loaded, through the CLI.
-    let archive = deploy
-        .archive
-        .as_ref()
-        .context("the build stored no archive")?;
-    let stored = find_file(
-        &stage.cluster().data_root().join(&lacking_node),
-        &archive.sha256,
-    )
-    .with_context(|| format!("{} has no archive {}", lacking_node, archive.sha256))?;
-    let target = &stage.baselines[0];
-    let started = Instant::now();
-    let out = tokio::process::Command::new("docker")
-        .args(["-H", &target.host(), "load", "-q", "-i"])
-        .arg(&stored)
-        .output()
-        .await?;
-    let cli_load_of_stored = started.elapsed();
-    anyhow::ensure!(
-        out.status.success(),
-        "docker load -i {}: {}",
-        stored.display(),
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    check(target, &["rmi", &tag])?;
     destroy(stage, &app).await?;
     Ok(SpreadRound {
         spread: last_running.saturating_sub(deploy.recorded),
         spread_with_export,
         baseline,
         baseline_two,
-        cli_load_of_stored,
         archive_bytes,
         deploy,
     })
@@ -812,24 +771,6 @@ async fn save_load(
         check(target, &["rmi", tag])?;
     }
     Ok(took)
-}
-
-/// The file named `name` under `dir`, at any depth.
-fn find_file(dir: &Path, name: &str) -> Option<PathBuf> {
-    for entry in std::fs::read_dir(dir).ok()?.flatten() {
-        let path = entry.path();
-        let Ok(kind) = entry.file_type() else {
-            continue;
-        };
-        if kind.is_dir() {
-            if let Some(found) = find_file(&path, name) {
-                return Some(found);
-            }
-        } else if entry.file_name() == name {
-            return Some(path);
-        }
-    }
-    None
 }
 
 fn image_bytes(daemon: &SandboxDockerd, tag: &str) -> anyhow::Result<u64> {
@@ -1037,15 +978,6 @@ pub fn print_report(report: &BuildReport) {
         row(
             "  two of those at once (2 fresh daemons, the same 2 cores)",
             report.spreads.iter().map(|s| s.baseline_two).collect(),
-            "",
-        );
-        row(
-            "  docker load -i of the archive a lacking node stored",
-            report
-                .spreads
-                .iter()
-                .map(|s| s.cli_load_of_stored)
-                .collect(),
             "",
         );
         let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64().max(1e-9);

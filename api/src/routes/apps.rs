@@ -153,7 +153,9 @@ async fn deploy<S: Service>(
     });
     let last = futures_util::stream::once(async move {
         progress_line(&match joined(deploying.await) {
-            Ok(accepted) => DeployProgress::Accepted { accepted },
+            Ok(accepted) => DeployProgress::Accepted {
+                accepted: Box::new(accepted),
+            },
             Err(err) => DeployProgress::Failed {
                 status: err.status().as_u16(),
                 error: err.body(),

@@ -44,7 +44,10 @@ async fn fetch<S: Service>(
     let file = tokio::fs::File::open(&path)
         .await
         .map_err(|err| ApiError::Internal(format!("cannot open {}: {err}", path.display())))?;
-    let body = Body::from_stream(tokio_util::io::ReaderStream::new(file));
+    let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
+        file,
+        crate::client::FILE_CHUNK,
+    ));
     Ok(([(CONTENT_TYPE, "application/octet-stream")], body).into_response())
 }
 

@@ -19,6 +19,7 @@ pub struct Builds {
     timeout: Duration,
     pull: ImagePull,
     keep_releases: usize,
+    cache_bytes: u64,
     work_dir: PathBuf,
     running: Arc<Mutex<BTreeSet<(String, u64)>>>,
 }
@@ -46,6 +47,8 @@ pub struct BuildSettings {
     pub timeout: Duration,
     pub pull: ImagePull,
     pub keep_releases: usize,
+    /// Bytes of dependency images kept (`--build-cache-size`).
+    pub cache_bytes: u64,
     pub work_dir: PathBuf,
 }
 
@@ -57,6 +60,7 @@ impl Builds {
             timeout: settings.timeout,
             pull: settings.pull,
             keep_releases: settings.keep_releases,
+            cache_bytes: settings.cache_bytes,
             work_dir: settings.work_dir,
             running: Arc::default(),
         }
@@ -91,7 +95,16 @@ impl Builds {
         self.keep_releases
     }
 
+    pub fn cache_bytes(&self) -> u64 {
+        self.cache_bytes
+    }
+
     /// Where builds unpack their bundles.
+    /// This node's pip and npm download caches, one folder each.
+    pub fn cache_dir(&self) -> PathBuf {
+        self.work_dir.join("download-cache")
+    }
+
     pub fn work_dir(&self) -> &Path {
         &self.work_dir
     }

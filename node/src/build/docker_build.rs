@@ -112,7 +112,7 @@ pub async fn build(
     if let Some(target) = &spec.target {
         options = options.target(target);
     }
-    let body = bollard::body_try_stream(ReaderStream::new(file));
+    let body = bollard::body_try_stream(ReaderStream::with_capacity(file, api::client::FILE_CHUNK));
     let mut stream = docker.build_image(options.build(), None, Some(body));
 
     let mut log: Vec<String> = Vec::new();
@@ -198,8 +198,9 @@ fn tail(log: &[String]) -> Vec<String> {
     log[log.len().saturating_sub(ERROR_TAIL_LINES)..].to_vec()
 }
 
-/// The build context as a tar file: the folder, then the recipe's generated files and
-/// Dockerfile under [`GENERATED_DIR`] (after the folder, so they win over any the app has).
+/// The build context as a tar file: the folder (only its dependency files when the recipe
+/// adds the code itself), then the recipe's generated files and Dockerfile under
+/// [`GENERATED_DIR`] (after the folder, so they win over any the app has).
 async fn write_context(
     source: PathBuf,
     recipe: Recipe,
@@ -208,7 +209,18 @@ async fn write_context(
         let file = tempfile::NamedTempFile::new()?;
         let mut tar = tar::Builder::new(file.reopen()?);
         tar.follow_symlinks(false);
-        tar.append_dir_all(".", &source)?;
+        if recipe.code_at.is_some() {
+            // A dependency image: its Dockerfile reads the dependency files alone, and
+            // sending the whole bundle would only slow the build down.
+            for file in &recipe.dependency_files {
+                let path = source.join(file);
+                if path.is_file() {
+                    tar.append_path_with_name(&path, file)?;
+                }
+            }
+        } else {
+            tar.append_dir_all(".", &source)?;
+        }
         let generated = recipe
             .generated
             .iter()

@@ -1,7 +1,11 @@
-//! Old release images are removed: each node keeps the images of the last `--keep-releases`
-//! releases of each app, and of every release the catalog still runs or may roll back to
-//! within that window. The archives stay in the store (they are the cluster's copies); only
-//! this node's Docker is cleaned. The decision is pure, the driver lists and removes.
+//! Old images are removed from this node's Docker:
+//! - release images: each node keeps those of the last `--keep-releases` releases of each
+//!   app, and of every release the catalog still runs;
+//! - dependency images (the build cache): those the kept builds of any app were made on
+//!   stay, the others go, and then the oldest while they pass `--build-cache-size`.
+//!
+//! The blobs stay in the store (they are the cluster's copies); only this node's Docker is
+//! cleaned. The decisions are pure, the drivers list and remove.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -89,6 +93,84 @@ pub async fn collect(docker: &Docker, running: &BTreeMap<String, u64>, keep: usi
     }
 }
 
+/// A dependency image (`stratus-deps/BUILDER:KEY`) in this node's Docker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DependencyImage {
+    pub id: String,
+    pub tag: String,
+    /// Unix seconds.
+    pub created: i64,
+    /// Its whole size, base layers included: the cap is counted high, never low.
+    pub bytes: u64,
+}
+
+/// The dependency images to remove: every one whose tag is not `wanted` (used by a kept
+/// build), then the oldest of the rest until what is left fits in `cap` bytes.
+pub fn dependencies_to_remove(
+    images: &[DependencyImage],
+    wanted: &BTreeSet<String>,
+    cap: u64,
+) -> Vec<String> {
+    let (kept, unwanted): (Vec<&DependencyImage>, Vec<&DependencyImage>) =
+        images.iter().partition(|image| wanted.contains(&image.tag));
+    let mut remove: Vec<String> = unwanted.iter().map(|image| image.id.clone()).collect();
+    let mut kept = kept;
+    kept.sort_by_key(|image| (image.created, image.id.clone()));
+    let mut total: u64 = kept.iter().map(|image| image.bytes).sum();
+    for image in kept {
+        if total <= cap {
+            break;
+        }
+        total -= image.bytes;
+        remove.push(image.id.clone());
+    }
+    remove.sort();
+    remove.dedup();
+    remove
+}
+
+/// Removes the dependency images [`dependencies_to_remove`] picks. A release image keeps
+/// the layers it shares with one: only the tag and what nothing else uses go.
+pub async fn collect_dependencies(docker: &Docker, wanted: &BTreeSet<String>, cap: u64) {
+    let filters = std::collections::HashMap::from([(
+        "reference".to_string(),
+        vec!["stratus-deps/*".to_string()],
+    )]);
+    let options = ListImagesOptionsBuilder::default()
+        .filters(&filters)
+        .build();
+    let listed = match docker.list_images(Some(options)).await {
+        Ok(listed) => listed,
+        Err(err) => {
+            warn!(error = %err, "cannot list dependency images to collect");
+            return;
+        }
+    };
+    let images: Vec<DependencyImage> = listed
+        .into_iter()
+        .flat_map(|image| {
+            let (id, created, bytes) = (image.id.clone(), image.created, image.size.max(0) as u64);
+            image
+                .repo_tags
+                .into_iter()
+                .filter(|tag| tag.starts_with("stratus-deps/"))
+                .map(move |tag| DependencyImage {
+                    id: id.clone(),
+                    tag,
+                    created,
+                    bytes,
+                })
+        })
+        .collect();
+    for id in dependencies_to_remove(&images, wanted, cap) {
+        let options = RemoveImageOptionsBuilder::default().force(true).build();
+        match docker.remove_image(&id, Some(options), None).await {
+            Ok(_) => info!(image = %id, "removed a dependency image"),
+            Err(err) => warn!(image = %id, error = %err, "dependency image not removed"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,5 +204,36 @@ mod tests {
         );
         assert_eq!(release_of_tag("stratus/python:3.11"), None);
         assert_eq!(release_of_tag("stratus-app/web:latest"), None);
+    }
+
+    fn deps(tag: &str, created: i64, bytes: u64) -> DependencyImage {
+        DependencyImage {
+            id: format!("sha256:{tag}"),
+            tag: tag.into(),
+            created,
+            bytes,
+        }
+    }
+
+    #[test]
+    fn dependency_images_no_kept_build_uses_go_then_the_oldest_past_the_cap() {
+        let images = [
+            deps("a", 1, 100),
+            deps("b", 2, 100),
+            deps("c", 3, 100),
+            deps("d", 4, 100),
+        ];
+        let wanted: BTreeSet<String> = ["b", "c", "d"].map(String::from).into();
+        assert_eq!(
+            dependencies_to_remove(&images, &wanted, 1_000),
+            ["sha256:a"]
+        );
+        // 300 bytes wanted, room for 250: the oldest wanted one goes too.
+        assert_eq!(
+            dependencies_to_remove(&images, &wanted, 250),
+            ["sha256:a", "sha256:b"]
+        );
+        assert_eq!(dependencies_to_remove(&images, &wanted, 0).len(), 4);
+        assert!(dependencies_to_remove(&[], &wanted, 0).is_empty());
     }
 }

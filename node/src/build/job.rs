@@ -1,7 +1,9 @@
 //! One build, on the node it was placed on: reserve the build's CPU and memory, get the
-//! bundle (verified), turn it into a recipe, build the image, file the image's archive in
-//! the store and leave copies with the app's keepers, run the release command, keep the
-//! whole output as a blob, and report a [`BuildSummary`]. Every step reports to `events`;
+//! bundle (verified), turn it into a recipe, make the image (python, node, static: the
+//! dependency image, found or built once per dependency key, plus the code as one layer;
+//! dockerfile: `docker build`), file its blobs in the store and leave copies with the app's
+//! keepers, run the release command, keep the whole output as a blob, and report a
+//! [`BuildSummary`]. Every step reports to `events`;
 //! every failure ends in a summary with the error, never in silence.
 
 use std::collections::HashMap;
@@ -17,11 +19,12 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{info, warn};
 
+use super::dependency_install::{self, InstallRun};
 use super::docker_build::{self, BuildSpec};
-use super::image_archive;
 use super::recipe::{self, Asked, Recipe};
 use super::release_phase::{self, ReleaseRun};
 use super::{Folder, SourceTree};
+use super::{image_layers, image_transfer};
 use crate::bundle::UnpackLimits;
 use crate::control::hlc::unix_ms;
 use crate::control::scheduler::Needs;
@@ -83,6 +86,7 @@ pub async fn run(
         error: None,
         log: None,
         image: None,
+        dependencies: None,
     };
     let outcome = build(agent, request, reservation, &mut reporter, &mut summary).await;
     if let Err(error) = &outcome {
@@ -93,6 +97,15 @@ pub async fn run(
     if let Ok(docker) = agent.builds.docker() {
         let running = running_releases(agent).await;
         super::image_gc::collect(docker, &running, agent.builds.keep_releases()).await;
+        let mut wanted = wanted_dependencies(agent, agent.builds.keep_releases()).await;
+        // This build is not in the catalog yet.
+        wanted.extend(summary.dependencies.as_ref().map(|deps| deps.tag.clone()));
+        super::image_gc::collect_dependencies(docker, &wanted, agent.builds.cache_bytes()).await;
+        let (caches, cap) = (agent.builds.cache_dir(), agent.builds.cache_bytes());
+        let _ = tokio::task::spawn_blocking(move || {
+            super::dependency_install::trim_caches(&caches, cap)
+        })
+        .await;
     }
     summary.log = keep_log(agent, request, &reporter.log).await;
     info!(app = %request.app, release = request.release, ok = summary.error.is_none(),
@@ -196,28 +209,72 @@ async fn build_reserved(
         target: manifest.build.target.clone(),
         memory_bytes: manifest.build.resources.memory_bytes,
         timeout: agent.builds.timeout(),
-        // No labels: each would be one more step (a container and a commit, seconds on
-        // each deploy) after the code; the tag names the app and release.
         labels: HashMap::new(),
     };
-    let (lines, mut received) = tokio::sync::mpsc::unbounded_channel::<String>();
-    let building = docker_build::build(docker, source.path(), &recipe, &spec, move |line| {
-        let _ = lines.send(line.to_string());
-    });
-    tokio::pin!(building);
-    let built = loop {
-        tokio::select! {
-            line = received.recv() => {
-                if let Some(line) = line { reporter.line(&line) }
-            }
-            done = &mut building => break done,
+    let blobs = agent.bundles.local();
+    let (image, dependencies) = match (&recipe.code_at, &cache_key) {
+        (Some(code_at), Some(key)) => {
+            let deps_spec = BuildSpec {
+                tag: dependency_tag(recipe.builder, key),
+                ..spec
+            };
+            let (deps, cache) =
+                dependency_image(agent, docker, &source, &recipe, &deps_spec, key, reporter)
+                    .await?;
+            summary.cache = cache;
+            reporter.step(format!("adding the code at {code_at}"));
+            let started = Instant::now();
+            let store = blobs.clone();
+            let parent = image_transfer::blobs_of(&deps);
+            let (dir, at) = (
+                source.path().to_path_buf(),
+                code_at.trim_start_matches('/').to_string(),
+            );
+            let composed = tokio::task::spawn_blocking(move || {
+                image_layers::compose(
+                    &store,
+                    &parent,
+                    &dir,
+                    &at,
+                    "COPY . /app # stratus: the app's code",
+                )
+            })
+            .await
+            .map_err(|err| err.to_string())?
+            .map_err(|err| err.to_string())?;
+            image_layers::load(docker, blobs, &composed, &tag)
+                .await
+                .map_err(|err| err.to_string())?;
+            let code = composed.layers.last().map(|layer| layer.size).unwrap_or(0);
+            reporter.step(format!(
+                "image {} made in {:.1} s: the code is a {} layer on {}",
+                short(&composed.id),
+                started.elapsed().as_secs_f64(),
+                proto::manifest::human_bytes(code),
+                deps.tag
+            ));
+            (composed, Some(deps))
+        }
+        _ => {
+            let built = run_docker_build(docker, &source, &recipe, &spec, reporter).await?;
+            summary.cache = dependency_cache(&recipe, &built.log);
+            reporter.step("exporting the image to the cluster's store");
+            let exported = Instant::now();
+            let image = image_layers::export(docker, &tag, blobs)
+                .await
+                .map_err(|err| err.to_string())?;
+            reporter.step(format!(
+                "image {} ({} in {} layers) exported in {:.1} s",
+                short(&built.image_id),
+                proto::manifest::human_bytes(
+                    image.layers.iter().map(|layer| layer.size).sum::<u64>()
+                ),
+                image.layers.len(),
+                exported.elapsed().as_secs_f64()
+            ));
+            (image, None)
         }
     };
-    while let Ok(line) = received.try_recv() {
-        reporter.line(&line);
-    }
-    let built = built.map_err(|err| err.to_string())?;
-    summary.cache = dependency_cache(&recipe, &built.log);
     if summary.cache != CacheUse::None {
         reporter.step(format!(
             "dependencies: {}",
@@ -240,7 +297,7 @@ async fn build_reserved(
         let run = ReleaseRun {
             app: &request.app,
             release: request.release,
-            image: &built.image_id,
+            image: &image.id,
             command,
             env,
             memory_bytes: manifest.resources.memory_bytes.max(256 << 20),
@@ -264,31 +321,186 @@ async fn build_reserved(
         }
         ran.map_err(|err| err.to_string())?;
     }
-    reporter.step("exporting the image to the cluster's store");
-    let exported = Instant::now();
-    let archive = image_archive::save(docker, &tag, agent.bundles.local())
-        .await
-        .map_err(|err| err.to_string())?;
-    reporter.step(format!(
-        "image {} ({}) exported in {:.1} s",
-        short(&built.image_id),
-        proto::manifest::human_bytes(archive.size),
-        exported.elapsed().as_secs_f64()
-    ));
+    let image = ImageRef {
+        id: image.id,
+        tag,
+        config: image.config,
+        layers: image.layers,
+        builder: request.builder,
+    };
     let sent = Instant::now();
-    let held = spread(agent, &archive, &request.keepers).await?;
+    let mut keep: Vec<BlobRef> = image.blobs().cloned().collect();
+    if let Some(deps) = &dependencies {
+        keep.push(deps.config.clone());
+    }
+    let held = image_transfer::spread(agent, &keep, &request.keepers).await?;
     reporter.step(format!(
         "image held by {} in {:.1} s",
         held.join(", "),
         sent.elapsed().as_secs_f64()
     ));
-    summary.image = Some(ImageRef {
-        id: built.image_id,
-        tag,
-        archive,
-        builder: request.builder,
-    });
+    summary.image = Some(image);
+    summary.dependencies = dependencies;
     Ok(())
+}
+
+/// `docker build` of the recipe, its output passed on line by line as it comes.
+async fn run_docker_build(
+    docker: &bollard::Docker,
+    source: &Unpacked,
+    recipe: &Recipe,
+    spec: &BuildSpec,
+    reporter: &mut Reporter,
+) -> Result<docker_build::Built, String> {
+    let (lines, mut received) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let building = docker_build::build(docker, source.path(), recipe, spec, move |line| {
+        let _ = lines.send(line.to_string());
+    });
+    tokio::pin!(building);
+    let built = loop {
+        tokio::select! {
+            line = received.recv() => {
+                if let Some(line) = line { reporter.line(&line) }
+            }
+            done = &mut building => break done,
+        }
+    };
+    while let Ok(line) = received.try_recv() {
+        reporter.line(&line);
+    }
+    built.map_err(|err| err.to_string())
+}
+
+/// The recipe's dependency install, its output passed on line by line as it comes.
+async fn run_install(
+    agent: &AgentHandles,
+    docker: &bollard::Docker,
+    source: &Unpacked,
+    recipe: &Recipe,
+    install: &super::recipe::Install,
+    spec: &BuildSpec,
+    reporter: &mut Reporter,
+) -> Result<(), String> {
+    reporter.step(format!("installing the dependencies: {}", install.command));
+    let cache_root = agent.builds.cache_dir();
+    let run = InstallRun {
+        tag: &spec.tag,
+        source: source.path(),
+        cache_root: &cache_root,
+        work_dir: agent.builds.work_dir(),
+        memory_bytes: spec.memory_bytes,
+        timeout: spec.timeout,
+    };
+    let (lines, mut received) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let mut output = move |line: &str| {
+        let _ = lines.send(line.to_string());
+    };
+    let installing = dependency_install::install(docker, recipe, install, &run, &mut output);
+    tokio::pin!(installing);
+    let installed = loop {
+        tokio::select! {
+            line = received.recv() => {
+                if let Some(line) = line { reporter.line(&line) }
+            }
+            done = &mut installing => break done,
+        }
+    };
+    while let Ok(line) = received.try_recv() {
+        reporter.line(&line);
+    }
+    installed
+}
+
+/// The tag of a dependency image: the builder and the dependency key, shared by every app
+/// with the same base and dependency files.
+pub fn dependency_tag(builder: Builder, key: &str) -> String {
+    format!("stratus-deps/{builder}:{}", &key[..key.len().min(32)])
+}
+
+/// The dependency image with key `key`: this node's, else one another node built and
+/// stored (loaded, nothing installed), else built here from the recipe. Filed in the
+/// store either way; returned with whether the dependencies were reused.
+async fn dependency_image(
+    agent: &AgentHandles,
+    docker: &bollard::Docker,
+    source: &Unpacked,
+    recipe: &Recipe,
+    spec: &BuildSpec,
+    key: &str,
+    reporter: &mut Reporter,
+) -> Result<(ImageRef, CacheUse), String> {
+    let installs = matches!(recipe.builder, Builder::Python | Builder::Node);
+    let reused = if installs {
+        CacheUse::Hit
+    } else {
+        CacheUse::None
+    };
+    let mut cache = reused;
+    if !image_layers::has_image(docker, &spec.tag).await {
+        let known = stored_dependencies(agent, key).await;
+        let mut loaded = false;
+        if let Some((node, known)) = known {
+            reporter.step(format!(
+                "dependencies: loading {} (built on {node})",
+                known.tag
+            ));
+            match image_transfer::ensure(agent, &known).await {
+                Ok(()) => loaded = true,
+                Err(err) => reporter.step(format!("could not load it ({err}): building")),
+            }
+        }
+        if !loaded {
+            reporter.step(format!("building the dependency image {}", spec.tag));
+            cache = match &recipe.install {
+                Some(install) => {
+                    run_install(agent, docker, source, recipe, install, spec, reporter).await?;
+                    CacheUse::Miss
+                }
+                None => {
+                    let built = run_docker_build(docker, source, recipe, spec, reporter).await?;
+                    if installs {
+                        dependency_cache(recipe, &built.log)
+                    } else {
+                        CacheUse::None
+                    }
+                }
+            };
+        }
+    }
+    let started = Instant::now();
+    let blobs = image_layers::export(docker, &spec.tag, agent.bundles.local())
+        .await
+        .map_err(|err| err.to_string())?;
+    if started.elapsed() > Duration::from_millis(500) {
+        reporter.step(format!(
+            "dependency image stored in {:.1} s",
+            started.elapsed().as_secs_f64()
+        ));
+    }
+    Ok((
+        ImageRef {
+            id: blobs.id,
+            tag: spec.tag.clone(),
+            config: blobs.config,
+            layers: blobs.layers,
+            builder: recipe.builder,
+        },
+        cache,
+    ))
+}
+
+/// A dependency image with key `key` that a build of any app stored, and the node that
+/// built it.
+async fn stored_dependencies(agent: &AgentHandles, key: &str) -> Option<(String, ImageRef)> {
+    agent
+        .catalog
+        .records()
+        .await
+        .into_iter()
+        .flat_map(|record| record.builds.into_values())
+        .filter(|build| build.error.is_none() && build.cache_key.as_deref() == Some(key))
+        .filter_map(|build| Some((build.node, build.dependencies?)))
+        .next_back()
 }
 
 /// The bundle, unpacked under a temporary folder that goes with the value.
@@ -345,6 +557,28 @@ pub(crate) async fn running_releases(
         .collect()
 }
 
+/// The dependency images the last `keep` successful builds of each app were made on.
+async fn wanted_dependencies(
+    agent: &AgentHandles,
+    keep: usize,
+) -> std::collections::BTreeSet<String> {
+    agent
+        .catalog
+        .records()
+        .await
+        .into_iter()
+        .flat_map(|record| {
+            record
+                .builds
+                .into_values()
+                .rev()
+                .filter(|build| build.error.is_none())
+                .filter_map(|build| build.dependencies.map(|deps| deps.tag))
+                .take(keep)
+        })
+        .collect()
+}
+
 pub(crate) async fn live_api_addrs(agent: &AgentHandles) -> Vec<SocketAddr> {
     agent
         .view()
@@ -355,50 +589,7 @@ pub(crate) async fn live_api_addrs(agent: &AgentHandles) -> Vec<SocketAddr> {
         .collect()
 }
 
-/// Leaves the archive with the app's keepers (or in S3), so a node that must run the
-/// release and lacks the image can fetch it even if this node is gone.
-pub(crate) async fn spread(
-    agent: &AgentHandles,
-    blob: &BlobRef,
-    keepers: &[String],
-) -> Result<Vec<String>, String> {
-    let path = agent
-        .bundles
-        .local()
-        .path(&blob.sha256)
-        .map_err(|err| err.to_string())?;
-    if let Some(s3) = agent.bundles.s3() {
-        s3.put_file(&path, &blob.sha256)
-            .await
-            .map_err(|err| format!("cannot store the image in {}: {err}", s3.config().url()))?;
-        return Ok(vec![s3.config().url()]);
-    }
-    let view = agent.view().await;
-    let mut held = vec![agent.node_id().to_string()];
-    let sends = keepers
-        .iter()
-        .filter(|keeper| keeper.as_str() != agent.node_id())
-        .filter_map(|keeper| {
-            let addr = view.node(keeper)?.identity.as_ref()?.api_addr;
-            Some((keeper.clone(), agent.peers.client(addr)?))
-        })
-        .map(|(keeper, client)| {
-            let path = path.clone();
-            async move {
-                let sent = client.put_blob(&blob.sha256, &path).await;
-                (keeper, sent)
-            }
-        });
-    for (keeper, sent) in futures_util::future::join_all(sends).await {
-        match sent {
-            Ok(()) => held.push(keeper),
-            Err(err) => warn!(node = %keeper, error = %err, "could not send the image archive"),
-        }
-    }
-    Ok(held)
-}
-
-/// The whole output as a blob, held where the archive is; `None` if it cannot be stored.
+/// The whole output as a blob, held where the image is; `None` if it cannot be stored.
 async fn keep_log(agent: &AgentHandles, request: &BuildRequest, log: &[String]) -> Option<BlobRef> {
     let text: String = log.iter().map(|line| format!("{line}\n")).collect();
     let blobs = agent.bundles.local().clone();
@@ -418,7 +609,9 @@ async fn keep_log(agent: &AgentHandles, request: &BuildRequest, log: &[String]) 
     .ok()?;
     match stored {
         Ok(blob) => {
-            if let Err(err) = spread(agent, &blob, &request.keepers).await {
+            if let Err(err) =
+                image_transfer::spread(agent, std::slice::from_ref(&blob), &request.keepers).await
+            {
                 warn!(error = %err, "could not send the build log");
             }
             Some(blob)
@@ -430,18 +623,24 @@ async fn keep_log(agent: &AgentHandles, request: &BuildRequest, log: &[String]) 
     }
 }
 
-/// The dependency layer's key: the builder, the base images' ids and the dependency
-/// files' content. `None` for builders without one.
+/// The dependency image's key: the builder, how the image is made (Dockerfile or install,
+/// and the start command), the base images' ids and the
+/// dependency files' content. `None` for builders that do not add the code themselves.
 async fn dependency_key(
     docker: &bollard::Docker,
     recipe: &Recipe,
     tree: &impl SourceTree,
 ) -> Option<String> {
-    if recipe.dependency_files.is_empty() && recipe.generated.is_empty() {
-        return None;
-    }
+    recipe.code_at.as_ref()?;
     let mut hasher = Sha256::new();
     hasher.update(recipe.builder.name());
+    // How the dependency image is made, with its settings and start command.
+    hasher.update([0]);
+    hasher.update(recipe.dockerfile.as_deref().unwrap_or_default());
+    hasher.update([0]);
+    hasher.update(format!("{:?}", recipe.install));
+    hasher.update([0]);
+    hasher.update(recipe.start.as_deref().unwrap_or_default());
     for base in &recipe.base_images {
         let id = docker
             .inspect_image(base)

@@ -1,5 +1,5 @@
 //! Deploys from source: which builder an app folder takes, the recipe each builder turns
-//! into a Docker build, where the build runs, and how its image reaches the nodes that run
+//! into an image, where the build runs, and how its image reaches the nodes that run
 //! the release. The decisions are pure (a folder's files in, a builder with its reason and a
 //! Dockerfile out; candidates in, build nodes out); the Docker calls are thin drivers.
 //!
@@ -10,18 +10,26 @@
 //! - [`builds`]: this node's builder handle (Docker, base images, limits);
 //! - [`job`]: one build on the node it was placed on, from bundle to image archive;
 //! - [`docker_build`]: runs a recipe through the Docker daemon's build API, output live;
+//! - [`dependency_install`]: the python and node dependency image, installed in a container
+//!   with this node's pip or npm download cache mounted, and committed;
+//! - [`one_off`]: a one-off container, its output live, judged by its exit code;
 //! - [`release_phase`]: the release command, once per release, before the rollout;
-//! - [`image_archive`]: images saved into and loaded from the content-addressed store;
+//! - [`image_layers`]: images as blobs (a config and its layers): filed from Docker,
+//!   composed from a parent and the code, loaded sending only the layers Docker lacks;
+//! - [`image_transfer`]: image blobs left with keepers and fetched by the nodes that run them;
 //! - [`image_gc`]: old release images removed, the last `--keep-releases` kept;
 //! - [`image_pull`]: when an image an app names is pulled from a registry.
 
 pub mod builds;
+pub mod dependency_install;
 pub mod detect;
 pub mod docker_build;
-pub mod image_archive;
 pub mod image_gc;
+pub mod image_layers;
 pub mod image_pull;
+pub mod image_transfer;
 pub mod job;
+pub mod one_off;
 pub mod placement;
 pub mod recipe;
 pub mod release_phase;

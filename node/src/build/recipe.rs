@@ -1,6 +1,9 @@
-//! What each builder builds: a Dockerfile over the bundle, the files it generates into the
-//! build context, the start command, and the files whose content keys the dependency layer
-//! (copied and installed before the code, so a change to the code alone reuses the layer).
+//! What each builder builds: a Dockerfile, the files it generates into the build context,
+//! the start command, and the files whose content keys the dependency layer. For the
+//! python, node and static builders the Dockerfile makes only the dependency image (base,
+//! settings, installed dependencies, start command) and the code is not part of it: the
+//! node adds the bundle as one more layer at [`Recipe::code_at`], so a change to the code
+//! alone is a tar of the code, not a build.
 
 use std::collections::BTreeMap;
 
@@ -9,6 +12,9 @@ use super::detect::Builder;
 
 /// Where generated files go inside the build context (never a path an app would use).
 pub const GENERATED_DIR: &str = ".stratus";
+
+/// Where the python, node and static builders put the app's code (their `WORKDIR`).
+pub const CODE_DIR: &str = "/app";
 
 /// The image the static builder serves from: a static busybox with its `httpd`.
 pub const STATIC_IMAGE: &str = "stratus/busybox:latest";
@@ -20,8 +26,15 @@ pub struct Recipe {
     pub runtime: Option<String>,
     /// The image the build starts from; for a Dockerfile, every `FROM` that is not a stage.
     pub base_images: Vec<String>,
-    /// The Dockerfile to build with; `None`: the bundle's own.
+    /// The Dockerfile to build with; `None`: the bundle's own. With `code_at`, it builds
+    /// the dependency image, from the generated and dependency files alone.
     pub dockerfile: Option<String>,
+    /// How the dependencies are installed (python, node): a command in a container of the
+    /// base image, committed as the dependency image. `None`: the Dockerfile makes it.
+    pub install: Option<Install>,
+    /// Where the bundle goes in the image, as a layer on the dependency image; `None`: the
+    /// Dockerfile puts the code where it wants (or the image runs the bundle mounted).
+    pub code_at: Option<String>,
     /// Files written into the build context first, path (relative) and content.
     pub generated: Vec<(String, String)>,
     /// The bundle's files that key the dependency layer, besides the base image.
@@ -29,6 +42,27 @@ pub struct Recipe {
     /// The start command, `None` when the image's own (a Dockerfile's `CMD`) is used.
     pub start: Option<String>,
 }
+
+/// A dependency install: `command` runs by `sh -c` in a container of the base image, with
+/// the dependency and generated files at [`INSTALL_CONTEXT_DIR`] (read-only) and this node's
+/// download cache for `cache` at [`INSTALL_CACHE_DIR`], so a second install of the same
+/// packages downloads nothing. The container is committed with `env`, `PATH` prefixed by
+/// `path_prefix`, `working_dir` and the start command: the dependency image. (Docker's
+/// classic builder cannot mount a cache into a `RUN`; this is what BuildKit's cache mounts do.)
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Install {
+    pub command: String,
+    pub env: Vec<(String, String)>,
+    pub path_prefix: Option<String>,
+    pub working_dir: String,
+    /// The download cache's name: `pip` or `npm`.
+    pub cache: &'static str,
+}
+
+/// Where an install sees the dependency files.
+pub const INSTALL_CONTEXT_DIR: &str = "/stratus/context";
+/// Where an install sees this node's download cache.
+pub const INSTALL_CACHE_DIR: &str = "/stratus/cache";
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RecipeError {
@@ -153,6 +187,8 @@ pub fn recipe(
             runtime: None,
             base_images: Vec::new(),
             dockerfile: None,
+            install: None,
+            code_at: None,
             generated: Vec::new(),
             dependency_files: Vec::new(),
             start: asked.cmd.map(str::to_string),
@@ -203,6 +239,8 @@ fn dockerfile(tree: &impl SourceTree) -> Result<Recipe, RecipeError> {
         runtime: None,
         base_images: bases,
         dockerfile: None,
+        install: None,
+        code_at: None,
         generated: Vec::new(),
         dependency_files: Vec::new(),
         start: None,
@@ -223,24 +261,32 @@ fn python(
         Some(cmd) => cmd.to_string(),
         None => python_start(tree, &requirements)?,
     };
-    let dockerfile = format!(
-        "FROM {image}\n\
-         ENV PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH\n\
-         WORKDIR /app\n\
-         # The dependency layer: only the requirements, so a code-only change reuses it.\n\
-         COPY {generated_requirements} /opt/requirements.txt\n\
-         RUN python3 -m venv /opt/venv && pip install --no-cache-dir -r /opt/requirements.txt\n\
-         # Every step after the code is a container and a commit on each deploy: the\n\
-         # code is the last step, the command (which rarely changes) is set before it.\n\
-         CMD {}\n\
-         COPY . /app\n",
-        shell_cmd(&start)
-    );
+    let install = Install {
+        // The downloads are kept as wheel files, not in pip's HTTP cache: that one keeps
+        // only responses whose headers allow it, which a proxy may strip. `pip wheel`
+        // skips a file already in the folder (and keeps what it had to build from source).
+        command: format!(
+            "python3 -m venv /opt/venv && \
+             pip wheel --wheel-dir {INSTALL_CACHE_DIR}/wheels --find-links {INSTALL_CACHE_DIR}/wheels \
+             -r {INSTALL_CONTEXT_DIR}/{generated_requirements} && \
+             pip install --no-index --find-links {INSTALL_CACHE_DIR}/wheels \
+             -r {INSTALL_CONTEXT_DIR}/{generated_requirements}"
+        ),
+        env: vec![
+            ("PYTHONUNBUFFERED".into(), "1".into()),
+            ("PIP_DISABLE_PIP_VERSION_CHECK".into(), "1".into()),
+        ],
+        path_prefix: Some("/opt/venv/bin".into()),
+        working_dir: CODE_DIR.into(),
+        cache: "pip",
+    };
     Ok(Recipe {
         builder: Builder::Python,
         runtime: Some(runtime),
         base_images: vec![image],
-        dockerfile: Some(dockerfile),
+        dockerfile: None,
+        install: Some(install),
+        code_at: Some(CODE_DIR.into()),
         generated: vec![(generated_requirements, requirements)],
         dependency_files,
         start: Some(start),
@@ -387,29 +433,31 @@ fn node(
     };
     let mut dependency_files = vec!["package.json".to_string()];
     dependency_files.extend(lockfile.map(str::to_string));
-    let install = match lockfile {
+    let npm = match lockfile {
         Some(_) => "npm ci --omit=dev",
         None => "npm install --omit=dev",
     };
-    let dockerfile = format!(
-        "FROM {image}\n\
-         ENV NODE_ENV=production\n\
-         WORKDIR /app\n\
-         # The dependency layer: only the package files, so a code-only change reuses it.\n\
-         COPY {} /app/\n\
-         RUN {install}\n\
-         # Every step after the code is a container and a commit on each deploy: the\n\
-         # code is the last step, the command (which rarely changes) is set before it.\n\
-         CMD {}\n\
-         COPY . /app\n",
-        dependency_files.join(" "),
-        shell_cmd(&start)
-    );
+    let copies: Vec<String> = dependency_files
+        .iter()
+        .map(|file| format!("{INSTALL_CONTEXT_DIR}/{file}"))
+        .collect();
+    let install = Install {
+        command: format!(
+            "mkdir -p {CODE_DIR} && cp {} {CODE_DIR}/ && {npm} --cache {INSTALL_CACHE_DIR}",
+            copies.join(" ")
+        ),
+        env: vec![("NODE_ENV".into(), "production".into())],
+        path_prefix: None,
+        working_dir: CODE_DIR.into(),
+        cache: "npm",
+    };
     Ok(Recipe {
         builder: Builder::Node,
         runtime: Some(runtime),
         base_images: vec![image],
-        dockerfile: Some(dockerfile),
+        dockerfile: None,
+        install: Some(install),
+        code_at: Some(CODE_DIR.into()),
         generated: Vec::new(),
         dependency_files,
         start: Some(start),
@@ -437,15 +485,14 @@ fn node_start(tree: &impl SourceTree, package: &serde_json::Value) -> Result<Str
 
 fn static_site() -> Recipe {
     let start = "busybox httpd -f -p $PORT -h /app".to_string();
-    let dockerfile = format!(
-        "FROM {STATIC_IMAGE}\nCMD {}\nCOPY . /app\n",
-        shell_cmd(&start)
-    );
+    let dockerfile = format!("FROM {STATIC_IMAGE}\nCMD {}\n", shell_cmd(&start));
     Recipe {
         builder: Builder::Static,
         runtime: None,
         base_images: vec![STATIC_IMAGE.into()],
         dockerfile: Some(dockerfile),
+        install: None,
+        code_at: Some(CODE_DIR.into()),
         generated: Vec::new(),
         dependency_files: Vec::new(),
         start: Some(start),
@@ -514,21 +561,17 @@ mod tests {
                 "flask==3.0.3\ngunicorn>=22\n".to_string()
             )]
         );
-        let dockerfile = recipe.dockerfile.unwrap();
-        let install = dockerfile.find("pip install").unwrap();
-        let code = dockerfile.find("COPY . /app").unwrap();
+        let install = recipe.install.unwrap();
         assert!(
-            install < code,
-            "dependencies before the code:\n{dockerfile}"
+            install
+                .command
+                .contains("pip install --no-index --find-links /stratus/cache/wheels -r /stratus/context/.stratus/requirements.txt"),
+            "{install:?}"
         );
-        assert!(
-            dockerfile
-                .contains("CMD [\"/bin/sh\",\"-c\",\"gunicorn --bind 0.0.0.0:$PORT app:app\"]\n")
-        );
-        assert!(
-            dockerfile.ends_with("COPY . /app\n"),
-            "the code is the last step, so a code-only change rebuilds one layer:\n{dockerfile}"
-        );
+        assert_eq!(install.cache, "pip");
+        assert_eq!(install.path_prefix.as_deref(), Some("/opt/venv/bin"));
+        assert_eq!(recipe.dockerfile, None);
+        assert_eq!(recipe.code_at.as_deref(), Some("/app"));
     }
 
     #[test]
@@ -704,11 +747,12 @@ mod tests {
             recipe.dependency_files,
             ["package.json", "package-lock.json"]
         );
+        let install = recipe.install.unwrap();
         assert!(
-            recipe
-                .dockerfile
-                .unwrap()
-                .contains("RUN npm ci --omit=dev\n")
+            install.command.contains(
+                "cp /stratus/context/package.json /stratus/context/package-lock.json /app/ && npm ci --omit=dev --cache /stratus/cache"
+            ),
+            "{install:?}"
         );
 
         let main = build(
@@ -719,9 +763,10 @@ mod tests {
         .unwrap();
         assert_eq!(main.start.as_deref(), Some("node 'src/app server.js'"));
         assert!(
-            main.dockerfile
+            main.install
                 .unwrap()
-                .contains("RUN npm install --omit=dev\n")
+                .command
+                .contains("npm install --omit=dev")
         );
         let index = build(
             Builder::Node,

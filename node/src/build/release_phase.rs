@@ -7,12 +7,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bollard::Docker;
-use bollard::models::{ContainerCreateBody, HostConfig};
-use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
-    StartContainerOptions, WaitContainerOptions,
-};
-use futures_util::StreamExt;
+
+use super::one_off::{self, OneOff, OneOffError};
 
 /// What the release command runs with.
 pub struct ReleaseRun<'a> {
@@ -33,7 +29,7 @@ pub enum ReleaseError {
     #[error("the release command `{command}` ran longer than {limit:?} and was stopped")]
     TimedOut { command: String, limit: Duration },
     #[error("cannot run the release command in Docker: {0}")]
-    Docker(#[from] bollard::errors::Error),
+    Docker(#[source] bollard::errors::Error),
 }
 
 /// Runs the command, handing each line of its output to `output`.
@@ -42,82 +38,32 @@ pub async fn run(
     run: &ReleaseRun<'_>,
     mut output: impl FnMut(&str) + Send,
 ) -> Result<(), ReleaseError> {
-    let name = format!(
-        "stratus-release-{}-{}-{:08x}",
-        run.app,
-        run.release,
-        rand::random::<u32>()
-    );
-    let body = ContainerCreateBody {
-        image: Some(run.image.to_string()),
-        cmd: Some(vec!["sh".into(), "-c".into(), run.command.to_string()]),
-        entrypoint: Some(Vec::new()),
-        env: Some(run.env.clone()),
-        labels: Some(HashMap::from([
+    let one_off = OneOff {
+        name: format!(
+            "stratus-release-{}-{}-{:08x}",
+            run.app,
+            run.release,
+            rand::random::<u32>()
+        ),
+        image: run.image,
+        command: run.command,
+        env: run.env.clone(),
+        working_dir: None,
+        binds: Vec::new(),
+        labels: HashMap::from([
             ("stratus.app".to_string(), run.app.to_string()),
             ("stratus.release-phase".to_string(), run.release.to_string()),
-        ])),
-        host_config: Some(HostConfig {
-            init: Some(true),
-            memory: i64::try_from(run.memory_bytes)
-                .ok()
-                .filter(|bytes| *bytes > 0),
-            ..Default::default()
-        }),
-        ..Default::default()
+        ]),
+        memory_bytes: run.memory_bytes,
+        timeout: run.timeout,
     };
-    let options = CreateContainerOptionsBuilder::default().name(&name).build();
-    docker.create_container(Some(options), body).await?;
-    let outcome = run_created(docker, &name, run, &mut output).await;
-    let remove = RemoveContainerOptionsBuilder::default().force(true).build();
-    let _ = docker.remove_container(&name, Some(remove)).await;
-    outcome
-}
-
-async fn run_created(
-    docker: &Docker,
-    name: &str,
-    run: &ReleaseRun<'_>,
-    output: &mut (impl FnMut(&str) + Send),
-) -> Result<(), ReleaseError> {
-    docker
-        .start_container(name, None::<StartContainerOptions>)
-        .await?;
-    let logs = LogsOptionsBuilder::default()
-        .follow(true)
-        .stdout(true)
-        .stderr(true)
-        .build();
-    let mut lines = docker.logs(name, Some(logs));
-    let followed = tokio::time::timeout(run.timeout, async {
-        while let Some(Ok(chunk)) = lines.next().await {
-            for line in String::from_utf8_lossy(&chunk.into_bytes()).lines() {
-                output(line);
-            }
-        }
+    let (container, outcome) = one_off::run(docker, &one_off, &mut output).await;
+    if let Some(container) = container {
+        container.remove().await;
+    }
+    outcome.map_err(|err| match err {
+        OneOffError::Exited { command, code } => ReleaseError::Exited { command, code },
+        OneOffError::TimedOut { command, limit } => ReleaseError::TimedOut { command, limit },
+        OneOffError::Docker { source, .. } => ReleaseError::Docker(source),
     })
-    .await;
-    if followed.is_err() {
-        return Err(ReleaseError::TimedOut {
-            command: run.command.to_string(),
-            limit: run.timeout,
-        });
-    }
-    let code = match docker
-        .wait_container(name, None::<WaitContainerOptions>)
-        .next()
-        .await
-    {
-        Some(Ok(done)) => done.status_code,
-        Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => code,
-        Some(Err(err)) => return Err(err.into()),
-        None => 0,
-    };
-    if code != 0 {
-        return Err(ReleaseError::Exited {
-            command: run.command.to_string(),
-            code,
-        });
-    }
-    Ok(())
 }

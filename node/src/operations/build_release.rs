@@ -17,10 +17,10 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::warn;
 
-use crate::build::image_archive;
 use crate::build::image_pull::{self, ImageSource};
 use crate::build::job::{self, SILENCE_LIMIT};
 use crate::build::placement::build_nodes;
+use crate::build::{image_layers, image_transfer};
 use crate::cluster::membership::ClusterView;
 use crate::control::hlc::unix_ms;
 use crate::control::scheduler::Needs;
@@ -145,6 +145,7 @@ pub async fn build_release(
         )),
         log: None,
         image: None,
+        dependencies: None,
     }
 }
 
@@ -208,7 +209,7 @@ async fn attempt_on(
                 return Attempt::Lost(format!("{node} stopped answering mid-build"));
             }
             Ok(Some(Ok(BuildEvent::Finished { summary }))) => {
-                return Attempt::Finished(Box::new(summary));
+                return Attempt::Finished(summary);
             }
             Ok(Some(Ok(BuildEvent::Alive { .. }))) => {}
             Ok(Some(Ok(event))) => {
@@ -290,9 +291,12 @@ fn with_heartbeat(
                 error: Some(format!("the build task failed: {err}")),
                 log: None,
                 image: None,
+                dependencies: None,
             },
         };
-        event_line(&BuildEvent::Finished { summary })
+        event_line(&BuildEvent::Finished {
+            summary: Box::new(summary),
+        })
     });
     events.chain(last)
 }
@@ -368,7 +372,7 @@ pub async fn named_image(
     events: &UnboundedSender<BuildEvent>,
 ) -> Result<ImageRef, String> {
     let docker = agent.builds.docker()?.clone();
-    let mut have = image_archive::has_image(&docker, image).await;
+    let mut have = image_layers::has_image(&docker, image).await;
     if !have && let Some(known) = cluster_copy(agent, image).await {
         let _ = events.send(BuildEvent::Step {
             text: format!("image {image}: loading the cluster's copy"),
@@ -388,25 +392,22 @@ pub async fn named_image(
         }
         ImageSource::Pull => pull(&docker, image, events).await?,
     }
-    let id = docker
-        .inspect_image(image)
-        .await
-        .map_err(|err| format!("image {image} is not in Docker after all: {err}"))?
-        .id
-        .unwrap_or_default();
     let _ = events.send(BuildEvent::Step {
         text: format!("image {image}: storing it for the cluster"),
     });
-    let archive = image_archive::save(&docker, image, agent.bundles.local())
+    let stored = image_layers::export(&docker, image, agent.bundles.local())
         .await
         .map_err(|err| err.to_string())?;
-    job::spread(agent, &archive, keepers).await?;
-    Ok(ImageRef {
-        id,
+    let image = ImageRef {
+        id: stored.id,
         tag: image.to_string(),
-        archive,
+        config: stored.config,
+        layers: stored.layers,
         builder: proto::build::Builder::Image,
-    })
+    };
+    let blobs: Vec<_> = image.blobs().cloned().collect();
+    image_transfer::spread(agent, &blobs, keepers).await?;
+    Ok(image)
 }
 
 /// A release in the catalog whose image is `image`, by tag.

@@ -14,7 +14,7 @@ use proto::{ContainerHealth, ContainerRecord, ContainerState};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::build::image_archive;
+use crate::build::{image_layers, image_transfer};
 use crate::bundle::UnpackLimits;
 use crate::handles::AgentHandles;
 use crate::workload::health::{HealthTracker, probe};
@@ -348,31 +348,15 @@ async fn prepare_bundle(
     Ok(dir)
 }
 
-/// Makes sure this node's Docker has a release's image: if not, its archive is fetched
-/// from a holder (or the store), checked against its digest, and loaded. A corrupt copy is
-/// discarded and the next holder tried.
+/// Makes sure this node's Docker has a release's image, fetching the blobs it lacks from
+/// the store or a holder (see [`crate::build::image_transfer`]); old release images are
+/// collected after a load.
 pub async fn ensure_image(agent: &AgentHandles, image: &ImageRef) -> Result<(), String> {
     let docker = agent.builds.docker()?.clone();
-    if image_archive::has_image(&docker, &image.id).await {
+    if image_layers::has_image(&docker, &image.id).await {
         return Ok(());
     }
-    let sha256 = &image.archive.sha256;
-    if !agent.bundles.local().has(sha256) {
-        let holders = crate::build::job::live_api_addrs(agent).await;
-        fetch_bundle(agent, sha256, &holders, "image")
-            .await
-            .map_err(|err| format!("cannot get image {}: {err}", image.tag))?;
-    }
-    let path = agent
-        .bundles
-        .local()
-        .path(sha256)
-        .map_err(|err| err.to_string())?;
-    let started = tokio::time::Instant::now();
-    image_archive::load(&docker, &path, &image.id)
-        .await
-        .map_err(|err| err.to_string())?;
-    info!(image = %image.tag, ms = started.elapsed().as_millis() as u64, "image loaded from the cluster");
+    image_transfer::ensure(agent, image).await?;
     let running = crate::build::job::running_releases(agent).await;
     crate::build::image_gc::collect(&docker, &running, agent.builds.keep_releases()).await;
     Ok(())
@@ -435,7 +419,8 @@ pub async fn fetch_bundle(
     ))
 }
 
-/// Files a fetched bundle in the local store (checksum verified again) and drops the temp.
+/// Files a fetched bundle in the local store (the download checked its checksum as it
+/// wrote it) and drops the temp.
 async fn store_fetched(
     agent: &AgentHandles,
     tmp: &std::path::Path,
@@ -443,7 +428,7 @@ async fn store_fetched(
 ) -> Result<(), String> {
     let blobs = agent.bundles.local().clone();
     let (tmp_path, digest) = (tmp.to_path_buf(), sha256.to_string());
-    let stored = tokio::task::spawn_blocking(move || blobs.put_verified(&tmp_path, &digest))
+    let stored = tokio::task::spawn_blocking(move || blobs.put_hashed(&tmp_path, &digest))
         .await
         .map_err(|err| err.to_string())?;
     let _ = tokio::fs::remove_file(tmp).await;

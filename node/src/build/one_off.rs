@@ -1,0 +1,161 @@
+//! A one-off container: created from an image with a shell command, its output handed on
+//! line by line, stopped at its time limit, and judged by its exit code. The release phase
+//! runs the release command this way; the python and node builders install dependencies
+//! this way, with the node's download cache mounted, and commit the container.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    StartContainerOptions, WaitContainerOptions,
+};
+use futures_util::StreamExt;
+
+/// What runs, and how.
+pub struct OneOff<'a> {
+    /// The container's name, unique on the daemon.
+    pub name: String,
+    pub image: &'a str,
+    /// Run by `sh -c`.
+    pub command: &'a str,
+    pub env: Vec<String>,
+    pub working_dir: Option<String>,
+    /// `host-path:container-path[:ro]`.
+    pub binds: Vec<String>,
+    pub labels: HashMap<String, String>,
+    pub memory_bytes: u64,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OneOffError {
+    #[error("`{command}` exited with {code}")]
+    Exited { command: String, code: i64 },
+    #[error("`{command}` ran longer than {limit:?} and was stopped")]
+    TimedOut { command: String, limit: Duration },
+    #[error("cannot run `{command}` in Docker: {source}")]
+    Docker {
+        command: String,
+        #[source]
+        source: bollard::errors::Error,
+    },
+}
+
+/// A created container; its owner removes it with [`Container::remove`].
+pub struct Container<'a> {
+    docker: &'a Docker,
+    pub name: String,
+}
+
+impl Container<'_> {
+    pub async fn remove(self) {
+        let remove = RemoveContainerOptionsBuilder::default().force(true).build();
+        let _ = self.docker.remove_container(&self.name, Some(remove)).await;
+    }
+}
+
+/// Creates and runs the container, handing each line of its output to `output`. The
+/// container is returned stopped (to commit or remove) whatever the outcome; on an error
+/// the caller removes it.
+pub async fn run<'a>(
+    docker: &'a Docker,
+    run: &OneOff<'_>,
+    output: &mut (impl FnMut(&str) + Send),
+) -> (Option<Container<'a>>, Result<(), OneOffError>) {
+    let docker_error = |source| OneOffError::Docker {
+        command: run.command.to_string(),
+        source,
+    };
+    let body = ContainerCreateBody {
+        image: Some(run.image.to_string()),
+        cmd: Some(vec!["sh".into(), "-c".into(), run.command.to_string()]),
+        entrypoint: Some(Vec::new()),
+        env: Some(run.env.clone()),
+        working_dir: run.working_dir.clone(),
+        labels: Some(run.labels.clone()),
+        host_config: Some(HostConfig {
+            init: Some(true),
+            binds: Some(run.binds.clone()).filter(|binds| !binds.is_empty()),
+            memory: i64::try_from(run.memory_bytes)
+                .ok()
+                .filter(|bytes| *bytes > 0),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let options = CreateContainerOptionsBuilder::default()
+        .name(&run.name)
+        .build();
+    if let Err(err) = docker.create_container(Some(options), body).await {
+        return (None, Err(docker_error(err)));
+    }
+    let container = Container {
+        docker,
+        name: run.name.clone(),
+    };
+    let outcome = run_created(docker, run, output).await;
+    if matches!(outcome, Err(OneOffError::TimedOut { .. })) {
+        let _ = docker
+            .kill_container(
+                &run.name,
+                None::<bollard::query_parameters::KillContainerOptions>,
+            )
+            .await;
+    }
+    (Some(container), outcome)
+}
+
+async fn run_created(
+    docker: &Docker,
+    run: &OneOff<'_>,
+    output: &mut (impl FnMut(&str) + Send),
+) -> Result<(), OneOffError> {
+    let docker_error = |source| OneOffError::Docker {
+        command: run.command.to_string(),
+        source,
+    };
+    docker
+        .start_container(&run.name, None::<StartContainerOptions>)
+        .await
+        .map_err(docker_error)?;
+    let logs = LogsOptionsBuilder::default()
+        .follow(true)
+        .stdout(true)
+        .stderr(true)
+        .build();
+    let mut lines = docker.logs(&run.name, Some(logs));
+    let followed = tokio::time::timeout(run.timeout, async {
+        while let Some(Ok(chunk)) = lines.next().await {
+            for line in String::from_utf8_lossy(&chunk.into_bytes()).lines() {
+                output(line);
+            }
+        }
+    })
+    .await;
+    if followed.is_err() {
+        return Err(OneOffError::TimedOut {
+            command: run.command.to_string(),
+            limit: run.timeout,
+        });
+    }
+    let code = match docker
+        .wait_container(&run.name, None::<WaitContainerOptions>)
+        .next()
+        .await
+    {
+        Some(Ok(done)) => done.status_code,
+        Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => code,
+        Some(Err(err)) => return Err(docker_error(err)),
+        None => 0,
+    };
+    if code != 0 {
+        return Err(OneOffError::Exited {
+            command: run.command.to_string(),
+            code,
+        });
+    }
+    Ok(())
+}

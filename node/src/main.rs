@@ -1,6 +1,7 @@
 //! `stratus`: the agent daemon and the CLI in one binary. Parses arguments, sets up
 //! logging and signals, and hands over to the `node` library.
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -286,8 +287,13 @@ fn main() -> anyhow::Result<()> {
             };
             // A stream that breaks ends with its error, so `logs -f` fails loudly instead
             // of exiting as if the app had stopped writing.
+            let mut out = std::io::stdout().lock();
             while let Some(line) = lines.next().await {
-                println!("{}", line?);
+                // A reader that hung up (`stratus logs web | head`) has all it wanted.
+                match writeln!(out, "{}", line?) {
+                    Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+                    written => written?,
+                }
             }
             Ok(())
         }),

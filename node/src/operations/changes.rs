@@ -3,8 +3,8 @@
 //!
 //! Each is a new app record (last writer wins) committed like a deploy: durably on this
 //! node and on the app's keepers before it is acknowledged. The reconciler then rolls it
-//! out the same way as any release (one new replica at a time, old ones stopped only once
-//! the new ones serve). Rollback and restart create a new release that copies an earlier
+//! out the same way as any release (`max_surge` new replicas at a time, old ones stopped
+//! only once the new ones serve). Rollback and restart create a new release that copies an earlier
 //! one (as Heroku does), so `stratus releases` tells the whole story.
 
 use api::ApiError;
@@ -13,6 +13,7 @@ use proto::catalog::{AppRecord, Release};
 use proto::manifest::MAX_REPLICAS;
 use tracing::{info, warn};
 
+use crate::cluster::membership::ClusterView;
 use crate::control::catalog::{KEEPERS, keepers};
 use crate::control::hlc::unix_ms;
 use crate::handles::AgentHandles;
@@ -102,7 +103,7 @@ async fn copy_release(
     ensure_bundle(agent, &source).await?;
     let view = agent.view().await;
     let live: Vec<&str> = view.live_nodes().map(|n| n.node_id.as_str()).collect();
-    let number = crate::operations::deploy::release_number(agent, &view, &app, &live).await;
+    let number = release_number(agent, &view, &app, &live).await;
     let release = Release {
         number,
         created_at_ms: unix_ms(),
@@ -280,7 +281,7 @@ pub async fn commit(agent: &AgentHandles, record: &AppRecord) -> Result<Vec<Stri
         .catalog
         .merge(record.clone())
         .await
-        .map_err(crate::operations::deploy::store_unavailable)?;
+        .map_err(store_unavailable)?;
     agent.membership.publish_app(record).await;
     let view = agent.view().await;
     let live: Vec<&str> = view.live_nodes().map(|n| n.node_id.as_str()).collect();
@@ -331,4 +332,40 @@ pub async fn commit(agent: &AgentHandles, record: &AppRecord) -> Result<Vec<Stri
         )));
     }
     Ok(holders)
+}
+
+/// Asks the app's first keeper for the next number (so two nodes deploying the same app at
+/// once get different ones); falls back to this node's own count if the keeper is away.
+pub(crate) async fn release_number(
+    agent: &AgentHandles,
+    view: &ClusterView,
+    app: &str,
+    live: &[&str],
+) -> u64 {
+    let keeper = keepers(app, live, 1).into_iter().next();
+    let peer = keeper
+        .as_deref()
+        .filter(|keeper| *keeper != agent.node_id())
+        .and_then(|keeper| view.node(keeper))
+        .and_then(|node| node.identity.as_ref())
+        .and_then(|identity| agent.peers.client(identity.api_addr));
+    if let Some(client) = peer {
+        match client.reserve_release_number(app).await {
+            Ok(number) => {
+                // Keep our own counter ahead too, in case we become the keeper.
+                let mine = agent.catalog.reserve_release_number(app).await;
+                return number.max(mine);
+            }
+            Err(err) => {
+                warn!(app, error = %err, "the app's keeper did not answer: numbering locally")
+            }
+        }
+    }
+    agent.catalog.reserve_release_number(app).await
+}
+
+pub(crate) fn store_unavailable(err: crate::control::catalog::StoreError) -> ApiError {
+    ApiError::Unavailable(format!(
+        "this node cannot write its catalog ({err}): try another node"
+    ))
 }

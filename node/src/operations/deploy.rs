@@ -24,6 +24,7 @@ use crate::control::catalog::{KEEPERS, keepers};
 use crate::control::hlc::unix_ms;
 use crate::handles::AgentHandles;
 use crate::operations::build_release;
+use crate::operations::changes::{commit, release_number, store_unavailable};
 
 pub async fn accept(
     agent: &AgentHandles,
@@ -263,39 +264,9 @@ async fn record_failed_build(
         ),
     );
     keep_build(&mut record.builds, summary.clone());
-    if let Err(err) = crate::operations::changes::commit(agent, &record).await {
+    if let Err(err) = commit(agent, &record).await {
         warn!(app, error = %err, "could not record the failed build on enough nodes");
     }
-}
-
-/// Asks the app's first keeper for the next number (so two nodes deploying the same app at
-/// once get different ones); falls back to this node's own count if the keeper is away.
-pub(crate) async fn release_number(
-    agent: &AgentHandles,
-    view: &ClusterView,
-    app: &str,
-    live: &[&str],
-) -> u64 {
-    let keeper = keepers(app, live, 1).into_iter().next();
-    let peer = keeper
-        .as_deref()
-        .filter(|keeper| *keeper != agent.node_id())
-        .and_then(|keeper| view.node(keeper))
-        .and_then(|node| node.identity.as_ref())
-        .and_then(|identity| agent.peers.client(identity.api_addr));
-    if let Some(client) = peer {
-        match client.reserve_release_number(app).await {
-            Ok(number) => {
-                // Keep our own counter ahead too, in case we become the keeper.
-                let mine = agent.catalog.reserve_release_number(app).await;
-                return number.max(mine);
-            }
-            Err(err) => {
-                warn!(app, error = %err, "the app's keeper did not answer: numbering locally")
-            }
-        }
-    }
-    agent.catalog.reserve_release_number(app).await
 }
 
 async fn replicate_to(
@@ -387,12 +358,6 @@ pub async fn hold_record(agent: &AgentHandles, record: AppRecord) -> Result<(), 
         agent.membership.publish_app(&record).await;
     }
     Ok(())
-}
-
-pub(crate) fn store_unavailable(err: crate::control::catalog::StoreError) -> ApiError {
-    ApiError::Unavailable(format!(
-        "this node cannot write its catalog ({err}): try another node"
-    ))
 }
 
 /// `DELETE /v1/apps/{app}`: a tombstone, so every node stops the app's replicas and a node

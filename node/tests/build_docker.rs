@@ -1,8 +1,9 @@
 //! The source builders' recipes built by the real Docker daemon (`node::build`): a static
-//! site and Dockerfile apps from `stratus/busybox:latest` (built by
-//! `scripts/build-images.sh` if missing), build args and targets, a code-only change that
-//! reuses the dependency layer, and the failures: a failing step, a missing base image, a
-//! build over its time limit. Set `STRATUS_SKIP_DOCKER_TESTS=1` to skip without Docker.
+//! site (its dependency image built, the code composed onto it as a layer and loaded) and
+//! Dockerfile apps from `stratus/busybox:latest` (built by `scripts/build-images.sh` if
+//! missing), build args and targets, the classic builder's layer cache, and the failures: a
+//! failing step, a missing base image, a build over its time limit and one over its memory
+//! limit. Set `STRATUS_SKIP_DOCKER_TESTS=1` to skip without Docker.
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
@@ -14,7 +15,7 @@ use std::time::Duration;
 use bollard::Docker;
 use node::build::docker_build::{BuildError, BuildSpec, Built, build};
 use node::build::recipe::{Asked, BaseImages, Recipe, recipe};
-use node::build::{Folder, detect::Builder};
+use node::build::{Folder, detect::Builder, image_layers};
 
 fn skip() -> bool {
     node::testsuite::skip_docker_tests()
@@ -122,16 +123,37 @@ async fn a_static_site_builds_into_an_image_that_serves_its_folder() {
         ("css/site.css", "h1 {}\n"),
     ]);
     let recipe = recipe_for(Builder::Static, dir.path());
-    let (built, seen) = run_build(dir.path(), &recipe, &spec(tag)).await;
+    assert_eq!(recipe.code_at.as_deref(), Some("/app"));
+    // The dependency image: the base and the start command, none of the site's files.
+    let deps = "stratus-test/static-deps:1";
+    let _deps = Images(vec![deps.into()]);
+    let (built, seen) = run_build(dir.path(), &recipe, &spec(deps)).await;
     let built = built.unwrap();
     assert!(built.image_id.starts_with("sha256:"), "{built:?}");
     assert_eq!(seen, built.log, "every line was shown as it came");
+    assert_eq!(built.steps.len(), 3, "FROM, CMD, LABEL: {:?}", built.steps);
     assert_eq!(
-        built.steps.len(),
-        4,
-        "FROM, COPY, CMD, LABEL: {:?}",
-        built.steps
+        run(deps, "ls -A /app 2>/dev/null"),
+        "",
+        "the code is not in the dependency image (busybox has an empty /app)"
     );
+
+    // The code composed onto it as one layer, without Docker, and loaded into Docker.
+    let docker = docker().await;
+    let store_dir = tempfile::tempdir().unwrap();
+    let blobs = node::bundle::BlobStore::open(store_dir.path()).unwrap();
+    let parent = image_layers::export(&docker, deps, &blobs).await.unwrap();
+    assert_eq!(parent.id, built.image_id);
+    let again = image_layers::export(&docker, deps, &blobs).await.unwrap();
+    assert_eq!(
+        again, parent,
+        "exported once: the blobs are found the second time"
+    );
+    let composed = image_layers::compose(&blobs, &parent, dir.path(), "app", "the site").unwrap();
+    assert_eq!(composed.layers.len(), parent.layers.len() + 1);
+    image_layers::load(&docker, &blobs, &composed, tag)
+        .await
+        .unwrap();
     assert_eq!(
         run(tag, "cat /app/index.html /app/css/site.css"),
         "<h1>hello</h1>\nh1 {}\n"
@@ -140,10 +162,32 @@ async fn a_static_site_builds_into_an_image_that_serves_its_folder() {
         image_cmd(tag),
         r#"["/bin/sh","-c","busybox httpd -f -p $PORT -h /app"]"#
     );
-    assert_eq!(
-        run(tag, "ls -A /app/.stratus"),
-        "Dockerfile\n",
-        "the recipe's own files"
+    // Docker's own id for what it loaded is the config's digest.
+    let out = Command::new("docker")
+        .args(["image", "inspect", "-f", "{{.Id}}", tag])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), composed.id);
+
+    // A layer Docker lacks must come from the store: without its blob the load fails
+    // and says so, and nothing is tagged.
+    let other = "stratus-test/static:2";
+    let _other = Images(vec![other.into()]);
+    std::fs::write(dir.path().join("index.html"), "<h1>changed</h1>\n").unwrap();
+    let changed = image_layers::compose(&blobs, &parent, dir.path(), "app", "the site").unwrap();
+    let code = &changed.layers.last().unwrap().sha256;
+    std::fs::remove_file(blobs.path(code).unwrap()).unwrap();
+    let err = image_layers::load(&docker, &blobs, &changed, other)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("cannot load image"), "{err}");
+    let inspect = Command::new("docker")
+        .args(["image", "inspect", other])
+        .output()
+        .unwrap();
+    assert!(
+        !inspect.status.success(),
+        "nothing tagged after a failed load"
     );
 }
 
@@ -303,4 +347,31 @@ async fn a_build_over_its_time_limit_is_stopped() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(left.trim(), "", "the build's container is gone");
+}
+
+#[tokio::test]
+async fn a_build_over_its_memory_limit_fails_and_says_so() {
+    if skip() {
+        return;
+    }
+    ensure_image();
+    let tag = "stratus-test/hungry:1";
+    let _images = Images(vec![tag.into()]);
+    // `tail` keeps a line that never ends in memory: 400 MiB against a 64 MiB limit.
+    let dir = app(&[(
+        "Dockerfile",
+        "FROM stratus/busybox:latest
+RUN set -o pipefail; head -c 400m /dev/zero | tail > /dev/null
+",
+    )]);
+    let recipe = recipe_for(Builder::Dockerfile, dir.path());
+    let mut spec = spec(tag);
+    spec.memory_bytes = 64 << 20;
+    let (built, _) = run_build(dir.path(), &recipe, &spec).await;
+    let err = built.unwrap_err();
+    assert!(matches!(err, BuildError::Failed { .. }), "{err}");
+    let text = err.to_string();
+    assert!(text.contains("137"), "{text}");
+    assert!(text.contains("memory limit of 64"), "{text}");
+    assert!(text.contains("[build] memory"), "{text}");
 }

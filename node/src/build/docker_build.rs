@@ -133,7 +133,7 @@ pub async fn build(
             Ok(info) => info,
             Err(bollard::errors::Error::DockerStreamError { error }) => {
                 return Err(BuildError::Failed {
-                    reason: error,
+                    reason: explain_exit(error, spec.memory_bytes),
                     log_tail: tail(&log),
                 });
             }
@@ -141,7 +141,7 @@ pub async fn build(
         };
         if let Some(detail) = info.error_detail.and_then(|detail| detail.message) {
             return Err(BuildError::Failed {
-                reason: detail,
+                reason: explain_exit(detail, spec.memory_bytes),
                 log_tail: tail(&log),
             });
         }
@@ -178,6 +178,19 @@ pub async fn build(
         log,
         steps,
     })
+}
+
+/// A step killed with 137 (SIGKILL) under a memory limit was, as good as always, killed by
+/// the kernel for passing it: say so, and what to change.
+fn explain_exit(reason: String, memory_bytes: u64) -> String {
+    if reason.contains("non-zero code: 137") {
+        format!(
+            "{reason} (killed: most likely over the build's memory limit of {}; raise `[build] memory` in stratus.toml)",
+            proto::manifest::human_bytes(memory_bytes)
+        )
+    } else {
+        reason
+    }
 }
 
 /// A `FROM $BASE` names no image until the build argument is known.

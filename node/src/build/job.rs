@@ -179,10 +179,10 @@ async fn build_reserved(
     let source = unpack(agent, request).await?;
     let tree = Folder(source.path());
     let manifest = &request.manifest;
-    let procfile_web = None::<&str>;
+    // The manifest's `cmd` already holds the Procfile's `web:` line when there is one.
     let asked = Asked {
         runtime: manifest.runtime.as_deref(),
-        cmd: manifest.cmd.as_deref().or(procfile_web),
+        cmd: manifest.cmd.as_deref(),
     };
     let recipe = recipe::recipe(request.builder, &tree, &asked, agent.builds.bases())
         .map_err(|err| err.to_string())?;

@@ -32,7 +32,9 @@ pub struct OneOff<'a> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum OneOffError {
-    #[error("`{command}` exited with {code}")]
+    #[error("`{command}` exited with {code}{}", if *.code == 137 {
+        " (killed: most likely over its memory limit; raise `[build] memory`, or `[resources] memory` for a release command)"
+    } else { "" })]
     Exited { command: String, code: i64 },
     #[error("`{command}` ran longer than {limit:?} and was stopped")]
     TimedOut { command: String, limit: Duration },

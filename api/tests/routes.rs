@@ -734,3 +734,19 @@ async fn the_openapi_document_lists_every_route() {
         assert!(schemas.contains_key(schema), "schema {schema} is missing");
     }
 }
+
+#[tokio::test]
+async fn head_of_a_blob_says_whether_this_node_holds_it() {
+    // Peers ask before sending an image's layers: a 404 means "send it", nothing else does.
+    let f = fixture();
+    let (status, _) = call(&f.router, Method::HEAD, "/v1/blobs/abc", Some(NODE), "").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = call(&f.router, Method::HEAD, "/v1/blobs/abc", Some(USER), "").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "peers only");
+    let (status, _) = call(&f.router, Method::HEAD, "/v1/blobs/bb", Some(NODE), "").await;
+    assert_eq!(
+        status,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "a broken store is not absence"
+    );
+}

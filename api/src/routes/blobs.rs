@@ -1,4 +1,5 @@
-//! `/v1/blobs/{sha256}`: bundle copies between nodes, nested behind the node-token layer.
+//! `/v1/blobs/{sha256}`: copies of bundles, build logs and image blobs between nodes,
+//! nested behind the node-token layer.
 
 use axum::Router;
 use axum::body::Body;
@@ -25,7 +26,8 @@ pub fn router<S: Service>(config: &ApiConfig) -> Router<ApiState<S>> {
     )
 }
 
-/// A verified copy of a bundle, streamed.
+/// A verified copy of a bundle (or of an image's config or layer), streamed. `HEAD` answers
+/// 200 or 404 without the body: whether this node holds it, so a copy it has is not sent.
 #[utoipa::path(get, path = "/v1/blobs/{sha256}", tag = "internal",
     params(("sha256" = String, Path, description = "lowercase hex SHA-256 of the bundle")),
     responses(

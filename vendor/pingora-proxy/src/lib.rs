@@ -86,6 +86,7 @@ const MAX_SHUTDOWN_NOTIFY_SHARDS: usize = 256;
 type DownstreamCustomMessageReader =
     Box<dyn futures::Stream<Item = Result<Bytes>> + Unpin + Send + Sync + 'static>;
 
+mod idle_pool;
 mod proxy_cache;
 mod proxy_common;
 mod proxy_custom;
@@ -193,6 +194,9 @@ where
     pub upstream_modules: HttpModules,
     max_retries: usize,
     process_custom_session: Option<ProcessCustomSession<SV, C>>,
+    /// Idle HTTP/1 upstream connections, instead of `client_upstream`'s pool (which spawns
+    /// a task per idle connection): see [`idle_pool`].
+    idle_h1: Arc<idle_pool::IdlePool>,
 }
 
 impl<SV> HttpProxy<SV, ()> {
@@ -217,9 +221,11 @@ impl<SV> HttpProxy<SV, ()> {
     /// // Use proxy.process_new_http() in your custom accept loop
     /// ```
     pub fn new(inner: SV, conf: Arc<ServerConf>) -> Self {
+        let client_options = ConnectorOptions::from_server_conf(&conf);
         HttpProxy {
             inner,
-            client_upstream: Connector::new(Some(ConnectorOptions::from_server_conf(&conf))),
+            idle_h1: idle_pool::IdlePool::new(client_options.keepalive_pool_size),
+            client_upstream: Connector::new(Some(client_options)),
             shutdown: ShardedNotify::new(conf.threads),
             shutdown_flag: Arc::new(AtomicBool::new(false)),
             server_options: None,
@@ -251,10 +257,12 @@ where
     {
         let client_options =
             client_options.unwrap_or_else(|| ConnectorOptions::from_server_conf(&conf));
+        let idle_h1 = idle_pool::IdlePool::new(client_options.keepalive_pool_size);
         let client_upstream = Connector::new_custom(Some(client_options), connector);
 
         HttpProxy {
             inner,
+            idle_h1,
             client_upstream,
             shutdown: ShardedNotify::new(conf.threads),
             shutdown_flag: Arc::new(AtomicBool::new(false)),
@@ -412,7 +420,22 @@ where
             Err(e) => return (false, Some(e)),
         };
 
-        let client_session = self.client_upstream.get_http_session(&*peer).await;
+        let pool_h1 = uses_idle_h1_pool(&peer);
+        let reuse_key = if pool_h1 { peer.reuse_hash() } else { 0 };
+        let pooled = pool_h1
+            .then(|| {
+                self.idle_h1
+                    .take(reuse_key, peer.address(), std::time::Instant::now())
+            })
+            .flatten();
+        let client_session = match pooled {
+            // Reused: a failure on it is retried by the `ReusedOnly` rule.
+            Some(stream) => Ok((
+                ClientSession::H1(HttpSessionV1::new_with_options(stream, &*peer)),
+                true,
+            )),
+            None => self.client_upstream.get_http_session(&*peer).await,
+        };
         match client_session {
             Ok((client_session, client_reused)) => {
                 let (server_reused, error) = match client_session {
@@ -420,7 +443,18 @@ where
                         let (server_reused, client_reuse, error) = self
                             .proxy_to_h1_upstream(session, &mut h1, client_reused, &peer, ctx)
                             .await;
-                        if client_reuse {
+                        if client_reuse && pool_h1 {
+                            h1.respect_keepalive();
+                            if let Some(stream) = h1.reuse().await {
+                                self.idle_h1.put(
+                                    reuse_key,
+                                    peer.address().clone(),
+                                    stream,
+                                    peer.idle_timeout(),
+                                    std::time::Instant::now(),
+                                );
+                            }
+                        } else if client_reuse {
                             let session = ClientSession::H1(h1);
                             self.client_upstream
                                 .release_http_session(session, &*peer, peer.idle_timeout())
@@ -1405,6 +1439,14 @@ where
             None
         }
     }
+}
+
+/// Whether connections to `peer` go to the proxy's own idle pool: HTTP/1-only peers (no
+/// ALPN, or ALPN h1). Peers that may speak h2 or a custom protocol keep the connector's
+/// pools, which also hold their multiplexed sessions.
+fn uses_idle_h1_pool(peer: &HttpPeer) -> bool {
+    peer.get_peer_options()
+        .is_none_or(|options| options.alpn.get_max_http_version() == 1)
 }
 
 /* Make process_subrequest() a trait to workaround https://github.com/rust-lang/rust/issues/78649

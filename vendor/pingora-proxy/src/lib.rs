@@ -434,7 +434,10 @@ where
                 ClientSession::H1(HttpSessionV1::new_with_options(stream, &*peer)),
                 true,
             )),
-            None => self.client_upstream.get_http_session(&*peer).await,
+            // Boxed: connecting (TCP, TLS, h2 handshake) is a future of about 9 KB that would
+            // otherwise be part of every request's future, which is copied whole into its box
+            // per request; with the idle pool most requests never connect.
+            None => Box::pin(self.client_upstream.get_http_session(&*peer)).await,
         };
         match client_session {
             Ok((client_session, client_reused)) => {
@@ -2017,6 +2020,23 @@ mod tests {
         ) -> Result<Box<HttpPeer>> {
             unreachable!()
         }
+    }
+
+    /// Every request's future is copied whole into its box (`process_new_http` is an
+    /// `async_trait` method), so the upstream half must not carry the connect path (TCP, TLS,
+    /// h2 handshake, about 9 KB) inline.
+    #[tokio::test]
+    async fn the_upstream_future_does_not_hold_the_connect_path_inline() {
+        let proxy = HttpProxy::new(DefaultRetryProxy, Arc::new(ServerConf::default()));
+        let mut session =
+            new_request_session(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", Default::default()).await;
+        let mut ctx = ();
+        let upstream = proxy.proxy_to_upstream(&mut session, &mut ctx);
+        let size = std::mem::size_of_val(&upstream);
+        assert!(
+            size < 6 * 1024,
+            "proxy_to_upstream's future is {size} bytes"
+        );
     }
 
     fn default_policy_would_retry_for_session(

@@ -77,6 +77,8 @@ impl BlobStore {
     /// read-only, syncs it and renames it into place. On a mismatch nothing is stored and
     /// `tmp_file` is left for its owner to delete. Returns the blob's path.
     pub fn put_verified(&self, tmp_file: &Path, expected: &str) -> Result<PathBuf, BundleError> {
+        // A name that is no digest is refused before a byte is read.
+        self.path(expected)?;
         let actual = sha256_file(tmp_file)?;
         if actual != expected {
             return Err(BundleError::DigestMismatch {

@@ -113,7 +113,8 @@ where
             return (false, true, Some(e));
         }
 
-        session.set_upstream_h1_upgrade_request_status(is_h1_upgrade_req(&req));
+        let upgrade_req = is_h1_upgrade_req(&req);
+        session.set_upstream_h1_upgrade_request_status(upgrade_req);
 
         session.upstream_compression.request_filter(&req);
 
@@ -139,10 +140,22 @@ where
             Err(e) => return (false, false, Some(e)),
         };
 
+        session.as_mut().enable_retry_buffering();
+
+        if downstream_custom_message_writer.is_none()
+            && downstream_custom_message_reader.is_none()
+            && is_bodiless_exchange(session, upgrade_req)
+        {
+            return match self.proxy_bodiless_1to1(session, client_session, ctx).await {
+                Ok((downstream_can_reuse, upstream_can_reuse)) => {
+                    (downstream_can_reuse, upstream_can_reuse, None)
+                }
+                Err(e) => (false, false, Some(e)),
+            };
+        }
+
         let (tx_upstream, rx_upstream) = mpsc::channel::<HttpTask>(TASK_BUFFER_SIZE);
         let (tx_downstream, rx_downstream) = mpsc::channel::<HttpTask>(TASK_BUFFER_SIZE);
-
-        session.as_mut().enable_retry_buffering();
 
         // Shared signal so the upstream half can distinguish an expected task-pipe
         // closure (the downstream half finished and dropped rx) from an unexpected one.
@@ -243,6 +256,100 @@ where
         session.set_upstream_write_pending_time(upstream_write_pending);
 
         (server_session_reuse, client_session_reuse, error)
+    }
+
+    /// [`Self::proxy_1to1`] for a request with no body to stream, no upgrade, no cache and no
+    /// custom messages (see [`is_bodiless_exchange`]): the common GET. The two halves of the
+    /// general path run in one task joined by two channels, which costs two channel
+    /// allocations, a wasted re-poll and a `Vec` per batch of tasks on every request. Here one
+    /// loop ends the request, then reads the response and writes it downstream task by task,
+    /// through the same filters and with the same reuse decisions; while it waits for the
+    /// backend it watches the client, so a client that hangs up ends the request as before.
+    /// Returns whether the downstream and the upstream connections can be reused.
+    async fn proxy_bodiless_1to1(
+        &self,
+        session: &mut Session,
+        client_session: &mut HttpSessionV1,
+        ctx: &mut SV::CTX,
+    ) -> Result<(bool, bool)>
+    where
+        SV: ProxyHttp + Send + Sync,
+        SV::CTX: Send + Sync,
+    {
+        // The request's end of body, through the request body filters (they may still add
+        // a body), as the general path's downstream half sends it first.
+        let mut data = None;
+        session
+            .downstream_modules_ctx
+            .request_body_filter(&mut data, true)
+            .await?;
+        self.inner
+            .request_body_filter(session, &mut data, true, ctx)
+            .await?;
+        let mut upstream_can_reuse = true;
+        let mut send_error = None;
+        if let Err(e) = send_body_to1(client_session, Some(HttpTask::Body(data, true))).await {
+            // As the general path: a complete response may still be forwarded, but the
+            // partly written request makes the connection unsafe to reuse.
+            warn!("send error, draining read buf: {e}");
+            upstream_can_reuse = false;
+            send_error = Some(e);
+        }
+
+        let mut serve_from_cache = proxy_cache::ServeFromCache::new();
+        let mut range_body_filter = proxy_cache::range_filter::RangeBodyFilter::new();
+        let mut watch_downstream = true;
+        loop {
+            let task = tokio::select! {
+                biased;
+                task = client_session.read_response_task() => task,
+                // Resolves only when the client hangs up (or errs) while the request is
+                // at the backend: the client's failure, not the backend's.
+                idle = session.downstream_session.read_body_or_idle(true), if watch_downstream => {
+                    match idle {
+                        Err(e) => return Err(e.into_down()),
+                        // Nothing more to watch for on this request.
+                        Ok(_) => {
+                            watch_downstream = false;
+                            continue;
+                        }
+                    }
+                }
+            };
+            let mut task = match task {
+                Ok(task) => task,
+                // The response's HTTP/1 framing is lost: neither side can be reused.
+                Err(e) => return Err(send_error.unwrap_or(e).into_up()),
+            };
+            let response_done = task.is_end();
+            session.upstream_compression.response_filter(&mut task);
+            let task = self
+                .h1_response_filter(
+                    session,
+                    task,
+                    ctx,
+                    &mut serve_from_cache,
+                    &mut range_body_filter,
+                    false,
+                )
+                .await?;
+            if let HttpTask::Failed(e) = task {
+                return Err(e);
+            }
+            let written_done = session.write_response_tasks(vec![task]).await?;
+            if response_done || written_done {
+                break;
+            }
+        }
+
+        let reuse_downstream = match session.as_mut().finish_body().await {
+            Ok(_) => true,
+            Err(e) => {
+                error!("Error finish sending body to downstream: {}", e);
+                false
+            }
+        };
+        Ok((reuse_downstream, upstream_can_reuse))
     }
 
     async fn proxy_handle_upstream(
@@ -1079,6 +1186,18 @@ where
     }
 }
 
+/// Whether [`HttpProxy::proxy_bodiless_1to1`] can serve this exchange: the request has no
+/// body (and no buffered body to replay), is no upgrade, and the cache is neither on nor
+/// bypassed for it (no upstream modules either: they may act on body tasks).
+fn is_bodiless_exchange(session: &mut Session, upgrade_req: bool) -> bool {
+    !cfg!(feature = "upstream_modules")
+        && !upgrade_req
+        && !session.cache.enabled()
+        && !session.cache.bypassing()
+        && session.as_mut().is_body_empty()
+        && session.as_ref().get_retry_buffer().is_none()
+}
+
 pub(crate) async fn send_body_to1(
     client_session: &mut HttpSessionV1,
     recv_task: Option<HttpTask>,
@@ -1172,7 +1291,7 @@ pub(crate) async fn send_body_to1(
 mod tests {
     use super::*;
     use std::sync::Arc;
-    use tokio::io::AsyncWriteExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     struct ResponseFilter101;
 
@@ -1217,6 +1336,122 @@ mod tests {
             .await
             .expect("test request should parse");
         session
+    }
+
+    struct Plain;
+
+    #[async_trait]
+    impl ProxyHttp for Plain {
+        type CTX = ();
+
+        fn new_ctx(&self) -> Self::CTX {}
+
+        async fn upstream_peer(
+            &self,
+            _session: &mut Session,
+            _ctx: &mut Self::CTX,
+        ) -> Result<Box<HttpPeer>> {
+            unreachable!("the tests call proxy_1to1 directly")
+        }
+    }
+
+    /// A downstream session that has read `request`, and the client's end.
+    async fn downstream_session(request: &[u8]) -> (Session, tokio::io::DuplexStream) {
+        let (mut client, server) = tokio::io::duplex(4096);
+        client.write_all(request).await.unwrap();
+        let mut session = Session::new_h1(Box::new(server) as pingora_core::protocols::Stream);
+        session.read_request().await.unwrap();
+        (session, client)
+    }
+
+    /// Reads one request head from `backend`.
+    async fn read_head(backend: &mut tokio::io::DuplexStream) -> Vec<u8> {
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            assert_eq!(backend.read(&mut byte).await.unwrap(), 1, "backend closed");
+            head.push(byte[0]);
+        }
+        head
+    }
+
+    #[tokio::test]
+    async fn a_bodiless_get_is_proxied_and_both_connections_stay_reusable() {
+        let proxy = HttpProxy::new(Plain, Arc::new(ServerConf::default()));
+        let (mut session, mut client) =
+            downstream_session(b"GET /a HTTP/1.1\r\nHost: example.com\r\n\r\n").await;
+        assert!(is_bodiless_exchange(&mut session, false));
+        let (upstream, mut backend) = tokio::io::duplex(4096);
+        let mut upstream =
+            HttpSessionV1::new(Box::new(upstream) as pingora_core::protocols::Stream);
+        let backend_side = tokio::spawn(async move {
+            let head = read_head(&mut backend).await;
+            backend
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi")
+                .await
+                .unwrap();
+            (head, backend)
+        });
+        let peer = HttpPeer::new("127.0.0.1:80", false, String::new());
+
+        let (downstream_reuse, upstream_reuse, error) = proxy
+            .proxy_1to1(&mut session, &mut upstream, &peer, &mut ())
+            .await;
+
+        assert!(error.is_none(), "{error:?}");
+        assert!(downstream_reuse && upstream_reuse);
+        let (head, _backend) = backend_side.await.unwrap();
+        assert!(head.starts_with(b"GET /a HTTP/1.1\r\n"), "{head:?}");
+        drop(session);
+        let mut answer = Vec::new();
+        client.read_to_end(&mut answer).await.unwrap();
+        let answer = String::from_utf8(answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+        assert!(answer.ends_with("\r\n\r\nhi"), "{answer}");
+    }
+
+    #[tokio::test]
+    async fn a_client_hanging_up_while_the_backend_thinks_is_a_downstream_error() {
+        let proxy = HttpProxy::new(Plain, Arc::new(ServerConf::default()));
+        let (mut session, client) =
+            downstream_session(b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n").await;
+        let (upstream, mut backend) = tokio::io::duplex(4096);
+        let mut upstream =
+            HttpSessionV1::new(Box::new(upstream) as pingora_core::protocols::Stream);
+        let backend_side = tokio::spawn(async move {
+            read_head(&mut backend).await;
+            // Never answers, and stays open.
+            backend
+        });
+        drop(client);
+        let peer = HttpPeer::new("127.0.0.1:80", false, String::new());
+
+        let (downstream_reuse, upstream_reuse, error) = proxy
+            .proxy_1to1(&mut session, &mut upstream, &peer, &mut ())
+            .await;
+
+        let error = error.expect("the hang-up ends the request");
+        assert_eq!(error.esource(), &ErrorSource::Downstream, "{error}");
+        assert!(!downstream_reuse && !upstream_reuse);
+        drop(backend_side);
+    }
+
+    #[tokio::test]
+    async fn a_request_with_a_body_or_an_upgrade_takes_the_general_path() {
+        let (mut with_body, _client) = downstream_session(
+            b"POST / HTTP/1.1\r\nHost: example.com\r\nContent-Length: 2\r\n\r\nhi",
+        )
+        .await;
+        assert!(!is_bodiless_exchange(&mut with_body, false));
+        let (mut upgrade, _client) = upgrade_request_session_with_client().await;
+        assert!(!is_bodiless_exchange(&mut upgrade, true));
+    }
+
+    async fn upgrade_request_session_with_client() -> (Session, tokio::io::DuplexStream) {
+        downstream_session(
+            b"GET / HTTP/1.1\r\nHost: example.com\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+        )
+        .await
     }
 
     #[tokio::test]

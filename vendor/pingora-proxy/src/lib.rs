@@ -466,9 +466,16 @@ where
                         (server_reused, error)
                     }
                     ClientSession::H2(mut h2) => {
-                        let (server_reused, mut error) = self
-                            .proxy_to_h2_upstream(session, &mut h2, client_reused, &peer, ctx)
-                            .await;
+                        // Boxed, as the custom path below: not to make every HTTP/1
+                        // request's future (copied whole into its box) as large as theirs.
+                        let (server_reused, mut error) = Box::pin(self.proxy_to_h2_upstream(
+                            session,
+                            &mut h2,
+                            client_reused,
+                            &peer,
+                            ctx,
+                        ))
+                        .await;
                         let session = ClientSession::H2(h2);
                         self.client_upstream
                             .release_http_session(session, &*peer, peer.idle_timeout())
@@ -495,9 +502,14 @@ where
                         (server_reused, error)
                     }
                     ClientSession::Custom(mut c) => {
-                        let (server_reused, error) = self
-                            .proxy_to_custom_upstream(session, &mut c, client_reused, &peer, ctx)
-                            .await;
+                        let (server_reused, error) = Box::pin(self.proxy_to_custom_upstream(
+                            session,
+                            &mut c,
+                            client_reused,
+                            &peer,
+                            ctx,
+                        ))
+                        .await;
                         let session = ClientSession::Custom(c);
                         self.client_upstream
                             .release_http_session(session, &*peer, peer.idle_timeout())
@@ -2035,6 +2047,29 @@ mod tests {
         let size = std::mem::size_of_val(&upstream);
         assert!(
             size < 6 * 1024,
+            "proxy_to_upstream's future is {size} bytes"
+        );
+    }
+
+    /// As above: the HTTP/1 exchange must not carry the channel path's two halves, nor
+    /// `proxy_to_upstream` the h2 and custom paths, inline.
+    #[tokio::test]
+    async fn the_h1_exchange_future_does_not_hold_the_cold_paths_inline() {
+        let proxy = HttpProxy::new(DefaultRetryProxy, Arc::new(ServerConf::default()));
+        let mut session =
+            new_request_session(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", Default::default()).await;
+        let (upstream, _backend) = tokio::io::duplex(64);
+        let mut upstream = HttpSessionV1::new(Box::new(upstream) as Stream);
+        let peer = HttpPeer::new("127.0.0.1:80", false, String::new());
+        let mut ctx = ();
+        let exchange = proxy.proxy_1to1(&mut session, &mut upstream, &peer, &mut ctx);
+        let size = std::mem::size_of_val(&exchange);
+        assert!(size < 2 * 1024, "proxy_1to1's future is {size} bytes");
+        drop(exchange);
+        let upstream = proxy.proxy_to_upstream(&mut session, &mut ctx);
+        let size = std::mem::size_of_val(&upstream);
+        assert!(
+            size < 5 * 1024,
             "proxy_to_upstream's future is {size} bytes"
         );
     }

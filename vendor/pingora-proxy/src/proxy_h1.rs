@@ -45,7 +45,11 @@ where
 
         // phase 2 send to upstream
 
-        let mut req = session.req_header().clone();
+        let mut req = if self.inner.preserve_upstream_header_case(session, ctx) {
+            session.req_header().clone()
+        } else {
+            copy_without_header_case(session.req_header())
+        };
         let authority_policy = AuthorityPolicy::from(session.downstream_session.is_custom());
         let downstream_had_host = req.headers.contains_key(http::header::HOST);
         req.set_version(Version::HTTP_11);
@@ -1191,6 +1195,24 @@ where
     }
 }
 
+/// A copy of `req` without its map of original-case header names (see
+/// [`ProxyHttp::preserve_upstream_header_case`]): the same method, target, version, header
+/// values and H2 end-of-stream setting.
+fn copy_without_header_case(req: &RequestHeader) -> RequestHeader {
+    let mut copy = RequestHeader::from(req.as_owned_parts());
+    // A copy made from parts serializes its URI; a target that differs on the wire
+    // (absolute-form, CONNECT, bytes that are not UTF-8) is set again as received.
+    if copy.raw_path() != req.raw_path() {
+        // It was accepted once already: parsing the same bytes again cannot fail, and if
+        // it did the URI form would still be a valid target.
+        let _ = copy.set_raw_path(req.raw_path());
+    }
+    if let Some(send_end_stream) = req.send_end_stream() {
+        copy.set_send_end_stream(send_end_stream);
+    }
+    copy
+}
+
 /// Whether [`HttpProxy::proxy_bodiless_1to1`] can serve this exchange: the request has no
 /// body (and no buffered body to replay), is no upgrade, and the cache is neither on nor
 /// bypassed for it (no upstream modules either: they may act on body tasks).
@@ -1439,6 +1461,27 @@ mod tests {
         assert_eq!(error.esource(), &ErrorSource::Downstream, "{error}");
         assert!(!downstream_reuse && !upstream_reuse);
         drop(backend_side);
+    }
+
+    #[test]
+    fn a_copy_without_header_case_is_the_same_request_on_one_map() {
+        let mut req = RequestHeader::build("GET", b"http://example.com/a?b=1", None).unwrap();
+        req.append_header("Host", "example.com").unwrap();
+        req.append_header("X-Custom-Thing", "1").unwrap();
+        req.append_header("X-Custom-Thing", "2").unwrap();
+        let copy = copy_without_header_case(&req);
+        assert!(!copy.has_case());
+        assert_eq!(copy.method, req.method);
+        assert_eq!(copy.uri, req.uri);
+        assert_eq!(copy.version, req.version);
+        assert_eq!(copy.raw_path(), b"http://example.com/a?b=1");
+        assert_eq!(copy.headers, req.headers);
+        let mut wire = Vec::new();
+        copy.header_to_h1_wire(&mut wire);
+        assert_eq!(
+            String::from_utf8(wire).unwrap(),
+            "Host: example.com\r\nx-custom-thing: 1\r\nx-custom-thing: 2\r\n"
+        );
     }
 
     #[tokio::test]

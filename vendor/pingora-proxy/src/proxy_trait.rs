@@ -310,6 +310,20 @@ pub trait ProxyHttp {
         )
     }
 
+    /// Whether the request sent to an HTTP/1 upstream keeps the case of the client's header
+    /// names.
+    ///
+    /// By default it does: the upstream request is a copy of the client's with both of its
+    /// header maps, the values and the original-case names. Return `false` to send a copy
+    /// with the values' map only: every header [Self::upstream_request_filter()] inserts then
+    /// costs one map insertion instead of two, and the copy one map fewer. Standard header
+    /// names then go out in their usual title case (`Host`, `User-Agent`) and other names in
+    /// lower case, as HAProxy sends them; HTTP header names are case-insensitive (RFC 9110
+    /// section 5.1), but a backend that wrongly depends on a case keeps the default.
+    fn preserve_upstream_header_case(&self, _session: &Session, _ctx: &Self::CTX) -> bool {
+        true
+    }
+
     /// Modify the request before it is sent to the upstream.
     ///
     /// Unlike [Self::request_filter()], this filter allows changing the request headers sent to

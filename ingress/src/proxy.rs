@@ -434,6 +434,14 @@ impl ProxyHttp for Proxy {
     // compress, and each request would still build and poll its per-request context.
     fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
 
+    // One header map on the copy sent to the replica instead of two (values and original
+    // case): each forwarded header costs one map insertion, not two. Replicas get standard
+    // names title-cased and others in lower case, as from HAProxy; names are
+    // case-insensitive (RFC 9110 section 5.1).
+    fn preserve_upstream_header_case(&self, _session: &Session, _ctx: &RequestCtx) -> bool {
+        false
+    }
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let header = session.req_header();
         ctx.request_id = request_id(header);

@@ -6,10 +6,12 @@
 //! 1. cold builds of `examples/flask`, from the first byte of the upload to every replica
 //!    healthy. Cold: the daemons were started empty for this run and hold only the base
 //!    images copied from the host (`stratus/python:3.11`, `stratus/busybox:latest`); every
-//!    round deploys a new app name, and before a later round the previous app is destroyed
-//!    and every other image, dangling layer and build cache removed from every daemon (the
-//!    bench checks that only the base images are left), so pip downloads and installs
-//!    everything from PyPI again. The build record's dependency cache must say `miss`;
+//!    round deploys a new app name whose requirements.txt differs by a comment (a
+//!    dependency key no node or store has), and before a later round the previous app is
+//!    destroyed, every other image (dependency images too), dangling layer and build cache
+//!    removed from every daemon (the bench checks that only the base images are left) and
+//!    every node's download cache deleted, so pip downloads and installs everything from
+//!    PyPI again. The build record's dependency cache must say `miss`;
 //! 2. code-only redeploys (app.py changed) of the last cold app, until every replica of the
 //!    new release is healthy; the build record must say `hit`;
 //! 3. the spread of a ~100 MB image (a Dockerfile `FROM stratus/busybox` whose `RUN` writes
@@ -325,6 +327,12 @@ fn flask_copy(stage: &Stage, app: &str, round: usize, change: usize) -> anyhow::
         "name = \"flask\"",
         &format!("name = \"{app}\""),
     )?;
+    // A dependency key of its own each cold round, so no node (or the cluster's store) has
+    // its dependency image; the same packages, so pip downloads the same wheels.
+    let requirements = dir.join("requirements.txt");
+    let mut text = std::fs::read_to_string(&requirements)?;
+    text.push_str(&format!("# bench cold round {round}\n"));
+    std::fs::write(&requirements, text)?;
     if change > 0 {
         edit(
             &dir.join("app.py"),
@@ -609,7 +617,7 @@ async fn destroy_and_make_cold(stage: &Stage, app: &str) -> anyhow::Result<()> {
         let names = String::from_utf8_lossy(&listed.stdout).to_string();
         let built: Vec<&str> = names
             .lines()
-            .filter(|name| name.starts_with("stratus-app/"))
+            .filter(|name| name.starts_with("stratus-app/") || name.starts_with("stratus-deps/"))
             .collect();
         if !built.is_empty() {
             let mut args = vec!["rmi", "-f"];
@@ -618,6 +626,19 @@ async fn destroy_and_make_cold(stage: &Stage, app: &str) -> anyhow::Result<()> {
         }
         check(daemon, &["image", "prune", "-f"])?;
         check(daemon, &["builder", "prune", "-af"])?;
+    }
+    // And every node's pip download cache: a cold build downloads from PyPI.
+    for agent in &stage.cluster().agents {
+        let cache = stage
+            .cluster()
+            .data_root()
+            .join(&agent.node_id)
+            .join("builds/download-cache");
+        match std::fs::remove_dir_all(&cache) {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => bail!("cannot clear {}: {err}", cache.display()),
+        }
     }
     Ok(())
 }

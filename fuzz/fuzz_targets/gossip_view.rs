@@ -67,6 +67,9 @@ fuzz_target!(|input: (String, Vec<Member>)| {
         assert!(view.node(&node.node_id).is_some());
     }
     for placed in &view.containers {
-        assert!(view.node(&placed.node_id).is_some(), "a container of no known node");
+        assert!(
+            view.node(&placed.node_id).is_some(),
+            "a container of no known node"
+        );
     }
 });

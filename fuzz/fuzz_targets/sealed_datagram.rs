@@ -43,6 +43,9 @@ fuzz_target!(|input: (Vec<u8>, Vec<u8>, u64, usize, u8)| {
         let mut tampered = sealed[0].clone();
         let at = flip_at % tampered.len();
         tampered[at] ^= flip;
-        assert!(keyring.open(&tampered).is_err(), "a changed byte at {at} was accepted");
+        assert!(
+            keyring.open(&tampered).is_err(),
+            "a changed byte at {at} was accepted"
+        );
     }
 });

@@ -11,9 +11,16 @@ fn check_inside(root: &Path, dir: &Path) {
     for entry in std::fs::read_dir(dir).expect("an unpacked folder reads") {
         let entry = entry.expect("an entry");
         let meta = std::fs::symlink_metadata(entry.path()).expect("its metadata");
-        assert!(!meta.file_type().is_symlink(), "a link was unpacked: {:?}", entry.path());
+        assert!(
+            !meta.file_type().is_symlink(),
+            "a link was unpacked: {:?}",
+            entry.path()
+        );
         let canonical = entry.path().canonicalize().expect("a real path");
-        assert!(canonical.starts_with(root), "{canonical:?} is outside {root:?}");
+        assert!(
+            canonical.starts_with(root),
+            "{canonical:?} is outside {root:?}"
+        );
         if meta.is_dir() {
             check_inside(root, &entry.path());
         }
@@ -32,7 +39,11 @@ fuzz_target!(|data: &[u8]| {
     let dest = dir.path().join("app");
     let unpacked = inspect_and_unpack(&zip, Some(&dest), limits);
     // Inspecting alone decompresses everything, so it judges exactly as unpacking does.
-    assert_eq!(inspected.is_ok(), unpacked.is_ok(), "{inspected:?} / {unpacked:?}");
+    assert_eq!(
+        inspected.is_ok(),
+        unpacked.is_ok(),
+        "{inspected:?} / {unpacked:?}"
+    );
     match unpacked {
         Ok(_) => {
             let root = dest.canonicalize().expect("the folder exists");

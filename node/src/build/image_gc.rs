@@ -56,19 +56,8 @@ pub fn release_of_tag(tag: &str) -> Option<(String, u64)> {
 /// Removes this node's old release images (tagged `stratus-app/NAME:rN`). An image a
 /// container still uses is left: Docker refuses, and it is retried after the next build.
 pub async fn collect(docker: &Docker, running: &BTreeMap<String, u64>, keep: usize) {
-    let filters = std::collections::HashMap::from([(
-        "reference".to_string(),
-        vec!["stratus-app/*".to_string()],
-    )]);
-    let options = ListImagesOptionsBuilder::default()
-        .filters(&filters)
-        .build();
-    let listed = match docker.list_images(Some(options)).await {
-        Ok(listed) => listed,
-        Err(err) => {
-            warn!(error = %err, "cannot list images to collect old releases");
-            return;
-        }
+    let Some(listed) = list_tagged(docker, "stratus-app/*").await else {
+        return;
     };
     let images: Vec<LocalImage> = listed
         .into_iter()
@@ -89,6 +78,23 @@ pub async fn collect(docker: &Docker, running: &BTreeMap<String, u64>, keep: usi
         match docker.remove_image(&id, Some(options), None).await {
             Ok(_) => info!(image = %id, "removed an old release image"),
             Err(err) => warn!(image = %id, error = %err, "old release image not removed"),
+        }
+    }
+}
+
+/// This node's images whose reference matches `pattern`; `None` (logged) if Docker does
+/// not answer, so nothing is removed.
+async fn list_tagged(docker: &Docker, pattern: &str) -> Option<Vec<bollard::models::ImageSummary>> {
+    let filters =
+        std::collections::HashMap::from([("reference".to_string(), vec![pattern.to_string()])]);
+    let options = ListImagesOptionsBuilder::default()
+        .filters(&filters)
+        .build();
+    match docker.list_images(Some(options)).await {
+        Ok(listed) => Some(listed),
+        Err(err) => {
+            warn!(error = %err, pattern, "cannot list images to collect");
+            None
         }
     }
 }
@@ -132,19 +138,8 @@ pub fn dependencies_to_remove(
 /// Removes the dependency images [`dependencies_to_remove`] picks. A release image keeps
 /// the layers it shares with one: only the tag and what nothing else uses go.
 pub async fn collect_dependencies(docker: &Docker, wanted: &BTreeSet<String>, cap: u64) {
-    let filters = std::collections::HashMap::from([(
-        "reference".to_string(),
-        vec!["stratus-deps/*".to_string()],
-    )]);
-    let options = ListImagesOptionsBuilder::default()
-        .filters(&filters)
-        .build();
-    let listed = match docker.list_images(Some(options)).await {
-        Ok(listed) => listed,
-        Err(err) => {
-            warn!(error = %err, "cannot list dependency images to collect");
-            return;
-        }
+    let Some(listed) = list_tagged(docker, "stratus-deps/*").await else {
+        return;
     };
     let images: Vec<DependencyImage> = listed
         .into_iter()

@@ -67,6 +67,16 @@ pub struct ImageBlobs {
     pub layers: Vec<BlobRef>,
 }
 
+impl ImageBlobs {
+    /// The layers' diff ids, `sha256:...`, base first.
+    pub fn diff_ids(&self) -> Vec<String> {
+        self.layers
+            .iter()
+            .map(|layer| format!("sha256:{}", layer.sha256))
+            .collect()
+    }
+}
+
 /// The part of an image config this module reads and writes; the rest is kept as it is.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Config {
@@ -476,12 +486,7 @@ pub async fn load(
     let present = local_chains(docker)
         .await
         .map_err(|err| load_failed(err.to_string()))?;
-    let diff_ids: Vec<String> = image
-        .layers
-        .iter()
-        .map(|layer| format!("sha256:{}", layer.sha256))
-        .collect();
-    let missing = missing_layers(&diff_ids, &present);
+    let missing = missing_layers(&image.diff_ids(), &present);
     let plan = ArchivePlan {
         config: (
             image.config.sha256.clone(),

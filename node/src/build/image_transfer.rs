@@ -34,12 +34,8 @@ pub async fn ensure(agent: &AgentHandles, image: &ImageRef) -> Result<(), String
     let present = image_layers::local_chains(&docker)
         .await
         .map_err(|err| cannot(err.to_string()))?;
-    let diff_ids: Vec<String> = image
-        .layers
-        .iter()
-        .map(|layer| format!("sha256:{}", layer.sha256))
-        .collect();
-    let missing = image_layers::missing_layers(&diff_ids, &present);
+    let blobs = blobs_of(image);
+    let missing = image_layers::missing_layers(&blobs.diff_ids(), &present);
     let wanted: Vec<&BlobRef> = std::iter::once(&image.config)
         .chain(
             image
@@ -51,7 +47,6 @@ pub async fn ensure(agent: &AgentHandles, image: &ImageRef) -> Result<(), String
         )
         .collect();
     let fetched = fetch_all(agent, &wanted).await.map_err(cannot)?;
-    let blobs = blobs_of(image);
     let store = agent.bundles.local();
     if let Err(err) = image_layers::load(&docker, store, &blobs, &image.tag).await {
         // Docker checks each layer against its diff id: a copy that rotted on this disk is

@@ -50,6 +50,28 @@ impl Reporter {
         let _ = self.events.send(BuildEvent::Step { text });
     }
 
+    /// Runs `work`, passing on each line it sends to `received` as it comes, and the
+    /// lines still queued when it ends.
+    async fn relay<T>(
+        &mut self,
+        work: impl std::future::Future<Output = T>,
+        mut received: tokio::sync::mpsc::UnboundedReceiver<String>,
+    ) -> T {
+        tokio::pin!(work);
+        let done = loop {
+            tokio::select! {
+                line = received.recv() => {
+                    if let Some(line) = line { self.line(&line) }
+                }
+                done = &mut work => break done,
+            }
+        };
+        while let Ok(line) = received.try_recv() {
+            self.line(&line);
+        }
+        done
+    }
+
     fn line(&mut self, text: &str) {
         self.log.push(text.to_string());
         let event = if text.starts_with("Step ") {
@@ -303,22 +325,11 @@ async fn build_reserved(
             memory_bytes: manifest.resources.memory_bytes.max(256 << 20),
             timeout: agent.builds.timeout(),
         };
-        let (lines, mut received) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let (lines, received) = tokio::sync::mpsc::unbounded_channel::<String>();
         let running = release_phase::run(docker, &run, move |line| {
             let _ = lines.send(line.to_string());
         });
-        tokio::pin!(running);
-        let ran = loop {
-            tokio::select! {
-                line = received.recv() => {
-                    if let Some(line) = line { reporter.line(&line) }
-                }
-                done = &mut running => break done,
-            }
-        };
-        while let Ok(line) = received.try_recv() {
-            reporter.line(&line);
-        }
+        let ran = reporter.relay(running, received).await;
         ran.map_err(|err| err.to_string())?;
     }
     let image = ImageRef {
@@ -352,22 +363,11 @@ async fn run_docker_build(
     spec: &BuildSpec,
     reporter: &mut Reporter,
 ) -> Result<docker_build::Built, String> {
-    let (lines, mut received) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let (lines, received) = tokio::sync::mpsc::unbounded_channel::<String>();
     let building = docker_build::build(docker, source.path(), recipe, spec, move |line| {
         let _ = lines.send(line.to_string());
     });
-    tokio::pin!(building);
-    let built = loop {
-        tokio::select! {
-            line = received.recv() => {
-                if let Some(line) = line { reporter.line(&line) }
-            }
-            done = &mut building => break done,
-        }
-    };
-    while let Ok(line) = received.try_recv() {
-        reporter.line(&line);
-    }
+    let built = reporter.relay(building, received).await;
     built.map_err(|err| err.to_string())
 }
 
@@ -391,24 +391,12 @@ async fn run_install(
         memory_bytes: spec.memory_bytes,
         timeout: spec.timeout,
     };
-    let (lines, mut received) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let (lines, received) = tokio::sync::mpsc::unbounded_channel::<String>();
     let mut output = move |line: &str| {
         let _ = lines.send(line.to_string());
     };
     let installing = dependency_install::install(docker, recipe, install, &run, &mut output);
-    tokio::pin!(installing);
-    let installed = loop {
-        tokio::select! {
-            line = received.recv() => {
-                if let Some(line) = line { reporter.line(&line) }
-            }
-            done = &mut installing => break done,
-        }
-    };
-    while let Ok(line) = received.try_recv() {
-        reporter.line(&line);
-    }
-    installed
+    reporter.relay(installing, received).await
 }
 
 /// The tag of a dependency image: the builder and the dependency key, shared by every app

@@ -29,6 +29,8 @@ done
 
 command -v docker >/dev/null || { echo "docker not found: install Docker Engine first" >&2; exit 1; }
 root=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source-path=SCRIPTDIR source=image-lib.sh
+source "$root/scripts/image-lib.sh"
 
 # The binary: given, or built here.
 if [[ -n ${STRATUS_BIN:-} ]]; then
@@ -43,63 +45,23 @@ fi
 [[ -x $binary ]] || { echo "$binary is not an executable" >&2; exit 1; }
 sha=$(sha256sum "$binary" | cut -d' ' -f1)
 
-if [[ $force -eq 0 ]] \
-  && [[ $(docker image inspect -f '{{index .Config.Labels "stratus.binary-sha256"}}' "$image" 2>/dev/null) == "$sha" ]]; then
+if [[ $force -eq 0 ]] && [[ $(image_label "$image" stratus.binary-sha256) == "$sha" ]]; then
   echo "$image is up to date with $binary (use --force to rebuild)"
   exit 0
 fi
 
-busybox=$(bash "$(dirname "$0")/static-busybox.sh")
-
 rootfs=$(mktemp -d)
 trap 'rm -rf "$rootfs"' EXIT
 
-mkdir -p "$rootfs"/{bin,etc,tmp,proc,sys,dev,root,usr/local/bin,var/lib}
-chmod 1777 "$rootfs/tmp"
-cp "$busybox" "$rootfs/bin/busybox"
-for applet in $("$busybox" --list); do
-  [[ $applet == busybox ]] && continue
-  ln -sf busybox "$rootfs/bin/$applet"
-done
-ln -s ../bin "$rootfs/usr/bin"
-ln -s bin "$rootfs/sbin"
-
+rootfs_busybox "$rootfs"
 # The release profile keeps debug info (about 100 MB); the image needs only the code and
-# the symbol table (for readable backtraces).
-cp "$binary" "$rootfs/usr/local/bin/stratus"
-if command -v strip >/dev/null; then
-  strip --strip-debug "$rootfs/usr/local/bin/stratus"
-fi
-
-# Every library the binary links, at the path the loader will look for it, plus the loader
-# itself (`ldd` prints it as an absolute path with no `=>`). A static binary has none.
-if libs=$(LC_ALL=C ldd "$binary" 2>/dev/null); then
-  while read -r lib; do
-    [[ -n $lib ]] || continue
-    mkdir -p "$rootfs$(dirname "$lib")"
-    cp -L "$lib" "$rootfs$lib"
-  done < <(awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }' <<<"$libs" | sort -u)
-fi
-
-cat > "$rootfs/etc/passwd" <<'PASSWD'
-root:x:0:0:root:/root:/bin/sh
-nobody:x:65534:65534:nobody:/nonexistent:/bin/false
-PASSWD
-cat > "$rootfs/etc/group" <<'GROUP'
-root:x:0:
-nogroup:x:65534:
-GROUP
-# Host names (the agent's own, for its default advertise address) come from Docker's
-# /etc/hosts first, then Docker's DNS.
-echo 'hosts: files dns' > "$rootfs/etc/nsswitch.conf"
-
-tar --numeric-owner --owner=0 --group=0 -C "$rootfs" -c . \
-  | docker import \
-      -c 'ENTRYPOINT ["/usr/local/bin/stratus"]' \
-      -c 'CMD ["--help"]' \
-      -c 'ENV PATH=/usr/local/bin:/bin' \
-      -c "LABEL stratus.binary-sha256=$sha" \
-      - "$image" >/dev/null
+# the symbol table.
+rootfs_binary "$binary" "$rootfs" /usr/local/bin/stratus
+rootfs_import "$rootfs" "$image" \
+  'ENTRYPOINT ["/usr/local/bin/stratus"]' \
+  'CMD ["--help"]' \
+  'ENV PATH=/usr/local/bin:/bin' \
+  "LABEL stratus.binary-sha256=$sha"
 
 # The loader and libraries must be complete: run the binary once in the image.
 if ! version=$(docker run --rm "$image" --version 2>&1); then

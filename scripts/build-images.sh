@@ -47,30 +47,14 @@ busybox=$(bash "$(dirname "$0")/static-busybox.sh")
 "$busybox" --list | grep -qx httpd \
   || { echo "$busybox has no httpd applet: install Debian's busybox-static" >&2; exit 1; }
 
+# shellcheck source-path=SCRIPTDIR source=image-lib.sh
+source "$(dirname "$0")/image-lib.sh"
 rootfs=$(mktemp -d)
 trap 'rm -rf "$rootfs"' EXIT
-
-mkdir -p "$rootfs"/{bin,etc,tmp,app,proc,sys,dev,usr}
-chmod 1777 "$rootfs/tmp"
-cp "$busybox" "$rootfs/bin/busybox"
-for applet in $("$busybox" --list); do
-  [[ $applet == busybox ]] && continue
-  ln -sf busybox "$rootfs/bin/$applet"
-done
-# Programs that look in /usr/bin or /sbin find the same applets.
-ln -s ../bin "$rootfs/usr/bin"
-ln -s bin "$rootfs/sbin"
-cat > "$rootfs/etc/passwd" <<'PASSWD'
-root:x:0:0:root:/root:/bin/sh
-nobody:x:65534:65534:nobody:/nonexistent:/bin/false
-PASSWD
-cat > "$rootfs/etc/group" <<'GROUP'
-root:x:0:
-nogroup:x:65534:
-GROUP
-
-tar --numeric-owner --owner=0 --group=0 -C "$rootfs" -c . \
-  | docker import -c 'CMD ["/bin/sh"]' -c 'ENV PATH=/bin' - "$image" >/dev/null
+rootfs_busybox "$rootfs"
+# Where replicas get their bundle mounted.
+mkdir -p "$rootfs/app"
+rootfs_import "$rootfs" "$image" 'CMD ["/bin/sh"]' 'ENV PATH=/bin'
 echo "built $image"
 
 base_images

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Removes the compose cluster (docker-compose.yml) and everything it made: the agent
-# containers, the app containers the agents started (label stratus.app, on the
-# stratus-compose network), the network, MinIO and its volume if the s3 profile ran, and the
-# agents' data dirs on the host (STRATUS_COMPOSE_DATA, default /var/lib/stratus-compose).
-# Images are kept (remove stratus/agent and stratus/busybox with `docker rmi` if wanted).
+# Removes the compose cluster (docker-compose.yml) and everything it made: the agent and
+# ingress containers, the app containers the agents started (label stratus.app, on the
+# stratus-compose network), the network, the S3 server and its volume (the bucket's data)
+# if the s3 profile ran, and the members' data dirs on the host (STRATUS_COMPOSE_DATA,
+# default /var/lib/stratus-compose). Images are kept (remove stratus/agent,
+# stratus/s3s-fs and stratus/busybox with `docker rmi` if wanted).
 #
 # Usage: scripts/compose-down.sh
+# Reads the same variables as compose-up.sh (STRATUS_COMPOSE_NETWORK, COMPOSE_PROJECT_NAME...).
 # Containers of another Stratus cluster on the same Docker daemon are left alone.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=compose-lib.sh
@@ -13,7 +15,7 @@ source "$(dirname "$0")/compose-lib.sh"
 
 case "${1:-}" in
   "") ;;
-  -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+  -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
   *) echo "unknown argument: $1" >&2; exit 2 ;;
 esac
 

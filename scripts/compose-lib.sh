@@ -1,10 +1,14 @@
 # shellcheck shell=bash disable=SC2034
-# Shared by scripts/compose-up.sh and scripts/compose-down.sh (sourced, not run).
+# Shared by scripts/compose-up.sh and scripts/compose-down.sh (sourced, not run). Reads the
+# variables docker-compose.yml reads (STRATUS_COMPOSE_NETWORK, _API, _INGRESS...), so both
+# scripts drive a second cluster beside the first just as compose does.
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # The network docker-compose.yml names; app containers join it.
-network=stratus-compose
+network=${STRATUS_COMPOSE_NETWORK:-stratus-compose}
 nodes=(node-1 node-2 node-3)
+# Every member: the agents and the ingress.
+members=("${nodes[@]}" ingress)
 
 command -v docker >/dev/null || { echo "docker not found: install Docker Engine first" >&2; exit 1; }
 
@@ -18,6 +22,25 @@ else
   exit 1
 fi
 compose+=(--project-directory "$root" -f "$root/docker-compose.yml")
+
+# The agents and the ingress keep their bundles in the s3 profile's server from here on
+# (docker-compose.s3.yml on top, and the profile enabled).
+use_s3() {
+  compose+=(-f "$root/docker-compose.s3.yml" --profile s3)
+}
+
+# http://HOST:PORT on this machine for a published address as compose reads it
+# (HOST:PORT, or PORT alone for every interface).
+host_url() {
+  local addr=$1 host port
+  port=${addr##*:}
+  host=${addr%"$port"}
+  host=${host%:}
+  [[ -z $host || $host == 0.0.0.0 ]] && host=127.0.0.1
+  echo "http://$host:$port"
+}
+api=$(host_url "${STRATUS_COMPOSE_API:-127.0.0.1:7070}")
+ingress=$(host_url "${STRATUS_COMPOSE_INGRESS:-127.0.0.1:8080}")
 
 # The file after interpolation of the environment and .env: the one source of truth for the
 # data dirs and the token.

@@ -3,7 +3,8 @@
 # trying `stratus agent --store s3://...` by hand: s3s-fs, a real S3 server over plain
 # files, from crates.io. Prints the endpoint on stdout; everything else goes to stderr.
 #
-#   scripts/start-s3.sh           start it (installing s3s-fs into ~/.cargo/bin on first use)
+#   scripts/start-s3.sh           start it (installing s3s-fs into ~/.cargo/bin on first use,
+#                                 by scripts/s3s-fs-bin.sh)
 #   scripts/start-s3.sh --stop    stop the server this script started and delete its data
 #
 # Idempotent: when the endpoint already answers it does nothing but print it. Concurrent
@@ -15,8 +16,6 @@
 # The first install compiles s3s-fs (several minutes on 2 cores); later runs start at once.
 set -euo pipefail
 
-# The newest s3s-fs that builds with our rustc 1.95: 0.15 and later need Rust 1.96.
-S3S_FS_VERSION=0.14.1
 ACCESS_KEY=stratus-test
 SECRET_KEY=stratus-test-secret
 
@@ -73,22 +72,8 @@ if answers; then
   exit 0
 fi
 
-bin="$(command -v s3s-fs || true)"
-if [[ -z "$bin" ]]; then
-  bin="${CARGO_HOME:-$HOME/.cargo}/bin/s3s-fs"
-fi
-if [[ ! -x "$bin" ]]; then
-  command -v cargo >/dev/null || { echo "cargo not found: install Rust to build s3s-fs" >&2; exit 1; }
-  echo "installing s3s-fs $S3S_FS_VERSION from crates.io (first use only; takes minutes)..." >&2
-  # A target folder of its own: CARGO_TARGET_DIR may point at a build that a running
-  # `cargo test` holds locked, and the install would wait for it forever.
-  build="$(mktemp -d)"
-  trap 'rm -rf "$build"' EXIT
-  started=$SECONDS
-  cargo install s3s-fs --version "$S3S_FS_VERSION" --features binary --locked \
-    --target-dir "$build" >&2
-  echo "installed s3s-fs in $((SECONDS - started)) s" >&2
-fi
+# The lock is not passed on: the install takes a lock of its own.
+bin="$(bash "$(dirname "$0")/s3s-fs-bin.sh" 9>&-)"
 
 mkdir -p "$dir/data"
 # setsid: the server outlives this script and the test that ran it, and is not killed

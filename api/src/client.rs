@@ -5,15 +5,23 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use crate::checksum::{Checksum, Sha256Stream};
+use crate::node_auth::{CONTENT_SHA256, CallParts, EMPTY_SHA256, NodeSigner, sha256_hex};
 use futures_util::{Stream, StreamExt, TryStreamExt};
 use proto::api::BuildRequest;
 use proto::api::{
     AppView, AppsResponse, BuildsResponse, ChangeAccepted, DeployAccepted, DeployProgress,
-    DrainReply, ErrorBody, HealthResponse, NodesResponse, PlacementReply, PlacementRequest,
-    ReleasesResponse, RollbackRequest, ScaleRequest, StopRequest,
+    DrainReply, ErrorBody, HealthResponse, NodeUsageReply, NodesResponse, PlacementReply,
+    PlacementRequest, ReleasesResponse, ReplicasResponse, RollbackRequest, ScaleRequest,
+    StopRequest,
+};
+use proto::api::{
+    AuditRecord, AuditResponse, ConfigChange, ConfigView, CreateTenantRequest, CreateTokenRequest,
+    ReserveQuota, TenantView, TenantsResponse, TokenCreated, TokenView, TokensResponse, WhoAmI,
 };
 use proto::build::BuildEvent;
 use proto::catalog::AppRecord;
+use proto::events::EventLine;
+use proto::tenancy::{Quota, TenancyRecord};
 use serde::de::DeserializeOwned;
 use tokio::io::AsyncWriteExt;
 use tokio_util::codec::{Decoder, FramedRead, LinesCodec, LinesCodecError};
@@ -42,8 +50,12 @@ pub enum ClientError {
         #[source]
         source: reqwest::Error,
     },
-    #[error("invalid API URL {0:?}: write http://host:port")]
+    #[error("invalid API URL {0:?}: write http://host:port or https://host:port")]
     BadUrl(String),
+    #[error("invalid CA certificate {path}: {reason}")]
+    BadCa { path: String, reason: String },
+    #[error("cannot sign the call to {url}: its body is streamed and its digest unknown")]
+    Unsigned { url: String },
     #[error("{0:?} cannot be part of an API path: use a valid app, node or replica name")]
     BadName(String),
     #[error("{url} did not finish answering within {} s: the node is stuck or too slow", .after.as_secs_f32())]
@@ -75,6 +87,14 @@ impl ClientError {
     pub fn status(&self) -> Option<u16> {
         match self {
             ClientError::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// What the server said went wrong, if it answered with an API error.
+    pub fn detail(&self) -> Option<String> {
+        match self {
+            ClientError::Api { detail, .. } => Some(detail.clone()),
             _ => None,
         }
     }
@@ -132,13 +152,49 @@ pub struct Client {
     base: String,
     base_url: Url,
     token: Option<String>,
+    /// Agents calling agents sign each call instead of sending a token.
+    signer: Option<NodeSigner>,
     http: reqwest::Client,
     deadlines: Deadlines,
+}
+
+/// The HTTP client under [`Client`]: the web's roots, plus the CA certificates in `ca_pem`
+/// (PEM, one or more) for agents whose certificates a private CA signed. Build it once and
+/// share it ([`Client::with_http`]): it holds the connection pool and the parsed roots.
+pub fn http_client(ca_pem: Option<(&str, &[u8])>) -> Result<reqwest::Client, ClientError> {
+    let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(3));
+    if let Some((path, pem)) = ca_pem {
+        let bad = |reason: String| ClientError::BadCa {
+            path: path.to_string(),
+            reason,
+        };
+        let certificates =
+            reqwest::Certificate::from_pem_bundle(pem).map_err(|err| bad(err.to_string()))?;
+        if certificates.is_empty() {
+            return Err(bad("no certificate in it".into()));
+        }
+        for certificate in certificates {
+            builder = builder.add_root_certificate(certificate);
+        }
+    }
+    builder.build().map_err(|err| ClientError::BadCa {
+        path: ca_pem.map_or("(none)", |(path, _)| path).to_string(),
+        reason: err.to_string(),
+    })
 }
 
 impl Client {
     /// `base` is like `http://127.0.0.1:7070`; a bare `host:port` is accepted too.
     pub fn new(base: &str) -> Result<Client, ClientError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(3))
+            .build()
+            .map_err(|_| ClientError::BadUrl(base.to_string()))?;
+        Client::with_http(base, http)
+    }
+
+    /// A client for `base` over `http` (see [`http_client`]).
+    pub fn with_http(base: &str, http: reqwest::Client) -> Result<Client, ClientError> {
         let base = base.trim().trim_end_matches('/');
         if base.is_empty() {
             return Err(ClientError::BadUrl(base.to_string()));
@@ -156,14 +212,11 @@ impl Client {
         {
             return Err(ClientError::BadUrl(base));
         }
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(3))
-            .build()
-            .map_err(|_| ClientError::BadUrl(base.clone()))?;
         Ok(Client {
             base,
             base_url,
             token: None,
+            signer: None,
             http,
             deadlines: DEADLINES,
         })
@@ -172,6 +225,12 @@ impl Client {
     /// Sends `token` as a bearer token with every request.
     pub fn with_token(mut self, token: Option<String>) -> Client {
         self.token = token.filter(|token| !token.is_empty());
+        self
+    }
+
+    /// Signs every call as a node of the cluster ([`crate::node_auth`]).
+    pub fn with_signer(mut self, signer: NodeSigner) -> Client {
+        self.signer = Some(signer);
         self
     }
 
@@ -330,6 +389,67 @@ impl Client {
         })
     }
 
+    /// `GET /v1/events` as NDJSON: the kept events after `query.since`, then (unless
+    /// `follow` is false) each new one and heartbeats. A `gone` line ends the stream.
+    pub async fn events(
+        &self,
+        query: &crate::EventQuery,
+    ) -> Result<Pin<Box<dyn Stream<Item = Result<EventLine, ClientError>> + Send>>, ClientError>
+    {
+        let mut pairs = Vec::new();
+        if let Some(since) = query.since {
+            pairs.push(("since", since.to_string()));
+        }
+        if let Some(topic) = query.topic {
+            pairs.push(("topic", topic.to_string()));
+        }
+        if let Some(app) = &query.app {
+            pairs.push(("app", app.clone()));
+        }
+        if let Some(follow) = query.follow {
+            pairs.push(("follow", follow.to_string()));
+        }
+        let url = self.url(&["v1", "events"], &pairs)?;
+        let shown = url.to_string();
+        let request = self
+            .request(reqwest::Method::GET, url)
+            .header(reqwest::header::ACCEPT, NDJSON);
+        let response = self.check_within(&shown, request).await?;
+        Ok(ndjson::<EventLine>(response, shown))
+    }
+
+    /// `GET /v1/apps/{app}`, and the index of the newest event about it; with `index`, a
+    /// blocking read that answers when the app changes after it or `wait` passes.
+    pub async fn app_after(
+        &self,
+        name: &str,
+        index: Option<u64>,
+        wait: Duration,
+    ) -> Result<(AppView, u64), ClientError> {
+        let mut query = Vec::new();
+        if let Some(index) = index {
+            query.push(("index", index.to_string()));
+            query.push(("wait", format!("{}ms", wait.as_millis())));
+        }
+        let url = self.url(&["v1", "apps", name], &query)?;
+        let shown = url.to_string();
+        let request = self
+            .request(reqwest::Method::GET, url)
+            .timeout(self.deadlines.json + wait);
+        let response = self.check(shown.clone(), request).await?;
+        let index = response
+            .headers()
+            .get("x-stratus-index")
+            .and_then(|value| value.to_str().ok())
+            .and_then(|text| text.parse().ok())
+            .unwrap_or(0);
+        let view = response
+            .json()
+            .await
+            .map_err(|source| ClientError::Decode { url: shown, source })?;
+        Ok((view, index))
+    }
+
     /// An app's last builds, newest first.
     pub async fn builds(&self, app: &str) -> Result<BuildsResponse, ClientError> {
         self.send(self.call(reqwest::Method::GET, &["v1", "apps", app, "builds"], &[])?)
@@ -372,6 +492,8 @@ impl Client {
                 self.url(&["v1", "blobs", sha256], &[])?,
             )
             .timeout(deadline)
+            // The body is streamed: the call signs the digest the peer checks it against.
+            .header(CONTENT_SHA256, sha256)
             .body(body);
         match self.send::<serde_json::Value>(request).await {
             Ok(_) => Ok(()),
@@ -524,6 +646,19 @@ impl Client {
         self.text_lines(self.url(&path, &query)?).await
     }
 
+    /// Every replica of `app` with its uptime, restarts and what it uses (`stratus ps`).
+    pub async fn replicas(&self, app: &str) -> Result<ReplicasResponse, ClientError> {
+        self.send(self.call(reqwest::Method::GET, &["v1", "apps", app, "replicas"], &[])?)
+            .await
+    }
+
+    /// Node-to-node: what the replicas of `app` on that node use.
+    pub async fn replica_usage(&self, app: &str) -> Result<NodeUsageReply, ClientError> {
+        let path = ["v1", "internal", "apps", app, "usage"];
+        self.send(self.call(reqwest::Method::GET, &path, &[])?)
+            .await
+    }
+
     /// A log stream whose break can only be told in-band: it becomes a last line.
     async fn text_lines(&self, url: Url) -> Result<TextLines, ClientError> {
         let lines = self.log_lines(url).await?;
@@ -563,6 +698,132 @@ impl Client {
                 futures_util::future::ready(go_on)
             });
         Ok(Box::pin(lines))
+    }
+
+    /// Node-to-node: asks the node to keep a tenant or token record.
+    pub async fn hold_tenancy(&self, record: &TenancyRecord) -> Result<(), ClientError> {
+        let request = self
+            .call(reqwest::Method::PUT, &["v1", "internal", "tenancy"], &[])?
+            .json(record);
+        let _: serde_json::Value = self.send(request).await?;
+        Ok(())
+    }
+
+    /// An app's config vars; values only with `show`.
+    pub async fn config(&self, app: &str, show: bool) -> Result<ConfigView, ClientError> {
+        let query = [("show", show.to_string())];
+        self.send(self.call(reqwest::Method::GET, &["v1", "apps", app, "config"], &query)?)
+            .await
+    }
+
+    /// Sets and unsets config vars in one new release.
+    pub async fn change_config(
+        &self,
+        app: &str,
+        change: &ConfigChange,
+    ) -> Result<ChangeAccepted, ClientError> {
+        let request = self
+            .call(reqwest::Method::PATCH, &["v1", "apps", app, "config"], &[])?
+            .json(change);
+        self.send(request).await
+    }
+
+    /// Node-to-node: asks a tenant's quota keeper to reserve quota for an app.
+    pub async fn reserve_quota(
+        &self,
+        tenant: &str,
+        reserve: &ReserveQuota,
+    ) -> Result<(), ClientError> {
+        let request = self
+            .call(
+                reqwest::Method::POST,
+                &["v1", "internal", "tenants", tenant, "reservations"],
+                &[],
+            )?
+            .json(reserve);
+        let _: serde_json::Value = self.send(request).await?;
+        Ok(())
+    }
+
+    /// Node-to-node: the peer's own audit records matching `query`.
+    pub async fn audit(&self, query: &crate::AuditQuery) -> Result<Vec<AuditRecord>, ClientError> {
+        self.send(self.call(
+            reqwest::Method::GET,
+            &["v1", "internal", "audit"],
+            &audit_params(query),
+        )?)
+        .await
+    }
+
+    /// Every live node's audit records matching `query`, oldest first.
+    pub async fn gather_audit(
+        &self,
+        query: &crate::AuditQuery,
+    ) -> Result<AuditResponse, ClientError> {
+        self.send(self.call(reqwest::Method::GET, &["v1", "audit"], &audit_params(query))?)
+            .await
+    }
+
+    /// Who the client's token is.
+    pub async fn whoami(&self) -> Result<WhoAmI, ClientError> {
+        self.send(self.call(reqwest::Method::GET, &["v1", "whoami"], &[])?)
+            .await
+    }
+
+    pub async fn tenants(&self) -> Result<TenantsResponse, ClientError> {
+        self.send(self.call(reqwest::Method::GET, &["v1", "tenants"], &[])?)
+            .await
+    }
+
+    pub async fn create_tenant(
+        &self,
+        tenant: &CreateTenantRequest,
+    ) -> Result<TenantView, ClientError> {
+        let request = self
+            .call(reqwest::Method::POST, &["v1", "tenants"], &[])?
+            .json(tenant);
+        self.send(request).await
+    }
+
+    pub async fn delete_tenant(&self, tenant: &str) -> Result<TenantView, ClientError> {
+        self.send(self.call(reqwest::Method::DELETE, &["v1", "tenants", tenant], &[])?)
+            .await
+    }
+
+    pub async fn set_quota(&self, tenant: &str, quota: &Quota) -> Result<TenantView, ClientError> {
+        let request = self
+            .call(
+                reqwest::Method::PUT,
+                &["v1", "tenants", tenant, "quota"],
+                &[],
+            )?
+            .json(quota);
+        self.send(request).await
+    }
+
+    /// Tokens of the caller's tenant (the administrator: of `tenant`, or all).
+    pub async fn tokens(&self, tenant: Option<&str>) -> Result<TokensResponse, ClientError> {
+        let query: Vec<(&str, String)> = tenant
+            .map(|tenant| ("tenant", tenant.to_string()))
+            .into_iter()
+            .collect();
+        self.send(self.call(reqwest::Method::GET, &["v1", "tokens"], &query)?)
+            .await
+    }
+
+    pub async fn create_token(
+        &self,
+        token: &CreateTokenRequest,
+    ) -> Result<TokenCreated, ClientError> {
+        let request = self
+            .call(reqwest::Method::POST, &["v1", "tokens"], &[])?
+            .json(token);
+        self.send(request).await
+    }
+
+    pub async fn revoke_token(&self, id: &str) -> Result<TokenView, ClientError> {
+        self.send(self.call(reqwest::Method::DELETE, &["v1", "tokens", id], &[])?)
+            .await
     }
 
     /// Node-to-node: asks the node to keep an app record.
@@ -661,12 +922,58 @@ impl Client {
             })?
     }
 
+    /// Signs `request` if this client is a node's.
+    fn sign(&self, url: &str, request: &mut reqwest::Request) -> Result<(), ClientError> {
+        let Some(signer) = &self.signer else {
+            return Ok(());
+        };
+        let unsigned = || ClientError::Unsigned {
+            url: url.to_string(),
+        };
+        let content_sha256 = match request
+            .headers()
+            .get(CONTENT_SHA256)
+            .and_then(|value| value.to_str().ok())
+        {
+            Some(digest) => digest.to_string(),
+            None => match request.body() {
+                None => EMPTY_SHA256.to_string(),
+                Some(body) => sha256_hex(body.as_bytes().ok_or_else(unsigned)?),
+            },
+        };
+        let target = request.url();
+        let host = target.host_str().ok_or_else(unsigned)?;
+        // As the Host header is written: the port only when it is not the scheme's default.
+        let authority = match target.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_string(),
+        };
+        let authorization = signer.sign(&CallParts {
+            method: request.method().as_str(),
+            authority: &authority,
+            path: target.path(),
+            query: target.query().unwrap_or(""),
+            content_sha256: &content_sha256,
+        });
+        let headers = request.headers_mut();
+        let value =
+            |text: &str| reqwest::header::HeaderValue::from_str(text).map_err(|_| unsigned());
+        headers.insert(reqwest::header::AUTHORIZATION, value(&authorization)?);
+        headers.insert(CONTENT_SHA256, value(&content_sha256)?);
+        Ok(())
+    }
+
     async fn check(
         &self,
         url: String,
         request: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, ClientError> {
-        let response = request.send().await.map_err(|source| {
+        let mut request = request.build().map_err(|source| ClientError::Unreachable {
+            url: url.clone(),
+            source,
+        })?;
+        self.sign(&url, &mut request)?;
+        let response = self.http.execute(request).await.map_err(|source| {
             if source.is_timeout() {
                 ClientError::Timeout {
                     url: url.clone(),
@@ -823,6 +1130,17 @@ async fn file_body(
         chunk
     });
     Ok((reqwest::Body::wrap_stream(stream), size))
+}
+
+fn audit_params(query: &crate::AuditQuery) -> Vec<(&'static str, String)> {
+    let mut params = Vec::new();
+    if let Some(tenant) = &query.tenant {
+        params.push(("tenant", tenant.clone()));
+    }
+    if let Some(since) = query.since_ms {
+        params.push(("since_ms", since.to_string()));
+    }
+    params
 }
 
 #[cfg(test)]

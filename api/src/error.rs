@@ -6,14 +6,18 @@
 //! failure is a 500 with its reason and a missing blob a 404.
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::http::StatusCode;
+use axum::http::header::RETRY_AFTER;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use proto::api::ErrorBody;
+
+use crate::node_auth::MacRefusal;
 
 /// What kind of failure an error is: the machine-friendly `error` field of [`ErrorBody`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorCode {
     Unauthorized,
+    Forbidden,
     NotFound,
     MethodNotAllowed,
     UnknownApp,
@@ -24,6 +28,10 @@ pub enum ErrorCode {
     InvalidManifest,
     BuildFailed,
     Conflict,
+    QuotaExceeded,
+    /// A resume point (`?since=`) this node no longer has.
+    Gone,
+    RateLimited,
     Unavailable,
     Timeout,
     Internal,
@@ -33,6 +41,7 @@ impl ErrorCode {
     pub fn status(self) -> StatusCode {
         match self {
             ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+            ErrorCode::Forbidden => StatusCode::FORBIDDEN,
             ErrorCode::NotFound | ErrorCode::UnknownApp | ErrorCode::UnknownBlob => {
                 StatusCode::NOT_FOUND
             }
@@ -42,7 +51,9 @@ impl ErrorCode {
             ErrorCode::InvalidBundle | ErrorCode::InvalidManifest | ErrorCode::BuildFailed => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
-            ErrorCode::Conflict => StatusCode::CONFLICT,
+            ErrorCode::Conflict | ErrorCode::QuotaExceeded => StatusCode::CONFLICT,
+            ErrorCode::Gone => StatusCode::GONE,
+            ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -52,6 +63,7 @@ impl ErrorCode {
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
             ErrorCode::NotFound => "not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::UnknownApp => "unknown_app",
@@ -62,6 +74,9 @@ impl ErrorCode {
             ErrorCode::InvalidManifest => "invalid_manifest",
             ErrorCode::BuildFailed => "build_failed",
             ErrorCode::Conflict => "conflict",
+            ErrorCode::QuotaExceeded => "quota_exceeded",
+            ErrorCode::Gone => "gone",
+            ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Timeout => "timeout",
             ErrorCode::Internal => "internal",
@@ -80,6 +95,26 @@ pub enum ApiError {
         "missing or wrong bearer token: pass --token or set STRATUS_API_TOKEN to the agent's --api-token"
     )]
     Unauthorized,
+    /// A token in the tenant format that opens nothing, and why (revoked, expired...).
+    #[error("{0}")]
+    TokenRefused(String),
+    /// A node call whose signature, time, nonce or body does not hold up.
+    #[error("node call refused: {0}")]
+    NodeCallRefused(MacRefusal),
+    /// More calls than `--api-rate-limit` lets through for this token (or address).
+    #[error(
+        "too many requests for this token: try again in {} s (the agents' --api-rate-limit)",
+        retry_after_secs(*.retry_after)
+    )]
+    RateLimited { retry_after: std::time::Duration },
+    /// A valid token without the role the call needs.
+    #[error(
+        "this call needs the {needed} role; the token has {role}: use a token with that role (`stratus whoami` shows yours)"
+    )]
+    Forbidden {
+        needed: &'static str,
+        role: &'static str,
+    },
     #[error("no route for {method} {path}: see the API reference in the README")]
     NotFound { method: String, path: String },
     #[error("{method} is not allowed on {path}")]
@@ -133,7 +168,12 @@ impl ApiError {
 
     pub fn error_code(&self) -> ErrorCode {
         match self {
-            ApiError::Unauthorized => ErrorCode::Unauthorized,
+            ApiError::Unauthorized | ApiError::TokenRefused(_) => ErrorCode::Unauthorized,
+            // A full replay cache says nothing about the caller: it may try again.
+            ApiError::NodeCallRefused(refusal) if refusal.is_busy() => ErrorCode::Unavailable,
+            ApiError::NodeCallRefused(_) => ErrorCode::Unauthorized,
+            ApiError::RateLimited { .. } => ErrorCode::RateLimited,
+            ApiError::Forbidden { .. } => ErrorCode::Forbidden,
             ApiError::NotFound { .. } => ErrorCode::NotFound,
             ApiError::MethodNotAllowed { .. } => ErrorCode::MethodNotAllowed,
             ApiError::UnknownApp(_) => ErrorCode::UnknownApp,
@@ -168,8 +208,22 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::warn!(status = status.as_u16(), error = %self, "API request failed");
         }
-        (status, axum::Json(self.body())).into_response()
+        let mut response = (status, axum::Json(self.body())).into_response();
+        if let ApiError::RateLimited { retry_after } = &self {
+            let headers = response.headers_mut();
+            headers.insert(
+                RETRY_AFTER,
+                HeaderValue::from(retry_after_secs(*retry_after)),
+            );
+            headers.insert(crate::rate_limit::REMAINING, HeaderValue::from(0u32));
+        }
+        response
     }
+}
+
+/// `Retry-After` counts whole seconds: round up, so a client that waits that long is let in.
+pub fn retry_after_secs(wait: std::time::Duration) -> u64 {
+    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
 }
 
 /// Malformed, wrongly typed or oversized JSON bodies.

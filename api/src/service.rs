@@ -1,5 +1,5 @@
-//! What the agent provides to the API, one trait per router: [`AppsService`] and
-//! [`NodesService`] answer users, [`BlobsService`] and [`InternalService`] answer peers.
+//! What the agent provides to the API, one trait per router: [`AppsService`],
+//! [`NodesService`] and [`TenancyService`] answer users, [`BlobsService`] and [`InternalService`] answer peers.
 //! Reads are answered from local state: every node answers every read from its own gossip
 //! view and catalog.
 
@@ -9,13 +9,18 @@ use std::path::PathBuf;
 use proto::api::BuildRequest;
 use proto::api::{
     AppView, AppsResponse, BuildsResponse, ChangeAccepted, DeployAccepted, DrainReply,
-    HealthResponse, NodesResponse, PlacementReply, PlacementRequest, ReleasesResponse,
-    RollbackRequest, ScaleRequest, StopRequest,
+    HealthResponse, NodeUsageReply, NodesResponse, PlacementReply, PlacementRequest,
+    ReleasesResponse, ReplicasResponse, RollbackRequest, ScaleRequest, StopRequest,
+};
+use proto::api::{
+    AuditRecord, AuditResponse, ConfigChange, ConfigView, CreateTenantRequest, CreateTokenRequest,
+    ReserveQuota, TenantView, TenantsResponse, TokenCreated, TokenView, TokensResponse,
 };
 use proto::catalog::AppRecord;
+use proto::tenancy::{Quota, TenancyRecord};
 use serde::Deserialize;
 
-use crate::caller::Authenticate;
+use crate::caller::{Authenticate, Principal};
 use crate::error::ApiError;
 use crate::upload::Upload;
 
@@ -27,58 +32,218 @@ pub type BuildEvents = tokio::sync::mpsc::UnboundedSender<proto::build::BuildEve
 
 /// Everything the routers need: the agent implements all of it.
 pub trait Service:
-    Authenticate + AppsService + NodesService + BlobsService + InternalService
+    Authenticate
+    + AppsService
+    + EventsService
+    + MetricsService
+    + NodesService
+    + TenancyService
+    + AuditService
+    + BlobsService
+    + InternalService
 {
 }
 
 impl<S> Service for S where
-    S: Authenticate + AppsService + NodesService + BlobsService + InternalService
+    S: Authenticate
+        + AppsService
+        + EventsService
+        + MetricsService
+        + NodesService
+        + TenancyService
+        + AuditService
+        + BlobsService
+        + InternalService
 {
 }
 
-/// `/v1/apps/...`: deploys, releases, scale, rollback, restart, logs.
+/// The audit log: what every mutating call leaves on the node that served it.
+pub trait AuditService: Send + Sync + 'static {
+    /// Keeps one record (stamped with the time and this node).
+    fn record_audit(&self, call: AuditedCall) -> impl Future<Output = ()> + Send;
+    /// Every live node's records matching `query`, oldest first.
+    fn gather_audit(&self, query: AuditQuery) -> impl Future<Output = AuditResponse> + Send;
+    /// This node's records matching `query` (a peer gathers them).
+    fn local_audit(
+        &self,
+        query: AuditQuery,
+    ) -> impl Future<Output = Result<Vec<AuditRecord>, ApiError>> + Send;
+}
+
+/// `/v1/tenants` and `/v1/tokens`. The routers have checked the caller's role; the
+/// service confines a tenant's admin to its own tenant.
+pub trait TenancyService: Send + Sync + 'static {
+    fn tenants(&self, caller: &Principal) -> impl Future<Output = TenantsResponse> + Send;
+    fn create_tenant(
+        &self,
+        caller: &Principal,
+        request: CreateTenantRequest,
+    ) -> impl Future<Output = Result<TenantView, ApiError>> + Send;
+    fn delete_tenant(
+        &self,
+        caller: &Principal,
+        tenant: &str,
+    ) -> impl Future<Output = Result<TenantView, ApiError>> + Send;
+    fn set_quota(
+        &self,
+        caller: &Principal,
+        tenant: &str,
+        quota: Quota,
+    ) -> impl Future<Output = Result<TenantView, ApiError>> + Send;
+    fn tokens(
+        &self,
+        caller: &Principal,
+        tenant: Option<&str>,
+    ) -> impl Future<Output = TokensResponse> + Send;
+    fn create_token(
+        &self,
+        caller: &Principal,
+        request: CreateTokenRequest,
+    ) -> impl Future<Output = Result<TokenCreated, ApiError>> + Send;
+    fn revoke_token(
+        &self,
+        caller: &Principal,
+        id: &str,
+    ) -> impl Future<Output = Result<TokenView, ApiError>> + Send;
+}
+
+/// `/v1/apps/...`: deploys, releases, scale, rollback, restart, logs. Every call gets its
+/// caller: another tenant's app must answer exactly as an absent one does.
 pub trait AppsService: Send + Sync + 'static {
-    fn apps(&self) -> impl Future<Output = AppsResponse> + Send;
-    fn app(&self, name: &str) -> impl Future<Output = Result<AppView, ApiError>> + Send;
-    fn destroy(&self, name: &str) -> impl Future<Output = Result<AppView, ApiError>> + Send;
+    fn apps(&self, caller: &Principal) -> impl Future<Output = AppsResponse> + Send;
+    fn app(
+        &self,
+        caller: &Principal,
+        name: &str,
+    ) -> impl Future<Output = Result<AppView, ApiError>> + Send;
+    fn destroy(
+        &self,
+        caller: &Principal,
+        name: &str,
+    ) -> impl Future<Output = Result<AppView, ApiError>> + Send;
     /// A zipped app folder for `app`, already on disk with its SHA-256; a build, if the app
     /// has one, reports to `events`.
     fn deploy(
         &self,
+        caller: &Principal,
         app: &str,
         upload: Upload,
         events: BuildEvents,
     ) -> impl Future<Output = Result<DeployAccepted, ApiError>> + Send;
     /// The last builds of `app`, newest first.
-    fn builds(&self, app: &str) -> impl Future<Output = Result<BuildsResponse, ApiError>> + Send;
+    fn builds(
+        &self,
+        caller: &Principal,
+        app: &str,
+    ) -> impl Future<Output = Result<BuildsResponse, ApiError>> + Send;
     /// The whole output of the build of release `release`.
     fn build_log(
         &self,
+        caller: &Principal,
         app: &str,
         release: u64,
     ) -> impl Future<Output = Result<LineStream, ApiError>> + Send;
     /// Releases of `app`, newest first.
     fn releases(
         &self,
+        caller: &Principal,
         app: &str,
     ) -> impl Future<Output = Result<ReleasesResponse, ApiError>> + Send;
     fn scale(
         &self,
+        caller: &Principal,
         app: &str,
         request: ScaleRequest,
     ) -> impl Future<Output = Result<ChangeAccepted, ApiError>> + Send;
     fn rollback(
         &self,
+        caller: &Principal,
         app: &str,
         request: RollbackRequest,
     ) -> impl Future<Output = Result<ChangeAccepted, ApiError>> + Send;
-    fn restart(&self, app: &str) -> impl Future<Output = Result<ChangeAccepted, ApiError>> + Send;
+    fn restart(
+        &self,
+        caller: &Principal,
+        app: &str,
+    ) -> impl Future<Output = Result<ChangeAccepted, ApiError>> + Send;
+    /// The config vars of `app`'s current release, values only if `show`.
+    fn config(
+        &self,
+        caller: &Principal,
+        app: &str,
+        show: bool,
+    ) -> impl Future<Output = Result<ConfigView, ApiError>> + Send;
+    /// Sets and unsets config vars: one new release.
+    fn change_config(
+        &self,
+        caller: &Principal,
+        app: &str,
+        change: ConfigChange,
+    ) -> impl Future<Output = Result<ChangeAccepted, ApiError>> + Send;
+    /// Every replica of `app` with its uptime, restarts and what it uses, asked of the
+    /// nodes that run them.
+    fn replicas(
+        &self,
+        caller: &Principal,
+        app: &str,
+    ) -> impl Future<Output = Result<ReplicasResponse, ApiError>> + Send;
     /// Output of every replica of `app`, each line prefixed with its replica.
     fn app_logs(
         &self,
+        caller: &Principal,
         app: &str,
         query: LogQuery,
     ) -> impl Future<Output = Result<LineStream, ApiError>> + Send;
+}
+
+/// Event lines streamed to the client as they come.
+pub type EventStream =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = proto::events::EventLine> + Send>>;
+
+/// `GET /v1/events` and the blocking app read: the cluster's changes as this node saw
+/// them.
+pub trait EventsService: Send + Sync + 'static {
+    /// The kept events after `query.since` that the caller may see, oldest first; with
+    /// `follow`, then each new one as it happens and a heartbeat after every `heartbeat`
+    /// of silence. A `since` this node no longer has is [`ApiError`] gone (410).
+    fn events(
+        &self,
+        caller: &Principal,
+        query: EventQuery,
+        heartbeat: std::time::Duration,
+    ) -> Result<EventStream, ApiError>;
+    /// The index of the newest event about `app`; with `index`, waits up to `wait` for
+    /// one newer than it first (Consul's blocking query).
+    fn app_index(
+        &self,
+        app: &str,
+        index: Option<u64>,
+        wait: std::time::Duration,
+    ) -> impl Future<Output = u64> + Send;
+}
+
+/// `GET /metrics`, and what the API layer reports of each request it answered.
+pub trait MetricsService: Send + Sync + 'static {
+    /// The agent's metrics in the Prometheus text format.
+    fn metrics(&self) -> impl Future<Output = String> + Send;
+    /// One request answered; `route` is the router's template (`/v1/apps/{app}`).
+    fn observe_request(&self, route: &str, method: &str, status: u16, elapsed: std::time::Duration);
+}
+
+/// `?since=&topic=&app=&follow=` of `GET /v1/events`.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct EventQuery {
+    /// Only events after this index (the `index` of the last event read); without it, every
+    /// event the node keeps.
+    pub since: Option<u64>,
+    /// Only events of this topic: `node`, `app`, `replica`, `build` or `ingress`.
+    #[param(value_type = Option<String>)]
+    pub topic: Option<proto::events::Topic>,
+    /// Only events about this app.
+    pub app: Option<String>,
+    /// Keep the stream open for new events (the default), or end after the kept ones.
+    pub follow: Option<bool>,
 }
 
 /// `/v1/health` and `/v1/nodes/...`.
@@ -109,6 +274,17 @@ pub trait BlobsService: Send + Sync + 'static {
 pub trait InternalService: Send + Sync + 'static {
     /// Keep (persist and publish) an app record.
     fn hold_record(&self, record: AppRecord) -> impl Future<Output = Result<(), ApiError>> + Send;
+    /// Keep (persist and publish) a tenant or token record.
+    fn hold_tenancy(
+        &self,
+        record: TenancyRecord,
+    ) -> impl Future<Output = Result<(), ApiError>> + Send;
+    /// Reserve quota for an app of `tenant` (this node is the tenant's quota keeper).
+    fn reserve_quota(
+        &self,
+        tenant: &str,
+        request: ReserveQuota,
+    ) -> impl Future<Output = Result<(), ApiError>> + Send;
     /// The next release number of `app`, reserved (this node is its keeper).
     fn reserve_release_number(
         &self,
@@ -147,6 +323,30 @@ pub trait InternalService: Send + Sync + 'static {
         app: &str,
         query: LogQuery,
     ) -> impl Future<Output = Result<LineStream, ApiError>> + Send;
+    /// What `app`'s replicas on this node use, and how long they have run.
+    fn replica_usage(&self, app: &str) -> impl Future<Output = NodeUsageReply> + Send;
+}
+
+/// `?tenant=&since=` of the audit read.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AuditQuery {
+    /// Only this tenant's records (a tenant's admin sees only its own anyway).
+    pub tenant: Option<String>,
+    /// Only records at or after this time, milliseconds since the Unix epoch.
+    pub since_ms: Option<u64>,
+}
+
+/// One audited call as the router saw it; the node adds the time and its own id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditedCall {
+    pub token_id: String,
+    pub token_name: Option<String>,
+    pub tenant: Option<String>,
+    pub action: String,
+    pub target: String,
+    pub status: u16,
+    pub source: String,
 }
 
 /// `?follow=true&tail=N&previous=true` of the log endpoints.

@@ -207,6 +207,30 @@ impl Balancer {
         admitted.then(|| self.slots[chosen].backend.group_key.clone())
     }
 
+    /// [`Balancer::pick`] and [`Balancer::on_start`] in one step: the backend for a request
+    /// at `now`, counted as outstanding, without looking up the id just picked (twice a
+    /// hashed lookup per request otherwise). The request must end with `on_end`.
+    pub fn start<R: Rng + ?Sized>(
+        &mut self,
+        now: Instant,
+        rng: &mut R,
+        exclude: &[BackendId],
+    ) -> Option<&Backend> {
+        let chosen = match self.config.strategy {
+            Strategy::PeakEwma => self.pick_p2c(now, rng, exclude)?,
+            Strategy::RoundRobin => self.pick_round_robin(now, exclude)?,
+        };
+        let admitted = self.slots[chosen].breaker.allow(now);
+        debug_assert!(admitted, "an available breaker admits");
+        self.collect_transitions(chosen);
+        if !admitted {
+            return None;
+        }
+        let slot = &mut self.slots[chosen];
+        slot.outstanding = slot.outstanding.saturating_add(1);
+        Some(&slot.backend)
+    }
+
     /// The request picked with `id` is on its way.
     pub fn on_start(&mut self, id: &BackendId) {
         if let Some(&i) = self.index.get(id) {
@@ -444,6 +468,33 @@ mod tests {
         }
         let stats: Vec<u32> = balancer.stats(t0).map(|s| s.outstanding).collect();
         assert_eq!(stats, vec![3, 3]);
+    }
+
+    #[test]
+    fn start_is_pick_then_on_start() {
+        let t0 = Instant::now();
+        for strategy in [Strategy::PeakEwma, Strategy::RoundRobin] {
+            let config = BalancerConfig {
+                strategy,
+                ..BalancerConfig::default()
+            };
+            let all = backends("web", &["a", "b", "c"]);
+            let mut picking = Balancer::new(config, &all);
+            let mut starting = Balancer::new(config, &all);
+            let (mut rng_pick, mut rng_start) =
+                (StdRng::seed_from_u64(7), StdRng::seed_from_u64(7));
+            let exclude = [id("web", "c")];
+            for _ in 0..20 {
+                let picked = picking.pick(t0, &mut rng_pick, &exclude).unwrap();
+                picking.on_start(&picked);
+                let started = starting.start(t0, &mut rng_start, &exclude).unwrap();
+                assert_eq!(started.group_key, picked);
+            }
+            let outstanding = |b: &Balancer| b.stats(t0).map(|s| s.outstanding).collect::<Vec<_>>();
+            assert_eq!(outstanding(&starting), outstanding(&picking));
+            let everything: Vec<BackendId> = all.iter().map(|b| b.group_key.clone()).collect();
+            assert!(starting.start(t0, &mut rng_start, &everything).is_none());
+        }
     }
 
     #[test]

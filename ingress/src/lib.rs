@@ -51,6 +51,7 @@ pub use proxy::{Proxy, ProxyConfig, RouteState};
 pub use retry::{RetryDecision, Timeouts};
 pub use routes::{Backend, BackendId, Lookup, RouteApp, RouteTable, diff};
 pub use server::{
-    BoundListeners, Ingress, IngressHandle, Listeners, Stop, TlsListener, build, build_bound, run,
+    BoundListeners, Ingress, IngressHandle, Listeners, Stop, TlsListener, build, build_bound,
+    build_reusing, run,
 };
 pub use tls::CertSpec;

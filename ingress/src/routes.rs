@@ -12,15 +12,19 @@
 //!   `/api/x`, not `/apix`);
 //! - only routable (running + healthy) replicas are backends, and only from the records the
 //!   caller passes (those of live nodes);
-//! - an app with no routable replica keeps its entry, so the proxy answers 503, not 404.
+//! - an app with no routable replica keeps its entry, so the proxy answers 503, not 404;
+//! - a domain belongs to one tenant: the tenant of the app with the oldest claim on it
+//!   (the record's claim stamp, the same on every node); other tenants' apps get no
+//!   route on it, so nobody can take another tenant's traffic by naming its domain.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use proto::ContainerRecord;
-use proto::catalog::AppRecord;
+use proto::catalog::{AppRecord, Stamp};
 use proto::routes::RouteFeed;
 
 /// The base domain apps answer under when none is configured: `web.localhost`.
@@ -90,6 +94,11 @@ pub struct RouteApp {
     pub domains: Vec<String>,
     /// Path prefixes the app serves on each of its hosts; empty: every path (`/`).
     pub path_prefixes: Vec<String>,
+    /// The app's tenant (`None`: the cluster administrator's).
+    pub tenant: Option<String>,
+    /// When the app claimed each of its domains; a domain without one counts as claimed
+    /// at the oldest possible time.
+    pub domain_claims: BTreeMap<String, Stamp>,
 }
 
 impl RouteApp {
@@ -99,6 +108,8 @@ impl RouteApp {
             name: name.into(),
             domains: Vec::new(),
             path_prefixes: Vec::new(),
+            tenant: None,
+            domain_claims: BTreeMap::new(),
         }
     }
 
@@ -116,7 +127,21 @@ impl RouteApp {
             path_prefixes: manifest
                 .map(|m| m.routes.iter().map(|route| route.path.clone()).collect())
                 .unwrap_or_default(),
+            tenant: record.tenant.clone(),
+            domain_claims: record.domain_claims.clone(),
         })
+    }
+
+    /// The app as `tenant`'s.
+    pub fn of_tenant(mut self, tenant: impl Into<String>) -> Self {
+        self.tenant = Some(tenant.into());
+        self
+    }
+
+    /// The app's claim on `domain` dates from `stamp`.
+    pub fn claimed(mut self, domain: &str, stamp: Stamp) -> Self {
+        self.domain_claims.insert(normalize_host(domain), stamp);
+        self
     }
 
     pub fn with_domains(mut self, domains: impl IntoIterator<Item = impl Into<String>>) -> Self {
@@ -143,6 +168,34 @@ pub struct RouteConflict {
     pub path_prefix: String,
     pub winner: String,
     pub loser: String,
+}
+
+/// The tenant each claimed domain belongs to: the one whose app claimed it first (ties
+/// broken by app name), so every ingress decides alike from the same records.
+fn domain_owners(apps: &[RouteApp]) -> BTreeMap<String, Option<String>> {
+    let oldest = Stamp {
+        wall_ms: 0,
+        counter: 0,
+        node_id: String::new(),
+    };
+    let mut first: BTreeMap<String, (&Stamp, &str, Option<&str>)> = BTreeMap::new();
+    for app in apps {
+        for domain in &app.domains {
+            let domain = normalize_host(domain);
+            let since = app.domain_claims.get(&domain).unwrap_or(&oldest);
+            let claim = (since, app.name.as_str(), app.tenant.as_deref());
+            match first.get(&domain) {
+                Some(known) if (known.0, known.1) <= (claim.0, claim.1) => {}
+                _ => {
+                    first.insert(domain, claim);
+                }
+            }
+        }
+    }
+    first
+        .into_iter()
+        .map(|(domain, (_, _, tenant))| (domain, tenant.map(str::to_string)))
+        .collect()
 }
 
 /// The answer to "where does this request go".
@@ -202,6 +255,8 @@ impl RouteTable {
         // flipping the flag so default-host claims sort first.
         let mut claims: BTreeMap<(String, String), BTreeSet<(bool, String)>> = BTreeMap::new();
         let mut backends: BTreeMap<String, Vec<Backend>> = BTreeMap::new();
+        let apps: Vec<RouteApp> = apps.collect();
+        let owners = domain_owners(&apps);
         for app in apps {
             let default_host = format!("{}.{base}", app.name.to_ascii_lowercase());
             let prefixes: BTreeSet<String> = if app.path_prefixes.is_empty() {
@@ -216,7 +271,8 @@ impl RouteTable {
                 app.domains
                     .iter()
                     .map(|d| (normalize_host(d), false))
-                    .filter(|(d, _)| !d.is_empty()),
+                    .filter(|(d, _)| !d.is_empty())
+                    .filter(|(d, _)| owners.get(d) == Some(&app.tenant)),
             );
             for (host, is_default) in hosts {
                 for prefix in &prefixes {
@@ -270,8 +326,8 @@ impl RouteTable {
     /// Where a request for `host` (a Host header or `:authority`, port allowed) and `path`
     /// (a query string is ignored) goes.
     pub fn lookup(&self, host: &str, path: &str) -> Lookup<'_> {
-        let host = normalize_host(host);
-        let Some(routes) = self.hosts.get(&host) else {
+        let host = normalized_host(host);
+        let Some(routes) = self.hosts.get(host.as_ref()) else {
             return Lookup::Unknown;
         };
         let path = path.split(['?', '#']).next().unwrap_or(path);
@@ -366,6 +422,12 @@ pub fn diff(old: &RouteTable, new: &RouteTable) -> RouteDiff {
 
 /// `Example.COM:8080` → `example.com`; `[::1]:80` → `[::1]`; `example.com.` → `example.com`.
 pub fn normalize_host(host: &str) -> String {
+    normalized_host(host).into_owned()
+}
+
+/// [`normalize_host`] without a copy when `host` is already normalized (the common case:
+/// a lowercase name without port), as each request's lookup needs it.
+fn normalized_host(host: &str) -> Cow<'_, str> {
     let host = host.trim();
     let without_port = if let Some(rest) = host.strip_prefix('[') {
         // IPv6 literal: keep the brackets, drop what follows `]`.
@@ -379,7 +441,12 @@ pub fn normalize_host(host: &str) -> String {
             _ => host,
         }
     };
-    without_port.trim_end_matches('.').to_ascii_lowercase()
+    let name = without_port.trim_end_matches('.');
+    if name.bytes().any(|byte| byte.is_ascii_uppercase()) {
+        Cow::Owned(name.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(name)
+    }
 }
 
 /// `api/` → `/api`; `` → `/`.
@@ -527,6 +594,7 @@ mod tests {
 
     fn app_record(name: &str, manifest: &str) -> AppRecord {
         AppRecord {
+            tenant: None,
             builds: Default::default(),
             name: name.into(),
             stamp: proto::catalog::Stamp {
@@ -536,6 +604,7 @@ mod tests {
             },
             deleted: false,
             release: Some(proto::catalog::Release {
+                config: None,
                 image: None,
                 number: 1,
                 bundle: proto::catalog::BlobRef {
@@ -549,6 +618,7 @@ mod tests {
             }),
             replicas: 1,
             failed: Default::default(),
+            domain_claims: Default::default(),
         }
     }
 
@@ -594,6 +664,50 @@ mod tests {
         assert_eq!(app_of(table.lookup("api.localhost", "/api/x")), Some("api"));
         assert_eq!(table.lookup("api.localhost", "/"), Lookup::Unknown);
         assert!(table.conflicts().is_empty());
+    }
+
+    fn stamp(wall_ms: u64) -> Stamp {
+        Stamp {
+            wall_ms,
+            counter: 0,
+            node_id: "n1".into(),
+        }
+    }
+
+    /// Tenant B naming tenant A's domain gets no route on it, whatever order the records
+    /// come in; B's app still answers on its own host, and A's apps still share paths.
+    #[test]
+    fn a_domain_belongs_to_the_tenant_that_claimed_it_first() {
+        let records = [
+            ("n1", record("a", "shop", 1, ContainerHealth::Healthy)),
+            ("n1", record("b", "thief", 2, ContainerHealth::Healthy)),
+            ("n1", record("c", "shop-api", 3, ContainerHealth::Healthy)),
+        ];
+        let apps = vec![
+            RouteApp::new("shop")
+                .with_domains(["shop.example.com"])
+                .of_tenant("a")
+                .claimed("shop.example.com", stamp(10)),
+            RouteApp::new("shop-api")
+                .with_domains(["shop.example.com"])
+                .with_path_prefixes(["/api"])
+                .of_tenant("a")
+                .claimed("shop.example.com", stamp(30)),
+            // Claimed later, and its name sorts first: still loses to the older claim.
+            RouteApp::new("thief")
+                .with_domains(["Shop.Example.com"])
+                .of_tenant("b")
+                .claimed("shop.example.com", stamp(20)),
+        ];
+        for order in [apps.clone(), apps.iter().rev().cloned().collect()] {
+            let table = table(order, &records);
+            assert_eq!(app_of(table.lookup("shop.example.com", "/")), Some("shop"));
+            assert_eq!(
+                app_of(table.lookup("shop.example.com", "/api/x")),
+                Some("shop-api")
+            );
+            assert_eq!(app_of(table.lookup("thief.localhost", "/")), Some("thief"));
+        }
     }
 
     fn record_for_missing_app() -> ContainerRecord {
@@ -723,6 +837,11 @@ mod tests {
         assert_eq!(normalize_host("[::1]:8080"), "[::1]");
         assert_eq!(normalize_host("[::1]"), "[::1]");
         assert_eq!(normalize_host("example.com."), "example.com");
+        assert!(matches!(
+            normalized_host("app.example.com:8080"),
+            Cow::Borrowed("app.example.com")
+        ));
+        assert!(matches!(normalized_host("App.example.com"), Cow::Owned(_)));
         assert_eq!(normalize_host(" a.b "), "a.b");
     }
 

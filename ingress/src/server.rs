@@ -165,6 +165,24 @@ pub fn build(
     )
 }
 
+/// As [`build`], without first checking that each address is free: for a process that
+/// holds its ports with `SO_REUSEPORT` sockets of its own until the servers bind them
+/// (`testbed bench ingress` does), which that check would take as taken.
+pub fn build_reusing(
+    listeners: &Listeners,
+    routes: Arc<RouteState>,
+    config: ProxyConfig,
+    threads: usize,
+) -> Result<Ingress, Error> {
+    assemble(
+        listeners,
+        routes,
+        config,
+        proxy_threads(listeners, threads),
+        None,
+    )
+}
+
 /// Listening sockets the caller has bound already (on port 0, say), handed to
 /// [`build_bound`]: no address is given up and bound again, so none can be taken meanwhile.
 #[derive(Debug)]
@@ -356,6 +374,9 @@ fn proxy_service(
     // HTTP/2 on the plain listener for clients that open with its preface; HTTP/1.1
     // clients are told apart by a peek and served as before.
     options.h2c = true;
+    // One header map per request instead of two (values and original case): the copy sent
+    // to the replica drops the case anyway (`Proxy::preserve_upstream_header_case`).
+    options.discard_h1_request_header_case = true;
     let mut service = pingora_proxy::ProxyServiceBuilder::new(
         &server.configuration,
         Proxy::new(routes, config.clone()),

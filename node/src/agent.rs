@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
+use crate::audit_log::AuditLog;
 use crate::build::builds::{BuildSettings, Builds};
 use crate::bundle::{BlobStore, Bundles, S3Store};
 use crate::cluster::generation::bump_generation;
@@ -30,8 +31,13 @@ use crate::config::{AgentConfig, RuntimeChoice};
 use crate::control::catalog_handle::CatalogHandle;
 use crate::control::hlc::unix_ms;
 use crate::control::{catalog_sync, reconciler_driver};
+use crate::dns::{self, DnsCounters, DnsListeners, DnsService, TenantSubnets, Zone};
+use crate::events;
+use crate::events::{EventsHandle, KEPT_EVENTS};
 use crate::handles::AgentHandles;
+use crate::metrics::AgentMetrics;
 use crate::operations::service::AgentService;
+use crate::tenancy::{self, TenancyHandle};
 use crate::workload::admission_control::AdmissionControl;
 use crate::workload::replica::Replicas;
 use crate::workload::runtime::{
@@ -66,6 +72,8 @@ pub enum AgentError {
     Runtime(String),
     #[error("cannot use the S3 store: {0}")]
     Store(String),
+    #[error("cannot serve the API over TLS: {0}")]
+    ApiTls(String),
     #[error(
         "the agent's {task} loop {how} while the node was running: stopping the node rather \
          than leave it half alive (restart it; the log above says why)"
@@ -76,10 +84,41 @@ pub enum AgentError {
     },
 }
 
+/// How this node calls its peers and checks their calls: signed with its cluster keys, and
+/// addressed to the API addresses it is known by (the advertised one and the bound one).
+fn peers_of(config: &AgentConfig) -> Result<Peers, AgentError> {
+    let mut authorities = vec![config.advertised_api_addr().to_string()];
+    if !config.api_addr.ip().is_unspecified() && config.api_addr != config.advertised_api_addr() {
+        authorities.push(config.api_addr.to_string());
+    }
+    let ca = match &config.api_tls_ca {
+        Some(path) => Some((
+            path.display().to_string(),
+            std::fs::read(path).map_err(|err| {
+                AgentError::ApiTls(format!(
+                    "cannot read --api-tls-ca {}: {err}",
+                    path.display()
+                ))
+            })?,
+        )),
+        None => None,
+    };
+    Peers::new(
+        config.keyring.as_ref(),
+        &config.cluster_id,
+        authorities,
+        ca.as_ref()
+            .map(|(path, pem)| (path.as_str(), pem.as_slice())),
+    )
+    .map_err(|err| AgentError::ApiTls(err.to_string()))
+}
+
 /// The sockets the agent serves on, bound by the caller.
 pub struct Listeners {
     /// The HTTP API. Its local address is what the node advertises (so port 0 works).
     pub api: TcpListener,
+    /// The DNS server's sockets, when the config has `--dns-addr`.
+    pub dns: Option<DnsListeners>,
 }
 
 /// The gossip transport, chosen by the caller: sealed UDP in production, chitchat's
@@ -130,11 +169,12 @@ pub async fn run_with_routes(
     shutdown: impl Future<Output = ()>,
     routes: Option<watch::Sender<Option<RouteFeed>>>,
 ) -> Result<(), AgentError> {
+    let Listeners {
+        api: api_listener,
+        dns: dns_listeners,
+    } = listeners;
     // The address actually bound, which differs from the config's with port 0.
-    config.api_addr = listeners
-        .api
-        .local_addr()
-        .map_err(AgentError::ApiListener)?;
+    config.api_addr = api_listener.local_addr().map_err(AgentError::ApiListener)?;
     let now_ms = unix_ms();
     let generation =
         bump_generation(&config.data_dir, now_ms).map_err(|source| AgentError::DataDir {
@@ -154,7 +194,8 @@ pub async fn run_with_routes(
     let resolver = SeedResolver::from_system();
     let mut initial_seeds = resolver.resolve(&config.seeds).await;
     initial_seeds.remove(&config.advertise_addr);
-    let (runtime, docker) = choose_runtime(&config).await?;
+    let tenant_subnets = Arc::new(TenantSubnets::new());
+    let (runtime, docker) = choose_runtime(&config, tenant_subnets.clone()).await?;
     let builds = Builds::new(
         docker,
         BuildSettings {
@@ -170,12 +211,14 @@ pub async fn run_with_routes(
         node_id: config.node_id.clone(),
         gossip_addr: config.advertise_addr,
         api_addr: config.advertised_api_addr(),
+        api_tls: config.api_tls.is_some(),
         ingress_addr: config.ingress_addr,
         version: VERSION.to_string(),
         labels: config.labels.clone(),
         started_at_ms: now_ms,
         runs_workloads: config.runs_workloads,
         builds: config.runs_workloads && builds.can_build(),
+        gvisor: config.runs_workloads && runtime.has_gvisor(),
     };
     let mut sampler = LoadSampler::new();
     let first_load = sampler.sample((0, 0));
@@ -211,6 +254,8 @@ pub async fn run_with_routes(
     info!(runtime = runtime.name(), "container runtime ready");
     let catalog = CatalogHandle::open(&config.data_dir.join("catalog.redb"), &config.node_id)
         .map_err(|err| AgentError::Catalog(err.to_string()))?;
+    let tenancy = TenancyHandle::open(&config.data_dir.join("tenancy.redb"))
+        .map_err(|err| AgentError::Catalog(err.to_string()))?;
     let blobs =
         BlobStore::open(&config.data_dir).map_err(|err| AgentError::Catalog(err.to_string()))?;
     let s3 = match &config.s3 {
@@ -235,21 +280,39 @@ pub async fn run_with_routes(
         u64::from(first_load.cpu_cores) * 1000,
         first_load.mem_total_bytes,
     );
+    admission.set_gvisor(identity.gvisor);
     if admission.is_draining() {
         info!(
             "this node was drained before it stopped: it stays drained (`stratus node undrain` ends it)"
         );
         membership.set_draining(true).await;
     }
+    let peers = peers_of(&config)?;
+    let api_tls = match &config.api_tls {
+        Some((cert, key)) => Some(
+            api::tls::load_server_config(cert, key)
+                .map_err(|err| AgentError::ApiTls(err.to_string()))?,
+        ),
+        None => None,
+    };
+    let dns_counters = config
+        .dns
+        .as_ref()
+        .map(|_| Arc::new(DnsCounters::default()));
     let agent = AgentHandles {
         membership: membership.clone(),
         gossip_stats: gossip.stats.clone(),
-        peers: Peers::new(config.keyring.clone(), &config.cluster_id),
+        peers,
         catalog: Arc::new(catalog),
+        tenancy: Arc::new(tenancy),
+        audit: Arc::new(AuditLog::new(&config.data_dir)),
+        events: Arc::new(EventsHandle::new(KEPT_EVENTS)),
+        metrics: Arc::new(AgentMetrics::new()),
         bundles: Arc::new(Bundles::new(&config.data_dir, blobs, s3)),
         admission: Arc::new(admission),
         replicas: Arc::new(Replicas::new(runtime)),
         builds: Arc::new(builds),
+        dns: dns_counters.clone(),
         config: Arc::new(config.clone()),
     };
 
@@ -287,6 +350,27 @@ pub async fn run_with_routes(
         ),
     );
     loops.spawn(
+        "tenancy sync",
+        tenancy::sync::run(
+            agent.tenancy.clone(),
+            membership.clone(),
+            config.node_id.clone(),
+            stop_rx.clone(),
+        ),
+    );
+    loops.spawn(
+        "events",
+        events::feed::run(
+            agent.events.clone(),
+            agent.metrics.clone(),
+            agent.catalog.clone(),
+            membership.clone(),
+            // Long enough for gossip to bring the peers and the catalog a node already had.
+            (config.gossip_interval * 10).max(Duration::from_secs(1)),
+            stop_rx.clone(),
+        ),
+    );
+    loops.spawn(
         "reconciler driver",
         reconciler_driver::run(agent.clone(), stop_rx.clone()),
     );
@@ -301,21 +385,46 @@ pub async fn run_with_routes(
             ),
         );
     }
-    let router = api::router(
-        Arc::new(AgentService::new(agent.clone())),
-        api::ApiConfig::new(
-            agent.bundles.uploads_dir().to_path_buf(),
-            config.max_upload_bytes,
-        ),
+    if let (Some(dns), Some(sockets)) = (&config.dns, dns_listeners) {
+        let empty = Zone::new(dns.zone.clone(), Default::default(), Default::default(), 0);
+        let (zones_tx, zones) = watch::channel(Arc::new(empty));
+        loops.spawn(
+            "DNS zone feed",
+            dns::zone_feed::zone_feed(
+                dns.zone.clone(),
+                agent.catalog.clone(),
+                membership.clone(),
+                zones_tx,
+                stop_rx.clone(),
+            ),
+        );
+        let service = DnsService {
+            zones,
+            askers: tenant_subnets,
+            recursor: dns.recursor,
+            counters: dns_counters.clone().unwrap_or_default(),
+        };
+        loops.spawn(
+            "DNS server",
+            dns::server::serve(sockets, Arc::new(service), stop_rx.clone()),
+        );
+    }
+    let mut api_config = api::ApiConfig::new(
+        agent.bundles.uploads_dir().to_path_buf(),
+        config.max_upload_bytes,
     );
+    api_config.rate_limit = config.api_rate_limit;
+    let router = api::router(Arc::new(AgentService::new(agent.clone())), api_config);
+    let serve_limits = api::ServeLimits {
+        max_connections_per_ip: config.api_max_connections_per_ip,
+        ..api::ServeLimits::default()
+    };
     let mut api_stop = stop_rx.clone();
     loops.spawn("API server", async move {
         let stopped = async move {
             let _ = api_stop.wait_for(|stop| *stop).await;
         };
-        if let Err(err) =
-            api::serve(listeners.api, router, api::ServeLimits::default(), stopped).await
-        {
+        if let Err(err) = api::serve(api_listener, router, serve_limits, api_tls, stopped).await {
             error!(error = %err, "the API server failed");
         }
     });
@@ -389,6 +498,7 @@ impl Supervised {
 /// also its client, which builds and image loads use.
 async fn choose_runtime(
     config: &AgentConfig,
+    tenant_subnets: Arc<TenantSubnets>,
 ) -> Result<(Arc<dyn RuntimeDriver>, Option<bollard::Docker>), AgentError> {
     let range = PortRange::new(config.port_range.0, config.port_range.1)
         .ok_or_else(|| AgentError::Runtime("invalid port range".into()))?;
@@ -420,10 +530,14 @@ async fn choose_runtime(
         RuntimeChoice::Docker => Ok(docker(
             DockerDriver::connect(docker_options)
                 .await
-                .map_err(|err| AgentError::Runtime(err.to_string()))?,
+                .map_err(|err| AgentError::Runtime(err.to_string()))?
+                .with_tenant_subnets(tenant_subnets)
+                .await,
         )),
         RuntimeChoice::Auto => match DockerDriver::connect(docker_options).await {
-            Ok(driver) if driver.is_available().await => Ok(docker(driver)),
+            Ok(driver) if driver.is_available().await => {
+                Ok(docker(driver.with_tenant_subnets(tenant_subnets).await))
+            }
             _ => {
                 warn!("docker does not answer: running apps as plain processes");
                 process()

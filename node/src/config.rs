@@ -88,6 +88,25 @@ pub struct AgentArgs {
     /// Largest bundle upload accepted, in bytes [default: 268435456 (256 MiB)]
     #[arg(long, env = "STRATUS_MAX_UPLOAD_BYTES")]
     pub max_upload_bytes: Option<u64>,
+    /// Serve the API over HTTPS with this PEM certificate chain (with --api-tls-key)
+    #[arg(long, env = "STRATUS_API_TLS_CERT")]
+    pub api_tls_cert: Option<PathBuf>,
+    /// The PEM private key of --api-tls-cert
+    #[arg(long, env = "STRATUS_API_TLS_KEY")]
+    pub api_tls_key: Option<PathBuf>,
+    /// PEM CA certificate(s) that peers' API certificates are checked against (calls to
+    /// peers that serve TLS) [default: the web's roots only]
+    #[arg(long, env = "STRATUS_API_TLS_CA")]
+    pub api_tls_ca: Option<PathBuf>,
+    /// Requests per second per token (or per address without one) on the user API; 0: no limit [default: 50]
+    #[arg(long, env = "STRATUS_API_RATE_LIMIT")]
+    pub api_rate_limit: Option<u32>,
+    /// Requests a token may make at once above --api-rate-limit [default: twice the limit]
+    #[arg(long, env = "STRATUS_API_RATE_BURST")]
+    pub api_rate_burst: Option<u32>,
+    /// Open API connections per client address; more are closed at once [default: 256]
+    #[arg(long, env = "STRATUS_API_MAX_CONNECTIONS_PER_IP")]
+    pub api_max_connections_per_ip: Option<usize>,
     /// How containers run: docker, process, or auto (docker when its socket answers) [default: auto]
     #[arg(long, env = "STRATUS_RUNTIME")]
     pub runtime: Option<String>,
@@ -160,6 +179,20 @@ pub struct AgentArgs {
     /// Host ports published for containers, as FIRST-LAST [default: 20000-29999]
     #[arg(long, env = "STRATUS_PORT_RANGE")]
     pub port_range: Option<String>,
+    /// Answer DNS (UDP and TCP) for apps and nodes here, from this node's view, e.g.
+    /// 127.0.0.1:8600 [default: off]
+    #[arg(long, env = "STRATUS_DNS_ADDR")]
+    pub dns_addr: Option<SocketAddr>,
+    /// The DNS domain apps and nodes are named under (APP.service.DOMAIN) [default: stratus]
+    #[arg(long, env = "STRATUS_DNS_DOMAIN")]
+    pub dns_domain: Option<String>,
+    /// TTL of every DNS answer, 0s to 5s [default: 0s: every lookup sees the current view]
+    #[arg(long, env = "STRATUS_DNS_TTL")]
+    pub dns_ttl: Option<String>,
+    /// Forward questions for names outside the domain to this server (ip:port); without
+    /// it they are refused [default: none]
+    #[arg(long, env = "STRATUS_DNS_RECURSOR")]
+    pub dns_recursor: Option<SocketAddr>,
 }
 
 /// The same settings, as read from a TOML file.
@@ -183,6 +216,12 @@ struct FileConfig {
     load_interval_secs: Option<u64>,
     api_token: Option<String>,
     max_upload_bytes: Option<u64>,
+    api_tls_cert: Option<PathBuf>,
+    api_tls_key: Option<PathBuf>,
+    api_tls_ca: Option<PathBuf>,
+    api_rate_limit: Option<u32>,
+    api_rate_burst: Option<u32>,
+    api_max_connections_per_ip: Option<usize>,
     runtime: Option<String>,
     docker_network: Option<String>,
     oci_runtime: Option<String>,
@@ -206,6 +245,10 @@ struct FileConfig {
     s3_region: Option<String>,
     s3_access_key: Option<String>,
     s3_secret_key: Option<String>,
+    dns_addr: Option<SocketAddr>,
+    dns_domain: Option<String>,
+    dns_ttl: Option<String>,
+    dns_recursor: Option<SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -250,6 +293,8 @@ pub enum ConfigError {
     S3WithoutStore(&'static str),
     #[error("{0}")]
     IngressTls(&'static str),
+    #[error("{0}")]
+    ApiTls(&'static str),
     #[error("invalid --build-timeout: {0}")]
     BuildTimeout(String),
     #[error("{0}")]
@@ -258,6 +303,51 @@ pub enum ConfigError {
     ImagePull(String),
     #[error("invalid --build-cache-size {0:?}: write a size such as 10GiB or 500MB")]
     BuildCacheSize(String),
+    #[error("invalid DNS setting: {0}")]
+    Dns(String),
+    #[error("--{0} is set but not --dns-addr: say where to answer DNS")]
+    DnsWithoutAddr(&'static str),
+}
+
+/// The DNS settings, or `None` without `--dns-addr` (the others need it).
+fn resolve_dns(
+    addr: Option<SocketAddr>,
+    domain: Option<String>,
+    ttl: Option<String>,
+    recursor: Option<SocketAddr>,
+) -> Result<Option<DnsConfig>, ConfigError> {
+    let Some(addr) = addr else {
+        for (set, flag) in [
+            (domain.is_some(), "dns-domain"),
+            (ttl.is_some(), "dns-ttl"),
+            (recursor.is_some(), "dns-recursor"),
+        ] {
+            if set {
+                return Err(ConfigError::DnsWithoutAddr(flag));
+            }
+        }
+        return Ok(None);
+    };
+    let ttl_secs = match ttl {
+        None => 0,
+        Some(text) => {
+            let ms = proto::manifest::parse_duration_ms(&text)
+                .map_err(|err| ConfigError::Dns(format!("--dns-ttl {text:?}: {err}")))?;
+            if ms % 1000 != 0 {
+                return Err(ConfigError::Dns(format!(
+                    "--dns-ttl {text:?}: DNS counts TTLs in whole seconds"
+                )));
+            }
+            u32::try_from(ms / 1000).unwrap_or(u32::MAX)
+        }
+    };
+    let zone = crate::dns::ZoneConfig::new(domain.as_deref().unwrap_or("stratus"), ttl_secs)
+        .map_err(ConfigError::Dns)?;
+    Ok(Some(DnsConfig {
+        addr,
+        zone,
+        recursor,
+    }))
 }
 
 /// Which runtime driver runs containers.
@@ -288,6 +378,13 @@ pub struct AgentConfig {
     pub load_interval: Duration,
     pub api_token: Option<String>,
     pub max_upload_bytes: u64,
+    /// The API's certificate chain and key (PEM files): it serves HTTPS.
+    pub api_tls: Option<(PathBuf, PathBuf)>,
+    /// The CA peers' API certificates are checked against.
+    pub api_tls_ca: Option<PathBuf>,
+    /// `None`: no limit.
+    pub api_rate_limit: Option<api::RateLimit>,
+    pub api_max_connections_per_ip: usize,
     pub runtime: RuntimeChoice,
     pub docker_network: Option<String>,
     pub oci_runtime: Option<String>,
@@ -314,6 +411,16 @@ pub struct AgentConfig {
     pub ingress_max_body_bytes: Option<u64>,
     /// `None`: bundles are stored on the nodes themselves.
     pub s3: Option<S3Config>,
+    /// `None`: this node answers no DNS.
+    pub dns: Option<DnsConfig>,
+}
+
+/// The DNS server's settings (`--dns-*`).
+#[derive(Debug, Clone)]
+pub struct DnsConfig {
+    pub addr: SocketAddr,
+    pub zone: crate::dns::ZoneConfig,
+    pub recursor: Option<SocketAddr>,
 }
 
 impl AgentConfig {
@@ -400,6 +507,18 @@ impl AgentConfig {
             args.s3_access_key.or(file.s3_access_key),
             args.s3_secret_key.or(file.s3_secret_key),
         )?;
+        let api_tls = match (
+            args.api_tls_cert.or(file.api_tls_cert),
+            args.api_tls_key.or(file.api_tls_key),
+        ) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => {
+                return Err(ConfigError::ApiTls(
+                    "--api-tls-cert and --api-tls-key go together: give both, or neither",
+                ));
+            }
+        };
         let ingress_tls = match (
             args.ingress_tls_addr.or(file.ingress_tls_addr),
             args.ingress_tls_cert
@@ -423,6 +542,12 @@ impl AgentConfig {
                 ));
             }
         };
+        let dns = resolve_dns(
+            args.dns_addr.or(file.dns_addr),
+            args.dns_domain.or(file.dns_domain),
+            args.dns_ttl.or(file.dns_ttl),
+            args.dns_recursor.or(file.dns_recursor),
+        )?;
         let build_timeout = match args.build_timeout.or(file.build_timeout) {
             None => Duration::from_secs(15 * 60),
             Some(text) => Duration::from_millis(
@@ -467,6 +592,19 @@ impl AgentConfig {
             ingress_max_body_bytes: args.ingress_max_body_bytes.or(file.ingress_max_body_bytes),
             s3,
             api_token: args.api_token.or(file.api_token).filter(|t| !t.is_empty()),
+            api_tls,
+            api_tls_ca: args.api_tls_ca.or(file.api_tls_ca),
+            api_rate_limit: api::RateLimit::new(
+                args.api_rate_limit
+                    .or(file.api_rate_limit)
+                    .unwrap_or(api::state::DEFAULT_RATE_PER_SECOND),
+                args.api_rate_burst.or(file.api_rate_burst).unwrap_or(0),
+            ),
+            api_max_connections_per_ip: args
+                .api_max_connections_per_ip
+                .or(file.api_max_connections_per_ip)
+                .unwrap_or(api::ServeLimits::default().max_connections_per_ip)
+                .max(1),
             max_upload_bytes: args
                 .max_upload_bytes
                 .or(file.max_upload_bytes)
@@ -481,6 +619,7 @@ impl AgentConfig {
             port_range,
             runs_workloads: !(args.no_workloads || file.no_workloads.unwrap_or(false)),
             ingress_addr: args.ingress_addr.or(file.ingress_addr),
+            dns,
             base_domain: args
                 .base_domain
                 .or(file.base_domain)
@@ -640,6 +779,32 @@ mod tests {
             cluster_key: Some(vec![KEY.to_string()]),
             ..AgentArgs::default()
         }
+    }
+
+    #[test]
+    fn api_tls_takes_both_files_and_the_rate_limit_zero_is_off() {
+        let config = AgentConfig::resolve(args()).unwrap();
+        assert!(config.api_tls.is_none());
+        let limit = config.api_rate_limit.unwrap();
+        assert_eq!((limit.per_second.get(), limit.burst.get()), (50, 100));
+        assert_eq!(config.api_max_connections_per_ip, 256);
+
+        let only_cert = AgentArgs {
+            api_tls_cert: Some("cert.pem".into()),
+            ..args()
+        };
+        let err = AgentConfig::resolve(only_cert).unwrap_err();
+        assert!(err.to_string().contains("--api-tls-key"), "{err}");
+
+        let config = AgentConfig::resolve(AgentArgs {
+            api_tls_cert: Some("cert.pem".into()),
+            api_tls_key: Some("key.pem".into()),
+            api_rate_limit: Some(0),
+            ..args()
+        })
+        .unwrap();
+        assert_eq!(config.api_tls, Some(("cert.pem".into(), "key.pem".into())));
+        assert_eq!(config.api_rate_limit, None);
     }
 
     #[test]

@@ -11,7 +11,13 @@ use node::cluster::seal::ClusterKey;
 use node::config::{AgentArgs, AgentConfig};
 use rand::SeedableRng;
 
+mod config_commands;
+mod doc_commands;
+mod doctor_commands;
 mod embedded_ingress;
+mod event_commands;
+mod open_commands;
+mod tenancy_commands;
 
 #[derive(Parser)]
 #[command(
@@ -79,6 +85,33 @@ enum Command {
         target: Target,
         #[arg(long)]
         json: bool,
+    },
+    /// Show an app's replicas with their uptime, restarts, and the CPU and memory they use
+    Ps {
+        app: String,
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print an app's URL (its first domain, or APP.<base domain> on the ingress) and open
+    /// it in a browser
+    Open(open_commands::OpenArgs),
+    /// Check this host for what the agent needs (Docker, its ports, the cluster key, the
+    /// clock, disk space, the seeds), with the agent's own flags and STRATUS_* environment
+    Doctor(doctor_commands::DoctorArgs),
+    /// Print a completion script: `source <(stratus completions bash)`, or write it where
+    /// the shell looks (e.g. ~/.local/share/bash-completion/completions/stratus)
+    Completions {
+        /// bash, zsh, fish, elvish or powershell
+        shell: clap_complete::Shell,
+    },
+    /// Write a man page per command to --out (stratus.1, stratus-deploy.1, ...), or print
+    /// stratus(1)
+    Man {
+        /// Folder to write the pages to, e.g. /usr/local/share/man/man1
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Show an app's release and where every replica runs
     Status {
@@ -162,6 +195,59 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// An app's config vars: list (values hidden unless --show), set KEY=VALUE, unset KEY
+    Config(config_commands::ConfigArgs),
+    /// Manage tenants: create, list, delete, quota
+    Tenant {
+        #[command(subcommand)]
+        action: tenancy_commands::TenantAction,
+    },
+    /// Manage a tenant's API tokens: create, list, revoke
+    Token {
+        #[command(subcommand)]
+        action: tenancy_commands::TokenAction,
+    },
+    /// The mutating API calls (deploys, scales, config, tokens...) gathered from every live node
+    Audit {
+        /// Only this tenant's (a tenant's admin sees only its own)
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Only this recent, e.g. 1h or 30m
+        #[arg(long, value_parser = humantime::parse_duration)]
+        since: Option<Duration>,
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the cluster's events as the node sees them: nodes, deploys, rollouts, replicas,
+    /// builds and route changes
+    Events {
+        /// Keep printing new events as they happen
+        #[arg(short, long)]
+        follow: bool,
+        /// Only this app's events
+        #[arg(long)]
+        app: Option<String>,
+        /// Only events of this topic: node, app, replica, build or ingress
+        #[arg(long)]
+        topic: Option<proto::events::Topic>,
+        /// Only events after this index (the `index` of the last one seen, with --json)
+        #[arg(long)]
+        since: Option<u64>,
+        #[command(flatten)]
+        target: Target,
+        /// One JSON object per line
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the tenant, role and expiry of the token in use
+    Whoami {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -183,17 +269,30 @@ enum NodeAction {
 /// Which node to ask, and how to prove who we are.
 #[derive(clap::Args)]
 struct Target {
-    /// API of any node
+    /// API of any node: http://host:port, or https://host:port for agents with --api-tls-cert
     #[arg(long, env = "STRATUS_API", default_value = "http://127.0.0.1:7070")]
     api: String,
-    /// The agents' --api-token
+    /// The agents' --api-token (the cluster administrator) or a tenant's token
     #[arg(long, env = "STRATUS_API_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// PEM CA certificate that signed the agents' API certificates (https:// only) [default: the web's roots]
+    #[arg(long, env = "STRATUS_CA_CERT")]
+    ca_cert: Option<std::path::PathBuf>,
 }
 
 impl Target {
     fn client(&self) -> anyhow::Result<api::Client> {
-        Ok(api::Client::new(&self.api)?.with_token(self.token.clone()))
+        let ca = match &self.ca_cert {
+            Some(path) => Some((
+                path.display().to_string(),
+                std::fs::read(path)
+                    .with_context(|| format!("cannot read --ca-cert {}", path.display()))?,
+            )),
+            None => None,
+        };
+        let http =
+            api::client::http_client(ca.as_ref().map(|(path, pem)| (path.as_str(), &pem[..])))?;
+        Ok(api::Client::with_http(&self.api, http)?.with_token(self.token.clone()))
     }
 }
 
@@ -259,6 +358,26 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }),
+        Command::Ps { app, target, json } => runtime()?.block_on(async {
+            let replicas = target.client()?.replicas(&app).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&replicas)?);
+            } else {
+                println!("{}", node::cli::ps::replicas_table(&replicas));
+            }
+            Ok(())
+        }),
+        Command::Open(args) => runtime()?.block_on(open_commands::open(args)),
+        Command::Doctor(args) => {
+            let healthy = runtime()?.block_on(doctor_commands::doctor(args))?;
+            // The report said what failed; the exit code is for scripts.
+            if !healthy {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::Completions { shell } => doc_commands::completions(shell),
+        Command::Man { out } => doc_commands::man(out.as_deref()),
         Command::Status { app, target, json } => runtime()?.block_on(async {
             let view = target.client()?.app(&app).await?;
             if json {
@@ -359,6 +478,28 @@ fn main() -> anyhow::Result<()> {
             println!("{app} destroyed: its replicas are stopping on every node");
             Ok(())
         }),
+        Command::Config(args) => runtime()?.block_on(config_commands::run(args)),
+        Command::Tenant { action } => runtime()?.block_on(tenancy_commands::tenant(action)),
+        Command::Token { action } => runtime()?.block_on(tenancy_commands::token(action)),
+        Command::Audit {
+            tenant,
+            since,
+            target,
+            json,
+        } => runtime()?.block_on(tenancy_commands::audit(target, tenant, since, json)),
+        Command::Events {
+            follow,
+            app,
+            topic,
+            since,
+            target,
+            json,
+        } => runtime()?.block_on(event_commands::events(
+            target, follow, app, topic, since, json,
+        )),
+        Command::Whoami { target, json } => {
+            runtime()?.block_on(tenancy_commands::whoami(target, json))
+        }
     }
 }
 
@@ -370,7 +511,15 @@ fn run_agent(config: AgentConfig) -> anyhow::Result<()> {
         .block_on(tokio::net::TcpListener::bind(config.api_addr))
         .with_context(|| format!("cannot listen for the API on {}", config.api_addr))?;
     let gossip = node::agent::Gossip::sealed_udp(config.keyring.clone());
-    let listeners = node::agent::Listeners { api };
+    let dns = match &config.dns {
+        Some(dns) => Some(
+            runtime
+                .block_on(node::dns::DnsListeners::bind(dns.addr))
+                .with_context(|| format!("cannot listen for DNS on {} (UDP and TCP)", dns.addr))?,
+        ),
+        None => None,
+    };
+    let listeners = node::agent::Listeners { api, dns };
     let ingress = embedded_ingress::start(&config, &runtime)?;
     let (ingress, routes) = match ingress {
         Some((ingress, routes)) => (Some(ingress), Some(routes)),

@@ -12,6 +12,10 @@
 //! ports work through docker-proxy. The storage driver is the first of overlay2,
 //! fuse-overlayfs and vfs that starts (the host's daemon may need fuse-overlayfs).
 //!
+//! [`SandboxDockerd::start_with`] also gives the daemon extra OCI runtimes (its
+//! `daemon.json` `runtimes`), e.g. gVisor's `runsc` with `--platform=ptrace` for the gVisor
+//! tenant test.
+//!
 //! Dropping it removes its containers, stops the daemon (SIGTERM, SIGKILL after 10 s),
 //! unmounts what is left under its folder, deletes the bridge, the rules and the folder.
 //! A sandbox whose test process died without dropping it is cleaned up by the next
@@ -47,6 +51,42 @@ const STORAGE_DRIVERS: [&str; 3] = ["overlay2", "fuse-overlayfs", "vfs"];
 /// with it directly.
 static WORKING_DRIVER: OnceLock<&'static str> = OnceLock::new();
 
+/// An OCI runtime a sandbox daemon offers besides runc (`daemon.json` `runtimes`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxRuntime {
+    /// The name containers ask for (`HostConfig.Runtime`), e.g. `runsc`.
+    pub name: String,
+    /// The runtime's binary.
+    pub path: String,
+    /// Arguments the daemon passes it, e.g. `--platform=ptrace`.
+    pub args: Vec<String>,
+}
+
+impl SandboxRuntime {
+    /// gVisor's `runsc` from `PATH`, with the ptrace platform (no KVM needed), or why not.
+    ///
+    /// Also `--network=host`: the container's sockets are the host kernel's, inside the
+    /// network namespace Docker made for the container (still its own bridge address and
+    /// published ports). Debian's runsc (2022-12) tells the root namespace by the presence
+    /// of `/proc/sys/net/core/rmem_default`, which newer kernels have in every namespace,
+    /// so its own network stack refuses to start on them ("cannot run with network enabled
+    /// in root network namespace").
+    pub fn gvisor_ptrace() -> Result<SandboxRuntime, String> {
+        let path = output_text("sh", &["-c", "command -v runsc"])
+            .map(|text| text.trim().to_string())
+            .filter(|path| !path.is_empty())
+            .ok_or("runsc is not installed: run scripts/install-deps.sh (Debian's runsc)")?;
+        Ok(SandboxRuntime {
+            name: "runsc".to_string(),
+            path,
+            args: vec![
+                "--platform=ptrace".to_string(),
+                "--network=host".to_string(),
+            ],
+        })
+    }
+}
+
 /// A running sandboxed `dockerd`; dropping it stops it and removes all it made.
 #[derive(Debug)]
 pub struct SandboxDockerd {
@@ -64,6 +104,11 @@ impl SandboxDockerd {
     /// Starts a sandboxed daemon and waits until it answers (60 s at most). `name` is for
     /// people: it is written in the sandbox's folder and named in errors.
     pub fn start(name: &str) -> Result<SandboxDockerd, String> {
+        SandboxDockerd::start_with(name, &[])
+    }
+
+    /// As [`SandboxDockerd::start`], with `runtimes` besides runc.
+    pub fn start_with(name: &str, runtimes: &[SandboxRuntime]) -> Result<SandboxDockerd, String> {
         fs::create_dir_all(BASE).map_err(|err| format!("cannot create {BASE}: {err}"))?;
         let index = {
             // One process or thread at a time judges what is stale and takes an index.
@@ -85,7 +130,7 @@ impl SandboxDockerd {
         fs::write(sandbox.dir.join("name"), name).map_err(|err| context(err.to_string()))?;
         sandbox.create_bridge().map_err(context)?;
         sandbox.add_nat();
-        sandbox.write_config().map_err(context)?;
+        sandbox.write_config(runtimes).map_err(context)?;
         let drivers: Vec<&'static str> = match WORKING_DRIVER.get() {
             Some(driver) => vec![*driver],
             None => STORAGE_DRIVERS.to_vec(),
@@ -226,13 +271,10 @@ impl SandboxDockerd {
         }
     }
 
-    /// `{}` but for the host's MTU: a smaller link MTU (1400 here) with Docker's default
-    /// 1500 stalls TLS downloads inside containers.
-    fn write_config(&self) -> Result<(), String> {
-        let config = match host_mtu() {
-            Some(mtu) => serde_json::json!({ "mtu": mtu }),
-            None => serde_json::json!({}),
-        };
+    /// `{}` but for the host's MTU (a smaller link MTU, 1400 here, with Docker's default
+    /// 1500 stalls TLS downloads inside containers) and the extra runtimes.
+    fn write_config(&self, runtimes: &[SandboxRuntime]) -> Result<(), String> {
+        let config = daemon_config(host_mtu(), runtimes);
         fs::write(self.dir.join("daemon.json"), config.to_string())
             .map_err(|err| format!("cannot write daemon.json: {err}"))
     }
@@ -365,6 +407,27 @@ impl Drop for SandboxDockerd {
         let rules = std::mem::take(&mut self.rules);
         tear_down(self.index, &self.dir, self.bridge_created, &rules);
     }
+}
+
+/// The sandbox daemon's `daemon.json`.
+fn daemon_config(mtu: Option<u32>, runtimes: &[SandboxRuntime]) -> serde_json::Value {
+    let mut config = serde_json::Map::new();
+    if let Some(mtu) = mtu {
+        config.insert("mtu".into(), mtu.into());
+    }
+    if !runtimes.is_empty() {
+        let runtimes: serde_json::Map<String, serde_json::Value> = runtimes
+            .iter()
+            .map(|runtime| {
+                (
+                    runtime.name.clone(),
+                    serde_json::json!({ "path": runtime.path, "runtimeArgs": runtime.args }),
+                )
+            })
+            .collect();
+        config.insert("runtimes".into(), runtimes.into());
+    }
+    config.into()
 }
 
 enum StartFailure {
@@ -727,5 +790,22 @@ mod tests {
         let rules = nat_rules(7);
         assert_eq!(rules.len(), 3);
         assert!(rules.iter().all(|rule| rule.contains(&"stsb7".to_string())));
+    }
+
+    #[test]
+    fn extra_runtimes_go_into_the_daemon_config() {
+        assert_eq!(daemon_config(None, &[]), serde_json::json!({}));
+        let runsc = SandboxRuntime {
+            name: "runsc".into(),
+            path: "/usr/bin/runsc".into(),
+            args: vec!["--platform=ptrace".into()],
+        };
+        assert_eq!(
+            daemon_config(Some(1400), &[runsc]),
+            serde_json::json!({
+                "mtu": 1400,
+                "runtimes": { "runsc": { "path": "/usr/bin/runsc", "runtimeArgs": ["--platform=ptrace"] } }
+            })
+        );
     }
 }

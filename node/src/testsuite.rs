@@ -38,6 +38,9 @@ pub struct TestNode {
     pub gossip_addr: SocketAddr,
     /// A real listener on 127.0.0.1, port picked by the kernel.
     pub api_addr: SocketAddr,
+    /// Its DNS server (UDP and TCP), when its config has one: the config's address, with
+    /// the port the kernel picked for port 0.
+    pub dns_addr: Option<SocketAddr>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), AgentError>>>,
     /// What it was started with, for [`TestCluster::restart_node`].
@@ -48,9 +51,25 @@ pub struct TestNode {
 }
 
 impl TestNode {
-    /// A client with the user token.
+    /// A client with the user token; over https, trusting `--api-tls-ca`, for an agent
+    /// that serves TLS.
     pub fn client(&self) -> api::Client {
-        api::Client::new(&format!("http://{}", self.api_addr))
+        let client = match &self.config.api_tls {
+            None => api::Client::new(&format!("http://{}", self.api_addr)),
+            Some(_) => {
+                let ca = self.config.api_tls_ca.as_ref().map(|path| {
+                    let pem = std::fs::read(path).expect("the test wrote its CA");
+                    (path.display().to_string(), pem)
+                });
+                let http = api::client::http_client(
+                    ca.as_ref()
+                        .map(|(path, pem)| (path.as_str(), pem.as_slice())),
+                )
+                .expect("the test's CA is valid");
+                api::Client::with_http(&format!("https://{}", self.api_addr), http)
+            }
+        };
+        client
             .expect("a socket address is a valid API URL")
             .with_token(Some(USER_TOKEN.to_string()))
     }
@@ -222,12 +241,21 @@ impl TestCluster {
         let api_addr = api
             .local_addr()
             .map_err(|err| format!("no local address: {err}"))?;
+        let dns = match &config.dns {
+            Some(dns) => Some(
+                crate::dns::DnsListeners::bind(dns.addr)
+                    .await
+                    .map_err(|err| format!("cannot bind DNS on {}: {err}", dns.addr))?,
+            ),
+            None => None,
+        };
+        let dns_addr = dns.as_ref().and_then(|dns| dns.local_addr().ok());
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
         let gossip = Gossip::in_memory(self.transport.clone());
         let feeds_routes = routes.is_some();
         let task = tokio::spawn(crate::agent::run_with_routes(
             config.clone(),
-            Listeners { api },
+            Listeners { api, dns },
             gossip,
             async move {
                 let _ = shutdown_rx.await;
@@ -238,6 +266,7 @@ impl TestCluster {
             node_id,
             gossip_addr,
             api_addr,
+            dns_addr,
             shutdown: Some(shutdown_tx),
             task: Some(task),
             config,

@@ -59,6 +59,7 @@ fn spec(tag: &str) -> BuildSpec {
         tag: tag.into(),
         args: HashMap::new(),
         target: None,
+        cpu_millis: 1_000,
         memory_bytes: 256 << 20,
         timeout: Duration::from_secs(120),
         labels: HashMap::from([("stratus.test".to_string(), "build".to_string())]),

@@ -33,12 +33,14 @@ async fn member(
         node_id: id.into(),
         gossip_addr: addr,
         api_addr: SocketAddr::new(addr.ip(), 7070),
+        api_tls: false,
         ingress_addr: None,
         version: "test".into(),
         labels: Default::default(),
         started_at_ms: 0,
         runs_workloads: true,
         builds: false,
+        gvisor: false,
     };
     Membership::start(config, &identity, NodeLoad::default(), transport)
         .await

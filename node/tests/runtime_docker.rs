@@ -112,10 +112,13 @@ fn spec(placement: &str, node_id: &str, bundle_dir: &Path) -> ContainerSpec {
         cmd: "echo serving on $PORT; exec busybox httpd -f -p $PORT -h /app".into(),
         built: false,
         read_only_root: false,
+        user: None,
         port: 8080,
         env: BTreeMap::from([("GREETING".to_string(), "hello".to_string())]),
         cpu_millis: 500,
         memory_bytes: 64 << 20,
+        tenant: None,
+        isolation: Default::default(),
     }
 }
 
@@ -361,6 +364,39 @@ async fn cpu_and_memory_limits_are_applied() {
         .stop(&running.id, Duration::from_secs(5))
         .await
         .unwrap();
+}
+
+/// `stratus ps`'s figures: a container spinning a core under a quarter-core limit reads
+/// about a quarter core, and its memory under its limit.
+#[tokio::test]
+async fn usage_reads_what_a_container_uses_under_its_limits() {
+    if skip() {
+        return;
+    }
+    let placement = "rt-docker-usage";
+    let _cleanup = Cleanup::new(&[placement]);
+    let driver = driver("127.0.1.7", "node-usage").await;
+    let dir = bundle("busy\n");
+    let mut spec = spec(placement, "node-usage", dir.path());
+    spec.cpu_millis = 250;
+    spec.memory_bytes = 48 << 20;
+    spec.cmd = "while :; do :; done & exec busybox httpd -f -p $PORT -h /app".into();
+    let running = driver.start(&spec).await.unwrap();
+    // The first second of a container is its start: read once it has settled.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let usage = driver.usage(&running.id).await.unwrap();
+    let cpu = usage.cpu_millis.unwrap();
+    assert!((150..=300).contains(&cpu), "{usage:?}");
+    assert!(usage.memory_bytes.unwrap() > 0, "{usage:?}");
+    assert_eq!(usage.memory_limit_bytes, Some(48 << 20));
+    driver
+        .stop(&running.id, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(matches!(
+        driver.usage(&running.id).await,
+        Err(RuntimeError::NotFound { .. })
+    ));
 }
 
 /// With a network the container is not published; its address is its own IP on that

@@ -39,10 +39,13 @@ fn spec(placement: &str, bundle_dir: &Path, cmd: &str) -> ContainerSpec {
         cmd: cmd.to_string(),
         built: false,
         read_only_root: false,
+        user: None,
         port: 8080,
         env: BTreeMap::from([("GREETING".to_string(), "hello".to_string())]),
         cpu_millis: 0,
         memory_bytes: 0,
+        tenant: None,
+        isolation: Default::default(),
     }
 }
 

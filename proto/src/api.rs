@@ -29,6 +29,11 @@ pub struct HealthResponse {
     /// What `status` is made of. Absent from agents before it existed.
     #[serde(default)]
     pub checks: HealthChecks,
+    /// The node's wall clock when it answered, milliseconds since the Unix epoch:
+    /// `stratus doctor` compares it with its own to find skewed clocks. Absent from agents
+    /// before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_ms: Option<u64>,
 }
 
 /// The checks behind `GET /v1/health`.
@@ -66,6 +71,12 @@ pub struct GossipStats {
     pub dropped_malformed: u64,
     /// Messages too large to send even after fragmentation: dropped.
     pub dropped_oversize: u64,
+    /// Gossip rounds this node started that a peer answered (SYN to SYN-ACK).
+    #[serde(default)]
+    pub round_trips: u64,
+    /// Their total time, in microseconds: with `round_trips`, the mean round time.
+    #[serde(default)]
+    pub round_trip_micros_total: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -162,6 +173,57 @@ pub struct ReplicaView {
     pub health: crate::ContainerHealth,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// How long it has run, its restarts and what it uses. Only `GET /v1/apps/{app}/replicas`
+    /// fills it in (it asks each node that runs one); gossip does not carry it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<ReplicaUsage>,
+}
+
+/// What one replica uses and how long it has run, as the node that runs it tells.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ReplicaUsage {
+    /// When its current container (or process) started, milliseconds since the Unix epoch
+    /// by that node's clock; absent while it is not running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at_ms: Option<u64>,
+    /// How long it has run, measured on that node (so clock skew between nodes does not
+    /// enter into it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uptime_ms: Option<u64>,
+    /// Times the node started it again after it exited or its container vanished.
+    #[serde(default)]
+    pub restarts: u32,
+    /// CPU it uses now, in thousandths of a core (1000 is one core kept busy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_millis: Option<u64>,
+    /// Memory it uses now, in bytes (the page cache it could give back not counted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    /// The most memory it may use, in bytes; absent when unlimited (the process runtime).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_limit_bytes: Option<u64>,
+    /// Why part of this is missing: the node did not answer, the runtime had no figures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// `GET /v1/apps/{app}/replicas`: every replica with what it uses (`stratus ps`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ReplicasResponse {
+    pub app: String,
+    /// The node that answered and asked the others.
+    pub node_id: String,
+    pub replicas: Vec<ReplicaView>,
+}
+
+/// Node-to-node: what the replicas of one app that a node runs use, by placement id.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct NodeUsageReply {
+    pub node_id: String,
+    pub replicas: BTreeMap<String, ReplicaUsage>,
 }
 
 /// `GET /v1/apps/{app}`.
@@ -279,6 +341,12 @@ pub struct PlacementRequest {
     /// API addresses of nodes that hold the bundle.
     #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
     pub holders: Vec<SocketAddr>,
+    /// The app's tenant: its replicas join that tenant's network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// How the tenant's replicas must run; a node that cannot refuses the placement.
+    #[serde(default)]
+    pub isolation: crate::tenancy::Isolation,
 }
 
 /// Node-to-node answer to a placement.
@@ -330,4 +398,175 @@ pub struct BuildRequest {
     pub reason: String,
     /// The nodes to leave the image archive and the log with (the app's keepers).
     pub keepers: Vec<String>,
+}
+
+/// `GET /v1/whoami`: who the token is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct WhoAmI {
+    /// The cluster administrator (the agents' `--api-token`): every tenant.
+    pub admin: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    pub role: crate::tenancy::Role,
+    pub token_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at_ms: Option<u64>,
+}
+
+/// `POST /v1/tenants`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CreateTenantRequest {
+    pub name: String,
+    #[serde(default)]
+    pub isolation: crate::tenancy::Isolation,
+    #[serde(default)]
+    pub quota: crate::tenancy::Quota,
+}
+
+/// A tenant with what it uses of its quota.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TenantView {
+    pub name: String,
+    pub isolation: crate::tenancy::Isolation,
+    pub quota: crate::tenancy::Quota,
+    /// What its apps reserve now.
+    pub used: crate::tenancy::Usage,
+    pub created_at_ms: u64,
+}
+
+/// `GET /v1/tenants`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TenantsResponse {
+    pub tenants: Vec<TenantView>,
+}
+
+/// `POST /v1/tokens`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CreateTokenRequest {
+    pub tenant: String,
+    pub role: crate::tenancy::Role,
+    /// What the token is for ("ci", "laptop").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Lifetime in seconds; none: until revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in_secs: Option<u64>,
+}
+
+/// A token as listed: never its secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TokenView {
+    pub id: String,
+    pub tenant: String,
+    pub role: crate::tenancy::Role,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub created_at_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at_ms: Option<u64>,
+}
+
+impl From<&crate::tenancy::TokenRecord> for TokenView {
+    fn from(token: &crate::tenancy::TokenRecord) -> TokenView {
+        TokenView {
+            id: token.id.clone(),
+            tenant: token.tenant.clone(),
+            role: token.role,
+            name: token.name.clone(),
+            created_at_ms: token.created_at_ms,
+            expires_at_ms: token.expires_at_ms,
+            revoked_at_ms: token.revoked_at_ms,
+        }
+    }
+}
+
+/// `POST /v1/tokens` answer (201): the only time the whole token is shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TokenCreated {
+    /// `stratus_<id>_<secret>`: keep it; only a hash of the secret is stored.
+    pub token: String,
+    #[serde(flatten)]
+    pub view: TokenView,
+}
+
+/// `GET /v1/tokens`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TokensResponse {
+    pub tokens: Vec<TokenView>,
+}
+
+/// Node-to-node: reserve quota for one app of a tenant at the tenant's quota keeper.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ReserveQuota {
+    pub app: String,
+    /// Everything the app reserves after the change.
+    pub usage: crate::tenancy::Usage,
+}
+
+/// `GET /v1/apps/{app}/config`: the app's config var names, values only when asked with
+/// `?show=true` (deploy role).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ConfigView {
+    pub app: String,
+    /// The release the vars are those of.
+    pub release: u64,
+    /// Name to value; the value is `null` when hidden.
+    pub vars: BTreeMap<String, Option<String>>,
+}
+
+/// `PATCH /v1/apps/{app}/config`: one new release with these changes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ConfigChange {
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    #[serde(default)]
+    pub unset: Vec<String>,
+}
+
+/// One mutating API call, as the node that served it recorded it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AuditRecord {
+    pub at_ms: u64,
+    /// The node that served the call.
+    pub node: String,
+    /// `admin` for the cluster administrator's token; `none` when no valid token came.
+    pub token_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// Method and route, e.g. `POST /v1/apps/{app}/scale`.
+    pub action: String,
+    /// The path called, e.g. `/v1/apps/shop/scale`.
+    pub target: String,
+    /// The HTTP status answered.
+    pub status: u16,
+    /// The caller's address.
+    pub source: String,
+}
+
+/// `GET /v1/audit`: records from every live node, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AuditResponse {
+    pub records: Vec<AuditRecord>,
+    /// Live nodes that did not answer: their records are missing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreachable: Vec<String>,
 }

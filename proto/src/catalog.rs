@@ -39,6 +39,24 @@ pub struct Release {
     /// default image runs with the bundle mounted at `/app`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<ImageRef>,
+    /// The app's config vars (`stratus config set`), sealed with a key derived from the
+    /// cluster key: only agents of the cluster can read them. Carried over by every later
+    /// release until changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<SealedConfig>,
+}
+
+/// Config vars at rest and in gossip: an AEAD ciphertext of their JSON map, bound to the
+/// app's name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SealedConfig {
+    /// Fingerprint of the cluster key that sealed it.
+    pub key_id: String,
+    /// Hex.
+    pub nonce: String,
+    /// Base64.
+    pub ciphertext: String,
 }
 
 /// Everything the cluster must agree on about one app.
@@ -47,6 +65,10 @@ pub struct Release {
 pub struct AppRecord {
     pub name: String,
     pub stamp: Stamp,
+    /// The tenant that owns the app; `None`: the cluster administrator's own app. Set by
+    /// the first deploy and carried over by every later write.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
     /// A destroyed app stays as a tombstone so a node that was away learns it is gone.
     pub deleted: bool,
     /// The release that should run.
@@ -61,6 +83,11 @@ pub struct AppRecord {
     /// `failed`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub builds: BTreeMap<u64, BuildSummary>,
+    /// When the app first claimed each of its `domains` (lowercase): the oldest claim of a
+    /// domain wins it over other tenants' apps, on every ingress alike. Kept by every later
+    /// write while the domain stays in the manifest.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub domain_claims: BTreeMap<String, Stamp>,
 }
 
 impl AppRecord {

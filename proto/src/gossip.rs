@@ -13,11 +13,15 @@
 //! | `v1:container:{id}`      | [`ContainerRecord`] JSON       | on container change; deleted when it goes |
 //! | `v1:app:{name}`          | [`AppRecord`] JSON             | by the app's keepers (3 nodes), on change |
 //! | `v1:failure:{app}`       | [`RolloutFailure`] JSON        | by the app's scheduler when a release cannot be placed |
+//! | `v1:tenant:{name}`       | [`TenantRecord`] JSON          | by the tenant's keepers (3 nodes), on change |
+//! | `v1:token:{id}`          | [`TokenRecord`] JSON           | by the token's keepers (3 nodes), on change |
 //!
 //! [`NodeIdentity`]: crate::NodeIdentity
 //! [`NodeLoad`]: crate::NodeLoad
 //! [`ContainerRecord`]: crate::ContainerRecord
 //! [`AppRecord`]: crate::catalog::AppRecord
+//! [`TenantRecord`]: crate::tenancy::TenantRecord
+//! [`TokenRecord`]: crate::tenancy::TokenRecord
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -32,6 +36,18 @@ pub const DRAINING_KEY: &str = "v1:draining";
 pub const CONTAINER_KEY_PREFIX: &str = "v1:container:";
 pub const APP_KEY_PREFIX: &str = "v1:app:";
 pub const FAILURE_KEY_PREFIX: &str = "v1:failure:";
+pub const TENANT_KEY_PREFIX: &str = "v1:tenant:";
+pub const TOKEN_KEY_PREFIX: &str = "v1:token:";
+
+/// The key a tenant record is published under.
+pub fn tenant_key(tenant: &str) -> String {
+    format!("{TENANT_KEY_PREFIX}{tenant}")
+}
+
+/// The key a token record is published under.
+pub fn token_key(token_id: &str) -> String {
+    format!("{TOKEN_KEY_PREFIX}{token_id}")
+}
 
 /// Why a release of an app cannot run, published by the node that schedules it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

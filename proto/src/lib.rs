@@ -12,7 +12,9 @@
 //! - [`build`]: builders, built images, build records and the events a build streams;
 //! - [`catalog`]: app records and releases, last writer wins by hybrid logical clock;
 //! - [`manifest`]: `stratus.toml`, parsed and validated;
+//! - [`events`]: what `GET /v1/events` streams: the cluster's changes, as one node saw them;
 //! - [`routes`]: what an agent feeds the ingress embedded beside it;
+//! - [`tenancy`]: tenants, their tokens and roles, and the token text format;
 //! - [`api`]: request and response bodies of the HTTP API.
 //!
 //! With the `openapi` feature the API bodies derive `utoipa::ToSchema`, for the document
@@ -23,10 +25,12 @@ pub mod blob;
 pub mod build;
 pub mod catalog;
 pub mod container;
+pub mod events;
 pub mod gossip;
 pub mod manifest;
 pub mod node;
 pub mod routes;
+pub mod tenancy;
 
 pub use container::{ContainerHealth, ContainerRecord, ContainerState};
 pub use node::{NodeIdentity, NodeLoad};

@@ -58,9 +58,14 @@ pub struct Manifest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub release: Option<String>,
     /// The container's root filesystem is read-only, with a writable `/tmp` (opt-in: by
-    /// default it is writable and thrown away with the container).
+    /// default it is writable and thrown away with the container). `[security]
+    /// read_only_root`, or the older top-level `read_only_root`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub read_only_root: bool,
+    /// `[security] user`: the user the app runs as, `uid[:gid]` or a name the image knows;
+    /// `None`: the image's user (often root, with the capabilities Stratus leaves).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 /// `build = "python"`, or a `[build]` table with `builder`, `args`, `target`, `cpu` and
@@ -133,12 +138,15 @@ pub struct Resources {
     pub memory_bytes: u64,
 }
 
+/// What an app reserves, and is limited to, when its manifest says nothing.
+pub const DEFAULT_RESOURCES: Resources = Resources {
+    cpu_millis: 250,
+    memory_bytes: 128 << 20,
+};
+
 impl Default for Resources {
     fn default() -> Self {
-        Resources {
-            cpu_millis: 250,
-            memory_bytes: 128 << 20,
-        }
+        DEFAULT_RESOURCES
     }
 }
 
@@ -202,8 +210,17 @@ struct RawManifest {
     build: Option<RawBuild>,
     runtime: Option<String>,
     release: Option<String>,
+    /// Kept for manifests written before `[security]`.
+    read_only_root: Option<bool>,
     #[serde(default)]
-    read_only_root: bool,
+    security: RawSecurity,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSecurity {
+    read_only_root: Option<bool>,
+    user: Option<String>,
 }
 
 /// `build = "python"` or a `[build]` table.
@@ -491,6 +508,22 @@ impl Manifest {
                 );
             }
         }
+        let read_only_root = match (raw.read_only_root, raw.security.read_only_root) {
+            (Some(_), Some(_)) => {
+                fail(
+                    "read_only_root",
+                    "is given twice: keep `[security] read_only_root` and drop the top-level key"
+                        .into(),
+                );
+                false
+            }
+            (top, security) => top.or(security).unwrap_or(false),
+        };
+        if let Some(user) = &raw.security.user
+            && let Err(message) = validate_user(user)
+        {
+            fail("security.user", message);
+        }
         if !errors.is_empty() {
             return Err(ManifestErrors(errors));
         }
@@ -523,7 +556,8 @@ impl Manifest {
             build,
             runtime: raw.runtime,
             release,
-            read_only_root: raw.read_only_root,
+            read_only_root,
+            user: raw.security.user,
         })
     }
 }
@@ -580,6 +614,35 @@ fn build_settings(raw: Option<RawBuild>, fail: &mut impl FnMut(&str, String)) ->
         Some(Err(message)) => fail("build.memory", message),
     }
     settings
+}
+
+/// `[security] user`: `uid`, `uid:gid`, `name` or `name:group`, as Docker's `--user` takes
+/// them (names must exist in the image). Root is refused: leaving the key out means the
+/// image's user already.
+fn validate_user(user: &str) -> Result<(), String> {
+    let part_ok = |part: &str| {
+        !part.is_empty()
+            && part.len() <= 32
+            && part
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            && !part.starts_with('-')
+    };
+    let (name, group) = match user.split_once(':') {
+        Some((name, group)) => (name, Some(group)),
+        None => (user, None),
+    };
+    if !part_ok(name) || !group.is_none_or(part_ok) {
+        return Err(format!(
+            "{user:?} is not a user: write \"1000:1000\" (uid:gid) or a user name the image has"
+        ));
+    }
+    if name == "0" || name == "root" {
+        return Err(format!(
+            "{user:?} is root: give a non-root user such as \"1000:1000\", or leave `user` out"
+        ));
+    }
+    Ok(())
 }
 
 /// App names go into host names, container names and keys: lowercase DNS labels.
@@ -1154,6 +1217,46 @@ mod tests {
         let json = serde_json::to_string(&with_routes).unwrap();
         let back: Manifest = serde_json::from_str(&json).unwrap();
         assert_eq!(back, with_routes);
+    }
+
+    #[test]
+    fn security_takes_a_read_only_root_and_a_non_root_user() {
+        let secured = Manifest::parse(
+            "name = \"web\"\ncmd = \"x\"\n[security]\nread_only_root = true\nuser = \"1000:1000\"",
+            None,
+        )
+        .unwrap();
+        assert!(secured.read_only_root);
+        assert_eq!(secured.user.as_deref(), Some("1000:1000"));
+
+        let old =
+            Manifest::parse("name = \"web\"\ncmd = \"x\"\nread_only_root = true", None).unwrap();
+        assert!(old.read_only_root, "the top-level key still works");
+        assert_eq!(old.user, None);
+
+        let plain = Manifest::parse("name = \"web\"\ncmd = \"x\"", None).unwrap();
+        let json = serde_json::to_value(&plain).unwrap();
+        assert!(json.get("user").is_none(), "records read as before: {json}");
+
+        for (text, field) in [
+            (
+                "read_only_root = true\n[security]\nread_only_root = true",
+                "read_only_root",
+            ),
+            ("[security]\nuser = \"root\"", "security.user"),
+            ("[security]\nuser = \"0:0\"", "security.user"),
+            ("[security]\nuser = \"1000:\"", "security.user"),
+            ("[security]\nuser = \"a b\"", "security.user"),
+            ("[security]\nuser = \"-u\"", "security.user"),
+        ] {
+            let text = format!("name = \"web\"\ncmd = \"x\"\n{text}");
+            let errors = Manifest::parse(&text, None).unwrap_err();
+            assert_eq!(errors.0[0].field, field, "{text}");
+        }
+        assert!(
+            Manifest::parse("name = \"web\"\n[security]\nprivileged = true", None).is_err(),
+            "unknown security keys are refused"
+        );
     }
 
     #[test]

@@ -16,6 +16,10 @@ pub struct NodeIdentity {
     /// Address of this node's HTTP API.
     #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub api_addr: SocketAddr,
+    /// Whether the API at `api_addr` speaks HTTPS (`--api-tls-cert`): peers call it with
+    /// `https://`. Absent from nodes older than API TLS, which serve plain HTTP.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub api_tls: bool,
     /// Address of the ingress embedded in this node, if it runs one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
@@ -34,6 +38,10 @@ pub struct NodeIdentity {
     /// nodes older than builds, which cannot build.
     #[serde(default)]
     pub builds: bool,
+    /// Whether replicas of gVisor tenants may run here: its Docker daemon lists the
+    /// `runsc` runtime. Absent from older nodes, which have no gVisor support.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub gvisor: bool,
 }
 
 fn yes() -> bool {

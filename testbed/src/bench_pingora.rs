@@ -8,10 +8,13 @@ use std::net::SocketAddr;
 
 use async_trait::async_trait;
 use pingora_core::listeners::TcpSocketOptions;
+use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{RunArgs, Server};
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_proxy::{ProxyHttp, Session};
+
+use crate::bench_ingress::BenchTls;
 
 struct Bare {
     backend: SocketAddr,
@@ -32,8 +35,14 @@ impl ProxyHttp for Bare {
     }
 }
 
-/// Serves until the process is killed (the bench sends SIGTERM).
-pub fn serve(listen: SocketAddr, backend: SocketAddr, threads: usize) -> anyhow::Result<()> {
+/// Serves plain HTTP on `listen` and HTTPS on `tls`'s address if given (rustls, as the
+/// ingress), until the process is killed (the bench sends SIGTERM).
+pub fn serve(
+    listen: SocketAddr,
+    tls: Option<BenchTls>,
+    backend: SocketAddr,
+    threads: usize,
+) -> anyhow::Result<()> {
     let mut running = Vec::new();
     for index in 0..threads.max(1) {
         let mut server = Server::new_with_opt_and_conf(
@@ -51,7 +60,14 @@ pub fn serve(listen: SocketAddr, backend: SocketAddr, threads: usize) -> anyhow:
             pingora_proxy::http_proxy_service(&server.configuration, Bare { backend });
         let mut socket = TcpSocketOptions::default();
         socket.so_reuseport = Some(true);
-        service.add_tcp_with_settings(&listen.to_string(), socket);
+        service.add_tcp_with_settings(&listen.to_string(), socket.clone());
+        if let Some(tls) = &tls {
+            let settings = TlsSettings::intermediate(
+                &tls.cert.display().to_string(),
+                &tls.key.display().to_string(),
+            )?;
+            service.add_tls_with_settings(&tls.listen.to_string(), Some(socket), settings);
+        }
         server.add_service(service);
         running.push(
             std::thread::Builder::new()

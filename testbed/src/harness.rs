@@ -172,6 +172,9 @@ pub struct LocalCluster {
     pub bin: PathBuf,
     pub key: String,
     pub net: u8,
+    /// The first two octets of the agents' addresses: `127.0` unless
+    /// [`LocalCluster::start_on`] said otherwise.
+    pub prefix: [u8; 2],
     pub agents: Vec<AgentProcess>,
     /// Flags given to every agent, e.g. `--gossip-interval-ms 200`.
     pub common_args: Vec<String>,
@@ -194,6 +197,19 @@ impl LocalCluster {
         count: usize,
         common_args: Vec<String>,
     ) -> anyhow::Result<LocalCluster> {
+        LocalCluster::start_on([127, 0], net, count, common_args)
+    }
+
+    /// Same, with agents on `<prefix>.<net>.2`, `<prefix>.<net>.3`, ... instead of
+    /// loopback: addresses the caller has put on this host (say on `lo`, as /32s), which
+    /// containers can route to, unlike `127.x` (their own loopback). The lease stays on
+    /// `127.0.<net>.1`, so a net is still held by one test at a time.
+    pub fn start_on(
+        prefix: [u8; 2],
+        net: u8,
+        count: usize,
+        common_args: Vec<String>,
+    ) -> anyhow::Result<LocalCluster> {
         let lease = NetLease::acquire(net)?;
         let bin = stratus_bin()?;
         let key = keygen(&bin)?;
@@ -201,6 +217,7 @@ impl LocalCluster {
             bin,
             key,
             net,
+            prefix,
             agents: Vec::new(),
             common_args,
             cgroups: None,
@@ -240,7 +257,8 @@ impl LocalCluster {
     }
 
     pub fn seed(&self) -> SocketAddr {
-        SocketAddr::new(Ipv4Addr::new(127, 0, self.net, 2).into(), GOSSIP_PORT)
+        let [a, b] = self.prefix;
+        SocketAddr::new(Ipv4Addr::new(a, b, self.net, 2).into(), GOSSIP_PORT)
     }
 
     /// Adds and starts one more agent; `key` overrides the cluster key (for intruders).
@@ -251,9 +269,10 @@ impl LocalCluster {
     ) -> anyhow::Result<usize> {
         let index = self.agents.len();
         let host = u8::try_from(index + 2).context("too many agents for one /24")?;
+        let [a, b] = self.prefix;
         let agent = AgentProcess {
             node_id: format!("node-{}", index + 1),
-            ip: Ipv4Addr::new(127, 0, self.net, host),
+            ip: Ipv4Addr::new(a, b, self.net, host),
             key: key.unwrap_or_else(|| self.key.clone()),
             extra_args,
             child: None,
@@ -296,6 +315,12 @@ impl LocalCluster {
             .args(["--data-dir", &data_dir.display().to_string()])
             .args(["--cluster-key", &agent.key])
             .args(["--api-token", API_TOKEN])
+            // No rate limit: the tests' observers poll harder than any user (rollout.rs
+            // samples every agent each 20 ms beside its own calls, `testbed bench` each
+            // 10 ms), and a 429 there would fail a rollout test for its observer's sake. The
+            // limit has tests of its own (api/tests/routes.rs), and the in-process agents of
+            // node::testsuite run with the default.
+            .args(["--api-rate-limit", "0"])
             // A cluster id of its own, so clusters of parallel tests never share containers.
             .args(["--cluster-id", &format!("testbed-{}", self.net)])
             // Agents share this host: with the process runtime, apps listen on every
@@ -474,7 +499,7 @@ impl Drop for LocalCluster {
 }
 
 /// 40 ports per agent (10 agents per test), distinct for every (net, agent) a test uses.
-fn agent_port_range(net: u8, index: usize) -> String {
+pub fn agent_port_range(net: u8, index: usize) -> String {
     let first = 20_000 + (usize::from(net) % 100) * 400 + index * 40;
     format!("{first}-{}", first + 39)
 }

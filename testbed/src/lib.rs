@@ -9,6 +9,7 @@
 //!   transport and tokio's paused clock, driving the same membership code as the agent;
 //! - [`chaos`]: continuous load through an ingress, nftables partitions, host and agent
 //!   loss, and the cluster every chaos scenario starts from;
+//! - [`compose`]: Docker Compose, for the tests that run `docker-compose.yml`;
 //! - [`scenario`]: scenarios as lists of steps on real agents (the in-process cluster's
 //!   vocabulary, `node::testsuite::Step`) and on the chaos stage ([`scenario::ChaosStep`]);
 //! - [`bench`]: the figures printed by `testbed bench ...` ([`bench_failover`]: kill -9 of a
@@ -21,11 +22,13 @@
 
 pub mod bench;
 pub mod bench_build;
+pub mod bench_dns;
 pub mod bench_failover;
 pub mod bench_ingress;
 pub mod bench_pingora;
 pub mod cgroups;
 pub mod chaos;
+pub mod compose;
 pub mod harness;
 pub mod scenario;
 pub mod sim;

@@ -5,6 +5,7 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
@@ -62,10 +63,27 @@ enum Command {
 struct BenchProxy {
     #[arg(long)]
     listen: SocketAddr,
+    /// HTTPS too, here (with --tls-cert and --tls-key)
+    #[arg(long, requires_all = ["tls_cert", "tls_key"])]
+    tls_listen: Option<SocketAddr>,
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
     #[arg(long)]
     backend: SocketAddr,
     #[arg(long, default_value_t = 2)]
     threads: usize,
+}
+
+impl BenchProxy {
+    fn tls(&self) -> Option<bench_ingress::BenchTls> {
+        Some(bench_ingress::BenchTls {
+            listen: self.tls_listen?,
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+        })
+    }
 }
 
 #[derive(Subcommand)]
@@ -130,15 +148,47 @@ enum Bench {
         #[arg(long, default_value_t = 100)]
         spread_mib: u64,
     },
-    /// Requests/s and latency of the ingress, nginx and HAProxy in front of one backend (wrk)
+    /// DNS queries/s of one agent's server on one core (dnsperf), and how soon answers
+    /// drop a dead node's replicas
+    Dns {
+        /// Length of the dnsperf run, e.g. 10s
+        #[arg(long, default_value = "10s", value_parser = parse_seconds)]
+        duration: Duration,
+        /// Apps in the zone, each asked for A, SRV and a missing name
+        #[arg(long, default_value_t = 100)]
+        apps: usize,
+        /// Replicas of each app
+        #[arg(long, default_value_t = 3)]
+        replicas: usize,
+        /// dnsperf's clients (sockets)
+        #[arg(long, default_value_t = 20)]
+        clients: usize,
+        /// Freshness trials (0: throughput only)
+        #[arg(long, default_value_t = 5)]
+        trials: usize,
+    },
+    /// Requests/s and latency of the ingress, nginx and HAProxy in front of one backend:
+    /// closed loop (wrk) and open loop at fixed rates (oha), over HTTP and HTTPS
     Ingress {
         #[arg(long, default_value_t = 5)]
         rounds: usize,
-        /// Length of each wrk run, e.g. 10s
+        /// Length of each closed-loop (wrk) run, e.g. 10s
         #[arg(long, default_value = "10s", value_parser = parse_seconds)]
         duration: Duration,
-        #[arg(long, default_value_t = 64)]
-        connections: usize,
+        /// Loads, each `http:CONNECTIONS` or `https:CONNECTIONS` (TLS 1.3)
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "http:64,https:64,https:1000"
+        )]
+        loads: Vec<bench_ingress::Load>,
+        /// Fixed rates, in percent of the best peer's closed-loop maximum under each load
+        /// (`--fixed-rates 0`: closed loop only)
+        #[arg(long, value_delimiter = ',', default_value = "50,80")]
+        fixed_rates: Vec<u32>,
+        /// Length of each fixed-rate (oha) run
+        #[arg(long, default_value = "10s", value_parser = parse_seconds)]
+        fixed_duration: Duration,
         /// wrk's threads
         #[arg(long, default_value_t = 2)]
         threads: usize,
@@ -168,18 +218,24 @@ fn main() -> anyhow::Result<()> {
         Command::BenchIngress {
             proxy,
             no_access_log,
-        } => {
-            bench_ingress::serve_ingress(proxy.listen, proxy.backend, proxy.threads, !no_access_log)
-        }
+        } => bench_ingress::serve_ingress(
+            proxy.listen,
+            proxy.tls(),
+            proxy.backend,
+            proxy.threads,
+            !no_access_log,
+        ),
         Command::BenchPingora { proxy } => {
-            bench_pingora::serve(proxy.listen, proxy.backend, proxy.threads)
+            bench_pingora::serve(proxy.listen, proxy.tls(), proxy.backend, proxy.threads)
         }
         Command::Bench {
             which:
                 Bench::Ingress {
                     rounds,
                     duration,
-                    connections,
+                    loads,
+                    fixed_rates,
+                    fixed_duration,
                     threads,
                     proxy_threads,
                     targets,
@@ -188,10 +244,12 @@ fn main() -> anyhow::Result<()> {
             bench_ingress::ingress(&IngressBench {
                 rounds,
                 duration,
-                connections,
                 wrk_threads: threads,
                 proxy_threads,
                 targets,
+                loads,
+                fixed_rates,
+                fixed_duration,
             })?;
             Ok(())
         }
@@ -271,6 +329,49 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench {
+            which:
+                Bench::Dns {
+                    duration,
+                    apps,
+                    replicas,
+                    clients,
+                    trials,
+                },
+        } => {
+            let report = testbed::bench_dns::throughput(duration, apps, replicas, clients)?;
+            println!(
+                "dns: {:.0} queries/s on one core (goal >= 50000), average latency {:.3} ms, {} of {} lost; {apps} apps of {replicas} replicas, {clients} dnsperf clients, {} s",
+                report.queries_per_second,
+                report.average_latency_ms,
+                report.lost,
+                report.sent,
+                duration.as_secs()
+            );
+            if trials > 0 {
+                let runtime = tokio::runtime::Runtime::new()?;
+                let results = runtime.block_on(testbed::bench_dns::freshness(trials))?;
+                let mut stops: Vec<Duration> = results.iter().map(|t| t.stop_to_answer).collect();
+                let mut views: Vec<f64> = results.iter().map(|t| t.view_to_answer_ms).collect();
+                views.sort_by(f64::total_cmp);
+                let median_stop = bench::median(&mut stops);
+                println!(
+                    "dns freshness: node stop -> answer without its replicas: median {:.0} ms, max {:.0} ms; node 0's view -> answer: median {:.1} ms, max {:.1} ms over {} trials (goal: within one gossip round, 100 ms here)",
+                    median_stop.as_secs_f64() * 1000.0,
+                    stops
+                        .iter()
+                        .max()
+                        .copied()
+                        .unwrap_or_default()
+                        .as_secs_f64()
+                        * 1000.0,
+                    views.get(views.len() / 2).copied().unwrap_or_default(),
+                    views.last().copied().unwrap_or_default(),
+                    results.len()
+                );
+            }
+            Ok(())
+        }
+        Command::Bench {
             which: Bench::Failover { trials, net },
         } => {
             let runtime = tokio::runtime::Runtime::new()?;
@@ -327,6 +428,8 @@ fn print_failover(trials: &[testbed::bench_failover::FailoverTrial]) {
 
 /// Where `testbed up` runs the ingress (embedded in the first agent).
 const INGRESS: &str = "127.0.0.2:8080";
+/// Where the quick start's first agent answers DNS (Consul's port).
+const DNS: &str = "127.0.0.2:8600";
 
 /// The ingress learns routes from gossip: wait until hello answers there.
 async fn wait_for_ingress(cluster: &LocalCluster) -> anyhow::Result<()> {
@@ -358,8 +461,16 @@ fn up(nodes: usize) -> anyhow::Result<()> {
     runtime.block_on(async {
         testbed::harness::ensure_image()?;
         let mut cluster = LocalCluster::start_with(0, 0, Vec::new())?;
-        // The first agent also runs the ingress.
-        cluster.add_agent(None, vec!["--ingress-addr".into(), INGRESS.into()])?;
+        // The first agent also runs the ingress and answers DNS.
+        cluster.add_agent(
+            None,
+            vec![
+                "--ingress-addr".into(),
+                INGRESS.into(),
+                "--dns-addr".into(),
+                DNS.into(),
+            ],
+        )?;
         for _ in 1..nodes {
             cluster.add_agent(None, Vec::new())?;
         }
@@ -396,6 +507,16 @@ fn up(nodes: usize) -> anyhow::Result<()> {
             "  {} status hello --api {api} --token {}",
             cluster.bin.display(),
             testbed::harness::API_TOKEN
+        );
+        println!(
+            "The dashboard: {api}/ (sign in with {}), and the events: {} events -f --api {api} --token {}",
+            testbed::harness::API_TOKEN,
+            cluster.bin.display(),
+            testbed::harness::API_TOKEN
+        );
+        let (dns_ip, dns_port) = DNS.split_once(':').unwrap_or((DNS, "53"));
+        println!(
+            "DNS from the first agent's view: dig @{dns_ip} -p {dns_port} _http._tcp.hello.service.stratus SRV"
         );
         println!("Press Ctrl-C to stop the agents and the app.");
         tokio::signal::ctrl_c().await?;

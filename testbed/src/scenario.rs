@@ -202,6 +202,9 @@ pub enum ChaosStep {
     },
     /// Waits until a request through the ingress is answered by a replica.
     ExpectIngress,
+    /// Waits until the running traffic is answered by the last release deployed (the
+    /// ingress learns routes from its feed a moment after the agents' API reports them).
+    ExpectTrafficOnLastRelease,
     /// Waits until Docker runs `count` containers of the app, none of the node `off`.
     ExpectContainers {
         count: usize,
@@ -273,6 +276,9 @@ impl std::fmt::Display for ChaosStep {
             ChaosStep::Traffic(length) => write!(f, "let the traffic run for {length:?}"),
             ChaosStep::Mark(label) => write!(f, "mark {label:?}"),
             ChaosStep::StopLoad => write!(f, "stop the traffic"),
+            ChaosStep::ExpectTrafficOnLastRelease => {
+                write!(f, "wait for the traffic to reach the last release")
+            }
             ChaosStep::ExpectNoReplicaOn(name) => {
                 write!(f, "wait until the ingress member sees no replica on {name}")
             }
@@ -656,6 +662,16 @@ impl ChaosRun {
                     .await
                     .map(|_| ())
                     .map_err(anyhow)
+            }
+            ChaosStep::ExpectTrafficOnLastRelease => {
+                let last = self.last_release();
+                if self.load()?.wait_served(last, SETTLE).await {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "no request was answered by release {last} within {SETTLE:?}"
+                    ))
+                }
             }
             ChaosStep::ExpectIngress => self
                 .chaos

@@ -46,9 +46,11 @@ impl SimCluster {
             };
             let identity = NodeIdentity {
                 builds: false,
+                gvisor: false,
                 node_id: node_id.clone(),
                 gossip_addr: addr,
                 api_addr: SocketAddr::new(addr.ip(), 7070),
+                api_tls: false,
                 ingress_addr: None,
                 version: node::agent::VERSION.to_string(),
                 labels: BTreeMap::from([("zone".to_string(), format!("z{}", index % 3))]),

@@ -20,6 +20,7 @@ use proto::api::ReplicaView;
 use testbed::chaos::host::{docker_replicas, routable_replicas};
 use testbed::chaos::load::{Load, LoadConfig};
 use testbed::chaos::{INGRESS_PORT, SETTLE, app_dir};
+use testbed::compose::compose_command;
 use testbed::harness::{API_TOKEN, ensure_image, keygen, repo_root, stratus_bin};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
@@ -27,34 +28,6 @@ use tokio::time::Instant;
 static SERIAL: Mutex<()> = Mutex::const_new(());
 
 const APP: &str = "chaos-compose";
-
-/// `docker compose` if present, else `docker-compose`; fails the test without either.
-fn compose_command() -> Vec<String> {
-    find_compose().unwrap_or_else(|| {
-        panic!(
-            "neither `docker compose` nor `docker-compose` is installed: run \
-             `bash scripts/install-deps.sh` (as root it installs Debian's docker-compose) \
-             or install the Compose v2 plugin"
-        )
-    })
-}
-
-/// `docker compose` if present, else `docker-compose`; `None` without either.
-fn find_compose() -> Option<Vec<String>> {
-    let works = |program: &str, args: &[&str]| {
-        Command::new(program)
-            .args(args)
-            .output()
-            .is_ok_and(|out| out.status.success())
-    };
-    if works("docker", &["compose", "version"]) {
-        Some(vec!["docker".into(), "compose".into()])
-    } else if works("docker-compose", &["version"]) {
-        Some(vec!["docker-compose".into()])
-    } else {
-        None
-    }
-}
 
 fn run(command: &mut Command) -> Output {
     let output = command.output().unwrap();
@@ -126,7 +99,9 @@ impl ComposeCluster {
             env,
             data,
         };
-        cluster.compose(&["up", "-d"]);
+        // The agents only: the file's ingress service is not part of this variant (node-1
+        // serves the traffic), and would take the host's 127.0.0.1:8080.
+        cluster.compose(&["up", "-d", "node-1", "node-2", "node-3", "node-4", "node-5"]);
         let client = cluster.client(1);
         cluster
             .wait_for("5 live agents", || async {

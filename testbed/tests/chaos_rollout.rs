@@ -22,6 +22,7 @@ async fn scenario_4_rolling_deploy_and_rollback_under_load_fail_no_request() {
             off: None,
             last_release: true,
         },
+        ExpectTrafficOnLastRelease,
         Mark("rollback"),
         RollbackToFirst,
         ExpectRoutable {
@@ -29,6 +30,7 @@ async fn scenario_4_rolling_deploy_and_rollback_under_load_fail_no_request() {
             off: None,
             last_release: true,
         },
+        ExpectTrafficOnLastRelease,
         StopLoad,
         CheckNoFailedRequest,
         // The first, the second and the rollback's release all answered.

@@ -64,7 +64,19 @@ async fn deploy_runs_replicas_on_two_other_nodes_and_destroy_removes_them() {
     );
     assert!(stdout.contains("Release 1 of hello is live"), "{stdout}");
 
-    let view = cluster.agents[1].client().app("hello").await.unwrap();
+    // The CLI's node saw both replicas healthy; another node hears it a gossip round later.
+    let other = cluster.agents[1].client();
+    node::testsuite::wait_for(Duration::from_secs(30), || async {
+        let healthy = node::testsuite::healthy_replicas(&other, "hello", 1)
+            .await
+            .len();
+        (healthy == 2)
+            .then_some(())
+            .ok_or(format!("node-1 sees {healthy} of 2 replicas healthy"))
+    })
+    .await
+    .unwrap();
+    let view = other.app("hello").await.unwrap();
     let replicas: Vec<_> = view.replicas.iter().filter(|r| r.release == 1).collect();
     assert_eq!(replicas.len(), 2, "{view:?}");
     assert_ne!(

@@ -8,5 +8,8 @@ copy=$(mktemp -d)
 trap 'rm -rf "$copy"' EXIT
 cp -r "$here/Cargo.toml" "$here/src" "$copy/"
 cp "$here/../../Cargo.lock" "$copy/"
+# The vendored pingora-core and pingora-http, as the workspace uses them.
+printf '\n[patch.crates-io]\npingora-core = { path = "%s" }\npingora-http = { path = "%s" }\n' \
+  "$here/../pingora-core" "$here/../pingora-http" >>"$copy/Cargo.toml"
 cd "$copy"
 CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$here/../../target/vendor-pingora-proxy}" cargo test --lib "$@"

@@ -1,21 +1,25 @@
-//! `/v1/apps`: what developers do with their apps. Every handler takes [`User`].
+//! `/v1/apps`: what developers do with their apps. Reads take a [`Reader`], changes a
+//! [`Deployer`]; the service confines both to the caller's tenant.
+
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::header::{ACCEPT, CONTENT_TYPE};
+use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use proto::api::{
-    AppView, AppsResponse, BuildsResponse, ChangeAccepted, DeployAccepted, DeployProgress,
-    ErrorBody, ReleasesResponse, RollbackRequest, ScaleRequest,
+    AppView, AppsResponse, BuildsResponse, ChangeAccepted, ConfigChange, ConfigView,
+    DeployAccepted, DeployProgress, ErrorBody, ReleasesResponse, ReplicasResponse, RollbackRequest,
+    ScaleRequest,
 };
 
 use futures_util::StreamExt as _;
 
-use super::shared::{Json, Path, Query, deadline, lines_response};
-use crate::caller::User;
+use super::shared::{Json, NDJSON, Path, Query, deadline, lines_response, wants_ndjson};
+use crate::caller::{Deployer, Reader};
 use crate::error::ApiError;
 use crate::service::{LogQuery, Service};
 use crate::state::{ApiConfig, ApiState};
@@ -27,7 +31,8 @@ pub fn router<S: Service>(config: &ApiConfig) -> Router<ApiState<S>> {
         .route("/v1/apps", deadline(get(list::<S>), answer))
         .route(
             "/v1/apps/{app}",
-            deadline(get(show::<S>).delete(destroy::<S>), answer),
+            deadline(get(show::<S>), answer + MAX_WAIT)
+                .merge(deadline(delete(destroy::<S>), answer)),
         )
         .route(
             "/v1/apps/{app}/deploys",
@@ -47,7 +52,15 @@ pub fn router<S: Service>(config: &ApiConfig) -> Router<ApiState<S>> {
             deadline(post(restart::<S>), answer),
         )
         .route("/v1/apps/{app}/logs", deadline(get(logs::<S>), answer))
+        .route(
+            "/v1/apps/{app}/replicas",
+            deadline(get(replicas::<S>), answer),
+        )
         .route("/v1/apps/{app}/builds", deadline(get(builds::<S>), answer))
+        .route(
+            "/v1/apps/{app}/config",
+            deadline(get(show_config::<S>).patch(change_config::<S>), answer),
+        )
         .route(
             "/v1/apps/{app}/builds/{release}/log",
             deadline(get(build_log::<S>), answer),
@@ -59,27 +72,74 @@ pub fn router<S: Service>(config: &ApiConfig) -> Router<ApiState<S>> {
     responses(
         (status = 200, body = AppsResponse),
         (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
     ),
     security(("token" = [])))]
-async fn list<S: Service>(State(state): State<ApiState<S>>, _user: User) -> Json<AppsResponse> {
-    Json(state.service.apps().await)
+async fn list<S: Service>(
+    State(state): State<ApiState<S>>,
+    Reader(caller): Reader,
+) -> Json<AppsResponse> {
+    Json(state.service.apps(&caller).await)
 }
 
-/// One app: its release and where every replica runs.
+/// Longest a blocking app read may wait, and how long it waits when `wait` is not given.
+const MAX_WAIT: Duration = Duration::from_secs(10 * 60);
+const DEFAULT_WAIT: Duration = Duration::from_secs(5 * 60);
+
+/// The answer's header naming the index of the newest event about the app.
+pub const INDEX_HEADER: &str = "x-stratus-index";
+
+/// `?index=&wait=` of the app read: Consul's blocking query.
+#[derive(Debug, Clone, Default, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct WaitQuery {
+    /// Answer once the app has changed after this index (the `X-Stratus-Index` of the last
+    /// answer), or when `wait` ends; an index this node never gave out (it restarted)
+    /// answers at once.
+    index: Option<u64>,
+    /// How long to wait at most with `index`: `30s`, `2m` (default 5m, at most 10m).
+    wait: Option<String>,
+}
+
+/// One app: its release and where every replica runs. With `index`, a blocking read: the
+/// answer comes when the app changes or `wait` ends, and `X-Stratus-Index` is the index
+/// to pass next.
 #[utoipa::path(get, path = "/v1/apps/{app}", tag = "apps",
-    params(("app" = String, Path, description = "app name")),
+    params(("app" = String, Path, description = "app name"), WaitQuery),
     responses(
-        (status = 200, body = AppView),
+        (status = 200, body = AppView,
+            headers(("x-stratus-index" = u64, description = "the newest event index about the app"))),
+        (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody),
     ),
     security(("token" = [])))]
 async fn show<S: Service>(
     State(state): State<ApiState<S>>,
-    _user: User,
+    Reader(caller): Reader,
     Path(app): Path<String>,
-) -> Result<Json<AppView>, ApiError> {
-    Ok(Json(state.service.app(&app).await?))
+    Query(query): Query<WaitQuery>,
+) -> Result<Response, ApiError> {
+    let wait = match &query.wait {
+        None => DEFAULT_WAIT,
+        Some(text) => humantime::parse_duration(text)
+            .map_err(|err| {
+                ApiError::BadRequest(format!(
+                    "wait={text:?} is not a duration ({err}): use 30s or 2m"
+                ))
+            })?
+            .min(MAX_WAIT),
+    };
+    // Seen first: a tenant learns nothing by waiting on another tenant's app.
+    state.service.app(&caller, &app).await?;
+    let index = state.service.app_index(&app, query.index, wait).await;
+    let view = state.service.app(&caller, &app).await?;
+    let mut response = Json(view).into_response();
+    response
+        .headers_mut()
+        .insert(INDEX_HEADER, HeaderValue::from(index));
+    Ok(response)
 }
 
 /// Stops every replica of an app and forgets it.
@@ -88,16 +148,17 @@ async fn show<S: Service>(
     responses(
         (status = 200, body = AppView),
         (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody),
         (status = 503, body = ErrorBody),
     ),
     security(("token" = [])))]
 async fn destroy<S: Service>(
     State(state): State<ApiState<S>>,
-    _user: User,
+    Deployer(caller): Deployer,
     Path(app): Path<String>,
 ) -> Result<Json<AppView>, ApiError> {
-    Ok(Json(state.service.destroy(&app).await?))
+    Ok(Json(state.service.destroy(&caller, &app).await?))
 }
 
 /// Deploys a zipped app folder (with its `stratus.toml`). The body is streamed to disk and
@@ -115,6 +176,7 @@ async fn destroy<S: Service>(
             description = "asked for with Accept: application/x-ndjson: one JSON object a line"),
         (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
         (status = 409, body = ErrorBody),
         (status = 413, body = ErrorBody),
         (status = 422, body = ErrorBody),
@@ -123,7 +185,7 @@ async fn destroy<S: Service>(
     security(("token" = [])))]
 async fn deploy<S: Service>(
     State(state): State<ApiState<S>>,
-    _user: User,
+    Deployer(caller): Deployer,
     Path(app): Path<String>,
     headers: HeaderMap,
     body: Body,
@@ -134,15 +196,13 @@ async fn deploy<S: Service>(
         state.config.max_upload_bytes,
     )
     .await?;
-    let streamed = headers
-        .get(ACCEPT)
-        .and_then(|accept| accept.to_str().ok())
-        .is_some_and(|accept| accept.contains(NDJSON));
+    let streamed = wants_ndjson(&headers);
     let (events, received) = tokio::sync::mpsc::unbounded_channel();
     // The deploy runs on its own task: a client that goes away does not cut a build or a
     // replication short.
     let service = state.service.clone();
-    let deploying = tokio::spawn(async move { service.deploy(&app, upload, events).await });
+    let deploying =
+        tokio::spawn(async move { service.deploy(&caller, &app, upload, events).await });
     if !streamed {
         let accepted = joined(deploying.await)?;
         return Ok((StatusCode::ACCEPTED, Json(accepted)).into_response());
@@ -170,8 +230,6 @@ async fn deploy<S: Service>(
     Ok(response)
 }
 
-const NDJSON: &str = "application/x-ndjson";
-
 fn joined<T>(result: Result<Result<T, ApiError>, tokio::task::JoinError>) -> Result<T, ApiError> {
     result.map_err(|err| ApiError::Internal(format!("the deploy task failed: {err}")))?
 }
@@ -190,15 +248,16 @@ fn progress_line(progress: &DeployProgress) -> String {
     responses(
         (status = 200, body = BuildsResponse),
         (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody),
     ),
     security(("token" = [])))]
 async fn builds<S: Service>(
     State(state): State<ApiState<S>>,
-    _user: User,
+    Reader(caller): Reader,
     Path(app): Path<String>,
 ) -> Result<Json<BuildsResponse>, ApiError> {
-    Ok(Json(state.service.builds(&app).await?))
+    Ok(Json(state.service.builds(&caller, &app).await?))
 }
 
 /// The whole output of one build, as text.
@@ -211,17 +270,18 @@ async fn builds<S: Service>(
         (status = 200, body = String, content_type = "text/plain"),
         (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody),
         (status = 503, body = ErrorBody),
     ),
     security(("token" = [])))]
 async fn build_log<S: Service>(
     State(state): State<ApiState<S>>,
-    _user: User,
+    Reader(caller): Reader,
     Path((app, release)): Path<(String, u64)>,
 ) -> Result<Response, ApiError> {
     Ok(lines_response(
-        state.service.build_log(&app, release).await?,
+        state.service.build_log(&caller, &app, release).await?,
     ))
 }
 
@@ -231,15 +291,16 @@ async fn build_log<S: Service>(
     responses(
         (status = 200, body = ReleasesResponse),
         (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody),
     ),
     security(("token" = [])))]
 async fn releases<S: Service>(
     State(state): State<ApiState<S>>,
-    _user: User,
+    Reader(caller): Reader,
     Path(app): Path<String>,
 ) -> Result<Json<ReleasesResponse>, ApiError> {
-    Ok(Json(state.service.releases(&app).await?))
+    Ok(Json(state.service.releases(&caller, &app).await?))
 }
 
 /// Sets how many replicas run.
@@ -250,6 +311,7 @@ async fn releases<S: Service>(
         (status = 202, body = ChangeAccepted),
         (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody),
         (status = 413, body = ErrorBody),
@@ -258,11 +320,11 @@ async fn releases<S: Service>(
     security(("token" = [])))]
 async fn scale<S: Service>(
     State(state): State<ApiState<S>>,
-    _user: User,
+    Deployer(caller): Deployer,
     Path(app): Path<String>,
     Json(request): Json<ScaleRequest>,
 ) -> Result<(StatusCode, Json<ChangeAccepted>), ApiError> {
-    let accepted = state.service.scale(&app, request).await?;
+    let accepted = state.service.scale(&caller, &app, request).await?;
     Ok((StatusCode::ACCEPTED, Json(accepted)))
 }
 
@@ -274,6 +336,7 @@ async fn scale<S: Service>(
         (status = 202, body = ChangeAccepted),
         (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody),
         (status = 413, body = ErrorBody),
@@ -282,11 +345,11 @@ async fn scale<S: Service>(
     security(("token" = [])))]
 async fn rollback<S: Service>(
     State(state): State<ApiState<S>>,
-    _user: User,
+    Deployer(caller): Deployer,
     Path(app): Path<String>,
     Json(request): Json<RollbackRequest>,
 ) -> Result<(StatusCode, Json<ChangeAccepted>), ApiError> {
-    let accepted = state.service.rollback(&app, request).await?;
+    let accepted = state.service.rollback(&caller, &app, request).await?;
     Ok((StatusCode::ACCEPTED, Json(accepted)))
 }
 
@@ -296,6 +359,7 @@ async fn rollback<S: Service>(
     responses(
         (status = 202, body = ChangeAccepted),
         (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody),
         (status = 503, body = ErrorBody),
@@ -303,10 +367,10 @@ async fn rollback<S: Service>(
     security(("token" = [])))]
 async fn restart<S: Service>(
     State(state): State<ApiState<S>>,
-    _user: User,
+    Deployer(caller): Deployer,
     Path(app): Path<String>,
 ) -> Result<(StatusCode, Json<ChangeAccepted>), ApiError> {
-    let accepted = state.service.restart(&app).await?;
+    let accepted = state.service.restart(&caller, &app).await?;
     Ok((StatusCode::ACCEPTED, Json(accepted)))
 }
 
@@ -318,20 +382,118 @@ async fn restart<S: Service>(
         (status = 200, content_type = "text/plain", body = String),
         (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody),
     ),
     security(("token" = [])))]
 async fn logs<S: Service>(
     State(state): State<ApiState<S>>,
-    _user: User,
+    Reader(caller): Reader,
     Path(app): Path<String>,
     Query(query): Query<LogQuery>,
 ) -> Result<Response, ApiError> {
-    Ok(lines_response(state.service.app_logs(&app, query).await?))
+    Ok(lines_response(
+        state.service.app_logs(&caller, &app, query).await?,
+    ))
+}
+
+/// Every replica with how long it has run, its restarts and the CPU and memory it uses
+/// (`stratus ps`): the answering node asks each node that runs one, so this takes about a
+/// second, and a node that does not answer leaves a `note` instead of figures.
+#[utoipa::path(get, path = "/v1/apps/{app}/replicas", tag = "apps",
+    params(("app" = String, Path, description = "app name")),
+    responses(
+        (status = 200, body = ReplicasResponse),
+        (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    ),
+    security(("token" = [])))]
+async fn replicas<S: Service>(
+    State(state): State<ApiState<S>>,
+    Reader(caller): Reader,
+    Path(app): Path<String>,
+) -> Result<Json<ReplicasResponse>, ApiError> {
+    Ok(Json(state.service.replicas(&caller, &app).await?))
+}
+
+/// `?show=true` of the config read.
+#[derive(Debug, Clone, Copy, Default, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct ConfigQuery {
+    /// Reveal the values (needs the deploy role).
+    #[serde(default)]
+    show: bool,
+}
+
+/// The app's config var names; their values with `?show=true` and the deploy role.
+#[utoipa::path(get, path = "/v1/apps/{app}/config", tag = "apps",
+    params(("app" = String, Path, description = "app name"), ConfigQuery),
+    responses(
+        (status = 200, body = ConfigView),
+        (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody),
+    ),
+    security(("token" = [])))]
+async fn show_config<S: Service>(
+    State(state): State<ApiState<S>>,
+    Reader(caller): Reader,
+    Path(app): Path<String>,
+    Query(query): Query<ConfigQuery>,
+) -> Result<Json<ConfigView>, ApiError> {
+    if query.show && caller.role() < proto::tenancy::Role::Deploy {
+        return Err(ApiError::Forbidden {
+            needed: "deploy",
+            role: caller.role().as_str(),
+        });
+    }
+    Ok(Json(state.service.config(&caller, &app, query.show).await?))
+}
+
+/// Sets and unsets config vars: one new release, rolled out like a restart.
+#[utoipa::path(patch, path = "/v1/apps/{app}/config", tag = "apps",
+    params(("app" = String, Path, description = "app name")),
+    request_body = ConfigChange,
+    responses(
+        (status = 202, body = ChangeAccepted),
+        (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody),
+        (status = 413, body = ErrorBody),
+        (status = 503, body = ErrorBody),
+    ),
+    security(("token" = [])))]
+async fn change_config<S: Service>(
+    State(state): State<ApiState<S>>,
+    Deployer(caller): Deployer,
+    Path(app): Path<String>,
+    Json(change): Json<ConfigChange>,
+) -> Result<(StatusCode, Json<ChangeAccepted>), ApiError> {
+    let accepted = state.service.change_config(&caller, &app, change).await?;
+    Ok((StatusCode::ACCEPTED, Json(accepted)))
 }
 
 #[derive(utoipa::OpenApi)]
 #[openapi(paths(
-    list, show, destroy, deploy, builds, build_log, releases, scale, rollback, restart, logs
+    list,
+    show,
+    destroy,
+    deploy,
+    builds,
+    build_log,
+    releases,
+    scale,
+    rollback,
+    restart,
+    logs,
+    replicas,
+    show_config,
+    change_config
 ))]
 pub struct AppsApi;

@@ -1,5 +1,5 @@
 //! `/v1/blobs/{sha256}`: copies of bundles, build logs and image blobs between nodes,
-//! nested behind the node-token layer.
+//! nested behind the node-call layer (signed calls only).
 
 use axum::Router;
 use axum::body::Body;
@@ -37,7 +37,7 @@ pub fn router<S: Service>(config: &ApiConfig) -> Router<ApiState<S>> {
         (status = 404, body = ErrorBody),
         (status = 500, body = ErrorBody),
     ),
-    security(("node_token" = [])))]
+    security(("node_mac" = [])))]
 async fn fetch<S: Service>(
     State(state): State<ApiState<S>>,
     Path(sha256): Path<String>,
@@ -65,7 +65,7 @@ async fn fetch<S: Service>(
         (status = 422, body = ErrorBody),
         (status = 500, body = ErrorBody),
     ),
-    security(("node_token" = [])))]
+    security(("node_mac" = [])))]
 async fn store<S: Service>(
     State(state): State<ApiState<S>>,
     Path(sha256): Path<String>,

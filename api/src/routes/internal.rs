@@ -1,4 +1,4 @@
-//! `/v1/internal`: what the nodes ask each other, nested behind the node-token layer.
+//! `/v1/internal`: what the nodes ask each other, nested behind the node-call layer (signed calls only).
 
 use axum::Router;
 use axum::extract::State;
@@ -6,21 +6,28 @@ use axum::response::Response;
 use axum::routing::{get, post, put};
 use proto::api::BuildRequest;
 use proto::api::{
-    DrainReply, ErrorBody, HeldReply, PlacementReply, PlacementRequest, ReservedNumber,
-    StopRequest, StoppingReply,
+    AuditRecord, DrainReply, ErrorBody, HeldReply, NodeUsageReply, PlacementReply,
+    PlacementRequest, ReserveQuota, ReservedNumber, StopRequest, StoppingReply,
 };
 use proto::build::BuildEvent;
 use proto::catalog::AppRecord;
+use proto::tenancy::TenancyRecord;
 
 use super::shared::{Json, Path, Query, deadline, lines_response};
 use crate::error::ApiError;
-use crate::service::{LogQuery, Service};
+use crate::service::{AuditQuery, LogQuery, Service};
 use crate::state::{ApiConfig, ApiState};
 
 pub fn router<S: Service>(config: &ApiConfig) -> Router<ApiState<S>> {
     let answer = config.request_timeout;
     Router::new()
         .route("/apps/{app}", deadline(put(hold_record::<S>), answer))
+        .route("/tenancy", deadline(put(hold_tenancy::<S>), answer))
+        .route("/audit", deadline(get(local_audit::<S>), answer))
+        .route(
+            "/tenants/{tenant}/reservations",
+            deadline(post(reserve_quota::<S>), answer),
+        )
         .route(
             "/apps/{app}/numbers",
             deadline(post(reserve_number::<S>), answer),
@@ -33,6 +40,7 @@ pub fn router<S: Service>(config: &ApiConfig) -> Router<ApiState<S>> {
             "/replicas/{id}/logs",
             deadline(get(replica_logs::<S>), answer),
         )
+        .route("/apps/{app}/usage", deadline(get(usage::<S>), answer))
         .route("/builds", deadline(post(build::<S>), answer))
         .route("/placements", deadline(post(place::<S>), answer))
         .route("/placements/{id}/stop", deadline(post(stop::<S>), answer))
@@ -50,7 +58,7 @@ pub fn router<S: Service>(config: &ApiConfig) -> Router<ApiState<S>> {
         (status = 413, body = ErrorBody),
         (status = 500, body = ErrorBody),
     ),
-    security(("node_token" = [])))]
+    security(("node_mac" = [])))]
 async fn hold_record<S: Service>(
     State(state): State<ApiState<S>>,
     Path(app): Path<String>,
@@ -66,6 +74,62 @@ async fn hold_record<S: Service>(
     Ok(Json(HeldReply { held: true }))
 }
 
+/// Keep (persist and publish) a tenant or token record: this node is one of its keepers.
+#[utoipa::path(put, path = "/v1/internal/tenancy", tag = "internal",
+    request_body = TenancyRecord,
+    responses(
+        (status = 200, body = HeldReply),
+        (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 500, body = ErrorBody),
+    ),
+    security(("node_mac" = [])))]
+async fn hold_tenancy<S: Service>(
+    State(state): State<ApiState<S>>,
+    Json(record): Json<TenancyRecord>,
+) -> Result<Json<HeldReply>, ApiError> {
+    state.service.hold_tenancy(record).await?;
+    Ok(Json(HeldReply { held: true }))
+}
+
+/// Reserve quota for an app of a tenant: this node is the tenant's quota keeper.
+#[utoipa::path(post, path = "/v1/internal/tenants/{tenant}/reservations", tag = "internal",
+    params(("tenant" = String, Path, description = "tenant name")),
+    request_body = ReserveQuota,
+    responses(
+        (status = 200, body = HeldReply),
+        (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 409, body = ErrorBody),
+        (status = 503, body = ErrorBody),
+    ),
+    security(("node_mac" = [])))]
+async fn reserve_quota<S: Service>(
+    State(state): State<ApiState<S>>,
+    Path(tenant): Path<String>,
+    Json(request): Json<ReserveQuota>,
+) -> Result<Json<HeldReply>, ApiError> {
+    state.service.reserve_quota(&tenant, request).await?;
+    Ok(Json(HeldReply { held: true }))
+}
+
+/// This node's audit records matching the query, oldest first.
+#[utoipa::path(get, path = "/v1/internal/audit", tag = "internal",
+    params(AuditQuery),
+    responses(
+        (status = 200, body = Vec<AuditRecord>),
+        (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 500, body = ErrorBody),
+    ),
+    security(("node_mac" = [])))]
+async fn local_audit<S: Service>(
+    State(state): State<ApiState<S>>,
+    Query(query): Query<AuditQuery>,
+) -> Result<Json<Vec<AuditRecord>>, ApiError> {
+    Ok(Json(state.service.local_audit(query).await?))
+}
+
 /// Build a release on this node: its events as newline-delimited JSON, the last one
 /// `finished` (with the image, or the error).
 #[utoipa::path(post, path = "/v1/internal/builds", tag = "internal",
@@ -77,7 +141,7 @@ async fn hold_record<S: Service>(
         (status = 401, body = ErrorBody),
         (status = 503, body = ErrorBody),
     ),
-    security(("node_token" = [])))]
+    security(("node_mac" = [])))]
 async fn build<S: Service>(
     State(state): State<ApiState<S>>,
     Json(request): Json<BuildRequest>,
@@ -93,7 +157,7 @@ async fn build<S: Service>(
         (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody),
     ),
-    security(("node_token" = [])))]
+    security(("node_mac" = [])))]
 async fn reserve_number<S: Service>(
     State(state): State<ApiState<S>>,
     Path(app): Path<String>,
@@ -110,7 +174,7 @@ async fn reserve_number<S: Service>(
         (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody),
     ),
-    security(("node_token" = [])))]
+    security(("node_mac" = [])))]
 async fn previous_logs<S: Service>(
     State(state): State<ApiState<S>>,
     Path(app): Path<String>,
@@ -130,7 +194,7 @@ async fn previous_logs<S: Service>(
         (status = 401, body = ErrorBody),
         (status = 404, body = ErrorBody),
     ),
-    security(("node_token" = [])))]
+    security(("node_mac" = [])))]
 async fn replica_logs<S: Service>(
     State(state): State<ApiState<S>>,
     Path(id): Path<String>,
@@ -139,6 +203,22 @@ async fn replica_logs<S: Service>(
     Ok(lines_response(
         state.service.replica_logs(&id, query).await?,
     ))
+}
+
+/// What the replicas of an app that this node runs use, and how long they have run, by
+/// placement id (none: it runs none).
+#[utoipa::path(get, path = "/v1/internal/apps/{app}/usage", tag = "internal",
+    params(("app" = String, Path, description = "app name")),
+    responses(
+        (status = 200, body = NodeUsageReply),
+        (status = 401, body = ErrorBody),
+    ),
+    security(("node_mac" = [])))]
+async fn usage<S: Service>(
+    State(state): State<ApiState<S>>,
+    Path(app): Path<String>,
+) -> Json<NodeUsageReply> {
+    Json(state.service.replica_usage(&app).await)
 }
 
 /// Run one replica here, if it fits. Idempotent by placement id.
@@ -152,7 +232,7 @@ async fn replica_logs<S: Service>(
         (status = 413, body = ErrorBody),
         (status = 503, body = ErrorBody),
     ),
-    security(("node_token" = [])))]
+    security(("node_mac" = [])))]
 async fn place<S: Service>(
     State(state): State<ApiState<S>>,
     Json(request): Json<PlacementRequest>,
@@ -170,7 +250,7 @@ async fn place<S: Service>(
         (status = 401, body = ErrorBody),
         (status = 413, body = ErrorBody),
     ),
-    security(("node_token" = [])))]
+    security(("node_mac" = [])))]
 async fn stop<S: Service>(
     State(state): State<ApiState<S>>,
     Path(id): Path<String>,
@@ -196,7 +276,7 @@ async fn stop<S: Service>(
         (status = 413, body = ErrorBody),
         (status = 500, body = ErrorBody),
     ),
-    security(("node_token" = [])))]
+    security(("node_mac" = [])))]
 async fn set_draining<S: Service>(
     State(state): State<ApiState<S>>,
     Json(request): Json<DrainReply>,
@@ -207,10 +287,14 @@ async fn set_draining<S: Service>(
 #[derive(utoipa::OpenApi)]
 #[openapi(paths(
     hold_record,
+    hold_tenancy,
+    local_audit,
+    reserve_quota,
     build,
     reserve_number,
     previous_logs,
     replica_logs,
+    usage,
     place,
     stop,
     set_draining

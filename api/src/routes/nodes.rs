@@ -1,5 +1,6 @@
 //! `/v1/health` and `/v1/nodes`: the node and the cluster as it sees them. Health and the
-//! node list are public (they take no caller); drains take [`User`].
+//! node list are public (they take no caller); drains take the
+//! [`ClusterAdmin`].
 
 use axum::Router;
 use axum::extract::State;
@@ -7,7 +8,7 @@ use axum::routing::{get, post};
 use proto::api::{DrainReply, ErrorBody, HealthResponse, NodesResponse};
 
 use super::shared::{Json, Path, deadline};
-use crate::caller::User;
+use crate::caller::ClusterAdmin;
 use crate::error::ApiError;
 use crate::service::Service;
 use crate::state::{ApiConfig, ApiState};
@@ -45,13 +46,14 @@ async fn list<S: Service>(State(state): State<ApiState<S>>) -> Json<NodesRespons
         (status = 200, body = DrainReply),
         (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody),
         (status = 503, body = ErrorBody),
     ),
     security(("token" = [])))]
 async fn drain<S: Service>(
     State(state): State<ApiState<S>>,
-    _user: User,
+    _admin: ClusterAdmin,
     Path(node): Path<String>,
 ) -> Result<Json<DrainReply>, ApiError> {
     Ok(Json(state.service.drain(&node, true).await?))
@@ -64,13 +66,14 @@ async fn drain<S: Service>(
         (status = 200, body = DrainReply),
         (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody),
         (status = 503, body = ErrorBody),
     ),
     security(("token" = [])))]
 async fn undrain<S: Service>(
     State(state): State<ApiState<S>>,
-    _user: User,
+    _admin: ClusterAdmin,
     Path(node): Path<String>,
 ) -> Result<Json<DrainReply>, ApiError> {
     Ok(Json(state.service.drain(&node, false).await?))

@@ -73,3 +73,14 @@ pub fn lines_response(lines: LineStream) -> Response {
     );
     response
 }
+
+/// The media type of newline-delimited JSON answers.
+pub const NDJSON: &str = "application/x-ndjson";
+
+/// Whether the client asked for newline-delimited JSON (`Accept: application/x-ndjson`).
+pub fn wants_ndjson(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|accept| accept.to_str().ok())
+        .is_some_and(|accept| accept.contains(NDJSON))
+}

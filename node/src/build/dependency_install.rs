@@ -30,6 +30,7 @@ pub struct InstallRun<'a> {
     pub cache_root: &'a Path,
     /// A folder for the mounted dependency files (removed after).
     pub work_dir: &'a Path,
+    pub cpu_millis: u64,
     pub memory_bytes: u64,
     pub timeout: Duration,
 }
@@ -95,6 +96,7 @@ pub async fn install(
             format!("{}:{INSTALL_CACHE_DIR}", cache.display()),
         ],
         labels: [("stratus.install".to_string(), run.tag.to_string())].into(),
+        cpu_millis: run.cpu_millis,
         memory_bytes: run.memory_bytes,
         timeout: run.timeout,
     };

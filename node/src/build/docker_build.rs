@@ -4,6 +4,11 @@
 //! shows it live), and the image is tagged. The classic builder is used: BuildKit needs a
 //! session the daemon API alone does not give, and the classic builder's layer cache is
 //! what keeps a code-only change from reinstalling dependencies.
+//!
+//! Limits: the build's CPU (a CFS quota) and memory are always set. The classic build API
+//! takes nothing more: its `RUN` steps get Docker's default capabilities, no pids limit and
+//! no `no-new-privileges` (SECURITY.md says so); the one-off containers of the python and
+//! node builders and of the release phase are hardened like replicas.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -30,7 +35,9 @@ pub struct BuildSpec {
     pub args: HashMap<String, String>,
     /// `[build] target`, a stage of a multi-stage Dockerfile.
     pub target: Option<String>,
-    /// The build container's memory limit.
+    /// The build containers' CPU limit, thousandths of a core; 0: the default limit.
+    pub cpu_millis: u64,
+    /// The build container's memory limit; 0: the default limit.
     pub memory_bytes: u64,
     /// The whole build's limit; the daemon stops the build when the request is dropped.
     pub timeout: Duration,
@@ -98,7 +105,7 @@ pub async fn build(
         Some(_) => format!("{GENERATED_DIR}/Dockerfile"),
         None => "Dockerfile".to_string(),
     };
-    let memory = i32::try_from(spec.memory_bytes).unwrap_or(i32::MAX);
+    let (memory, cpu_period, cpu_quota) = build_limits(spec);
     let mut options = BuildImageOptionsBuilder::default()
         .dockerfile(&dockerfile)
         .t(&spec.tag)
@@ -106,6 +113,8 @@ pub async fn build(
         .forcerm(true)
         .memory(memory)
         .memswap(memory)
+        .cpuperiod(cpu_period)
+        .cpuquota(cpu_quota)
         .buildargs(&spec.args)
         .labels(&spec.labels)
         .version(BuilderVersion::BuilderV1);
@@ -178,6 +187,28 @@ pub async fn build(
         log,
         steps,
     })
+}
+
+/// CFS period of a build's CPU quota, in microseconds (Docker's default period).
+const CPU_PERIOD_MICROS: i32 = 100_000;
+
+/// The build API's memory limit (bytes, at most `i32::MAX`) and CPU period and quota
+/// (microseconds), never unlimited.
+fn build_limits(spec: &BuildSpec) -> (i32, i32, i32) {
+    use crate::workload::runtime::hardening::{DEFAULT_CPU_MILLIS, DEFAULT_MEMORY_BYTES};
+    let memory_bytes = match spec.memory_bytes {
+        0 => DEFAULT_MEMORY_BYTES,
+        bytes => bytes,
+    };
+    let cpu_millis = match spec.cpu_millis {
+        0 => DEFAULT_CPU_MILLIS,
+        millis => millis,
+    };
+    let memory = i32::try_from(memory_bytes).unwrap_or(i32::MAX);
+    // A quota of `millis` thousandths of the period: 1000 millis is one whole core.
+    let quota = cpu_millis.saturating_mul(CPU_PERIOD_MICROS as u64) / 1000;
+    let quota = i32::try_from(quota.max(1000)).unwrap_or(i32::MAX);
+    (memory, CPU_PERIOD_MICROS, quota)
 }
 
 /// A step killed with 137 (SIGKILL) under a memory limit was, as good as always, killed by
@@ -256,4 +287,40 @@ async fn write_context(
     })
     .await
     .map_err(std::io::Error::other)?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(cpu_millis: u64, memory_bytes: u64) -> BuildSpec {
+        BuildSpec {
+            tag: "stratus-app/web:1".into(),
+            args: HashMap::new(),
+            target: None,
+            cpu_millis,
+            memory_bytes,
+            timeout: Duration::from_secs(60),
+            labels: HashMap::new(),
+        }
+    }
+
+    #[test]
+    fn a_build_is_always_limited_in_cpu_and_memory() {
+        assert_eq!(
+            build_limits(&spec(1_500, 1 << 30)),
+            (1 << 30, 100_000, 150_000)
+        );
+        assert_eq!(
+            build_limits(&spec(0, 0)),
+            (128 << 20, 100_000, 25_000),
+            "the defaults, never unlimited"
+        );
+        assert_eq!(build_limits(&spec(1, 8 << 30)).0, i32::MAX);
+        assert_eq!(
+            build_limits(&spec(1, 1 << 30)).2,
+            1_000,
+            "the kernel's least quota"
+        );
+    }
 }

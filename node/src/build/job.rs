@@ -167,6 +167,7 @@ pub async fn reserve(agent: &AgentHandles, request: &BuildRequest) -> Result<Res
         }),
         Err(Refusal::Draining) => Err(format!("{} is draining", agent.node_id())),
         Err(Refusal::NoRoom(why)) => Err(format!("no room to build on {}: {why}", agent.node_id())),
+        Err(refusal @ Refusal::NoGvisor) => Err(format!("{} refuses: {refusal}", agent.node_id())),
     }
 }
 
@@ -229,6 +230,7 @@ async fn build_reserved(
             .map(|(key, value)| (key.clone(), value.clone()))
             .collect::<HashMap<_, _>>(),
         target: manifest.build.target.clone(),
+        cpu_millis: manifest.build.resources.cpu_millis,
         memory_bytes: manifest.build.resources.memory_bytes,
         timeout: agent.builds.timeout(),
         labels: HashMap::new(),
@@ -322,6 +324,7 @@ async fn build_reserved(
             image: &image.id,
             command,
             env,
+            cpu_millis: manifest.resources.cpu_millis,
             memory_bytes: manifest.resources.memory_bytes.max(256 << 20),
             timeout: agent.builds.timeout(),
         };
@@ -388,6 +391,7 @@ async fn run_install(
         source: source.path(),
         cache_root: &cache_root,
         work_dir: agent.builds.work_dir(),
+        cpu_millis: spec.cpu_millis,
         memory_bytes: spec.memory_bytes,
         timeout: spec.timeout,
     };

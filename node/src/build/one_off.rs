@@ -2,17 +2,23 @@
 //! line by line, stopped at its time limit, and judged by its exit code. The release phase
 //! runs the release command this way; the python and node builders install dependencies
 //! this way, with the node's download cache mounted, and commit the container.
+//!
+//! It runs app code, so it gets the replicas' hardened defaults
+//! ([`crate::workload::runtime::hardening`]): no new privileges, a few capabilities, a pids
+//! limit, CPU and memory limits always, and never the Docker socket.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use bollard::Docker;
-use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::models::ContainerCreateBody;
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
     StartContainerOptions, WaitContainerOptions,
 };
 use futures_util::StreamExt;
+
+use crate::workload::runtime::hardening::{self, Limits};
 
 /// What runs, and how.
 pub struct OneOff<'a> {
@@ -26,6 +32,9 @@ pub struct OneOff<'a> {
     /// `host-path:container-path[:ro]`.
     pub binds: Vec<String>,
     pub labels: HashMap<String, String>,
+    /// Thousandths of a core; 0: the default limit.
+    pub cpu_millis: u64,
+    /// 0: the default limit.
     pub memory_bytes: u64,
     pub timeout: Duration,
 }
@@ -38,6 +47,8 @@ pub enum OneOffError {
     Exited { command: String, code: i64 },
     #[error("`{command}` ran longer than {limit:?} and was stopped")]
     TimedOut { command: String, limit: Duration },
+    #[error("refusing to run `{command}`: {reason}")]
+    Refused { command: String, reason: String },
     #[error("cannot run `{command}` in Docker: {source}")]
     Docker {
         command: String,
@@ -71,23 +82,16 @@ pub async fn run<'a>(
         command: run.command.to_string(),
         source,
     };
-    let body = ContainerCreateBody {
-        image: Some(run.image.to_string()),
-        cmd: Some(vec!["sh".into(), "-c".into(), run.command.to_string()]),
-        entrypoint: Some(Vec::new()),
-        env: Some(run.env.clone()),
-        working_dir: run.working_dir.clone(),
-        labels: Some(run.labels.clone()),
-        host_config: Some(HostConfig {
-            init: Some(true),
-            binds: Some(run.binds.clone()).filter(|binds| !binds.is_empty()),
-            memory: i64::try_from(run.memory_bytes)
-                .ok()
-                .filter(|bytes| *bytes > 0),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
+    if let Err(reason) = hardening::check_binds(&run.binds) {
+        return (
+            None,
+            Err(OneOffError::Refused {
+                command: run.command.to_string(),
+                reason,
+            }),
+        );
+    }
+    let body = create_body(run);
     let options = CreateContainerOptionsBuilder::default()
         .name(&run.name)
         .build();
@@ -108,6 +112,26 @@ pub async fn run<'a>(
             .await;
     }
     (Some(container), outcome)
+}
+
+/// The container's create request, hardened. Pure.
+fn create_body(run: &OneOff<'_>) -> ContainerCreateBody {
+    let mut host_config = hardening::host_config(Limits {
+        cpu_millis: run.cpu_millis,
+        memory_bytes: run.memory_bytes,
+        pids: hardening::BUILD_PIDS_LIMIT,
+    });
+    host_config.binds = Some(run.binds.clone()).filter(|binds| !binds.is_empty());
+    ContainerCreateBody {
+        image: Some(run.image.to_string()),
+        cmd: Some(vec!["sh".into(), "-c".into(), run.command.to_string()]),
+        entrypoint: Some(Vec::new()),
+        env: Some(run.env.clone()),
+        working_dir: run.working_dir.clone(),
+        labels: Some(run.labels.clone()),
+        host_config: Some(host_config),
+        ..Default::default()
+    }
 }
 
 async fn run_created(
@@ -160,4 +184,59 @@ async fn run_created(
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_one_off_container_is_hardened_and_always_limited() {
+        let run = OneOff {
+            name: "stratus-install-1".into(),
+            image: "stratus/python:3.11",
+            command: "pip install -r requirements.txt",
+            env: vec!["PATH=/usr/bin".into()],
+            working_dir: Some("/app".into()),
+            binds: vec!["/var/lib/stratus/cache/pip:/cache".into()],
+            labels: HashMap::new(),
+            cpu_millis: 0,
+            memory_bytes: 512 << 20,
+            timeout: Duration::from_secs(60),
+        };
+        let body = create_body(&run);
+        let host = body.host_config.unwrap();
+        assert_eq!(host.security_opt, Some(vec!["no-new-privileges".into()]));
+        assert_eq!(host.cap_drop, Some(vec!["ALL".into()]));
+        assert_eq!(host.pids_limit, Some(hardening::BUILD_PIDS_LIMIT));
+        assert_eq!(host.memory, Some(512 << 20));
+        assert_eq!(host.nano_cpus, Some(250_000_000), "a default CPU limit");
+        assert_eq!(host.binds, Some(run.binds.clone()));
+    }
+
+    #[tokio::test]
+    async fn a_one_off_never_gets_the_docker_socket() {
+        // Refused before the daemon is asked anything: this client has no daemon.
+        let docker =
+            Docker::connect_with_http("http://127.0.0.1:9", 1, bollard::API_DEFAULT_VERSION)
+                .expect("a client needs no connection");
+        let run = OneOff {
+            name: "stratus-release-x".into(),
+            image: "stratus/busybox:latest",
+            command: "true",
+            env: Vec::new(),
+            working_dir: None,
+            binds: vec!["/var/run/docker.sock:/var/run/docker.sock".into()],
+            labels: HashMap::new(),
+            cpu_millis: 100,
+            memory_bytes: 0,
+            timeout: Duration::from_secs(5),
+        };
+        let (container, outcome) = super::run(&docker, &run, &mut |_| {}).await;
+        assert!(container.is_none());
+        assert!(
+            matches!(outcome, Err(OneOffError::Refused { .. })),
+            "{outcome:?}"
+        );
+    }
 }

@@ -18,6 +18,7 @@ pub struct ReleaseRun<'a> {
     pub command: &'a str,
     /// The app's environment, `PORT` included.
     pub env: Vec<String>,
+    pub cpu_millis: u64,
     pub memory_bytes: u64,
     pub timeout: Duration,
 }
@@ -28,6 +29,8 @@ pub enum ReleaseError {
     Exited { command: String, code: i64 },
     #[error("the release command `{command}` ran longer than {limit:?} and was stopped")]
     TimedOut { command: String, limit: Duration },
+    #[error("the release command is refused: {0}")]
+    Refused(String),
     #[error("cannot run the release command in Docker: {0}")]
     Docker(#[source] bollard::errors::Error),
 }
@@ -54,6 +57,7 @@ pub async fn run(
             ("stratus.app".to_string(), run.app.to_string()),
             ("stratus.release-phase".to_string(), run.release.to_string()),
         ]),
+        cpu_millis: run.cpu_millis,
         memory_bytes: run.memory_bytes,
         timeout: run.timeout,
     };
@@ -65,5 +69,6 @@ pub async fn run(
         OneOffError::Exited { command, code } => ReleaseError::Exited { command, code },
         OneOffError::TimedOut { command, limit } => ReleaseError::TimedOut { command, limit },
         OneOffError::Docker { source, .. } => ReleaseError::Docker(source),
+        OneOffError::Refused { reason, .. } => ReleaseError::Refused(reason),
     })
 }

@@ -6,9 +6,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+use futures_util::StreamExt as _;
 use indicatif::{ProgressBar, ProgressStyle};
 use proto::api::AppView;
 use proto::build::BuildEvent;
+use proto::events::{Change, EventLine};
 use proto::{ContainerHealth, ContainerState};
 use tokio::time::Instant;
 
@@ -143,6 +145,9 @@ impl BuildOutput {
 }
 
 /// Polls the app until release `release` has every replica healthy, or fails.
+/// Follows the rollout of `release` through the node's event stream: each event about the
+/// app is shown and the app read again, so nothing is polled and nothing is missed (the
+/// stream starts at the index the first read names).
 pub async fn follow(
     client: &api::Client,
     app: &str,
@@ -151,10 +156,16 @@ pub async fn follow(
 ) -> anyhow::Result<()> {
     let spinner = ProgressBar::new_spinner();
     spinner.enable_steady_tick(Duration::from_millis(120));
-    let start = Instant::now();
+    let deadline = Instant::now() + timeout;
+    let (mut view, index) = client.app_after(app, None, Duration::ZERO).await?;
+    let query = api::EventQuery {
+        since: Some(index),
+        app: Some(app.to_string()),
+        ..api::EventQuery::default()
+    };
+    let mut events = client.events(&query).await?;
     let mut last_status = String::new();
     loop {
-        let view = client.app(app).await?;
         let status = rollout_status(&view, release);
         if status.line != last_status {
             spinner.set_message(status.line.clone());
@@ -175,15 +186,66 @@ pub async fn follow(
             }
             return Ok(());
         }
-        if start.elapsed() > timeout {
-            spinner.finish_and_clear();
-            bail!(
-                "release {release} of {app} is not healthy after {}s ({}): see `stratus status {app}`",
-                timeout.as_secs(),
-                status.line
-            );
+        let next = match tokio::time::timeout_at(deadline, events.next()).await {
+            Ok(next) => next,
+            Err(_) => {
+                spinner.finish_and_clear();
+                bail!(
+                    "release {release} of {app} is not healthy after {}s ({}): see `stratus status {app}`",
+                    timeout.as_secs(),
+                    status.line
+                );
+            }
+        };
+        match next {
+            Some(Ok(EventLine::Event(event))) => {
+                if concerns(&event.change, release) {
+                    let line = format!("       {}", crate::cli::events::event_line(&event));
+                    // A hidden spinner (output not a terminal) prints nothing of its own.
+                    if spinner.is_hidden() {
+                        println!("{line}");
+                    } else {
+                        spinner.println(line);
+                    }
+                }
+                view = client.app(app).await?;
+            }
+            // What no event reports is still seen within a heartbeat (15 s).
+            Some(Ok(EventLine::Heartbeat { .. })) => view = client.app(app).await?,
+            Some(Ok(EventLine::Gone { .. })) | None => {
+                // The stream ended (the node restarts, or the reader fell behind): the
+                // state, then the stream again from where the node now is.
+                let (fresh, index) = client.app_after(app, None, Duration::ZERO).await?;
+                view = fresh;
+                events = client
+                    .events(&api::EventQuery {
+                        since: Some(index),
+                        ..query.clone()
+                    })
+                    .await?;
+            }
+            Some(Err(err)) => {
+                spinner.finish_and_clear();
+                return Err(err).context(format!(
+                    "lost the event stream of {app}: `stratus status {app}` on another node shows how the rollout goes on"
+                ));
+            }
         }
-        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Whether an event is worth a line while `release` rolls out.
+fn concerns(change: &Change, release: u64) -> bool {
+    if let Some(replica) = change.replica() {
+        return replica.release == release;
+    }
+    match change {
+        Change::RolloutProgress { release: r, .. }
+        | Change::ReleaseLive { release: r, .. }
+        | Change::ReleaseFailed { release: r, .. }
+        | Change::RolloutBlocked { release: r, .. } => *r == release,
+        Change::RolledBack { from, .. } => *from == release,
+        _ => false,
     }
 }
 

@@ -1,6 +1,11 @@
 //! The CLI's side: presentation of API answers for people, and `stratus deploy`.
 
 pub mod deploy;
+pub mod doctor;
+pub mod events;
+pub mod open;
+pub mod ps;
+pub mod tenancy;
 
 use comfy_table::presets::UTF8_BORDERS_ONLY;
 use comfy_table::{Cell, Table};

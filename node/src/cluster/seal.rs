@@ -11,8 +11,9 @@
 //! open just like a forged body. `key_id` (the first bytes of SHA-256 of the key) picks the
 //! key from the keyring without trial decryption, which is what makes key rotation cheap.
 //!
-//! The node API token is derived from the same key with HKDF-SHA256 ([`NODE_TOKEN_SALT`],
-//! [`NODE_TOKEN_INFO`]), so a token seen on the wire reveals nothing about the gossip key.
+//! The key node-to-node API calls are signed with (`api::node_auth`) is derived from the same
+//! key with HKDF-SHA256 ([`HKDF_SALT`], [`NODE_MAC_INFO`]), so nothing on the wire reveals
+//! the gossip key; each key of the keyring has its own, named by the key's fingerprint.
 //!
 //! Why fragments: chitchat fills a datagram up to the 65,507-byte UDP limit (it sizes its
 //! deltas against that constant), so adding 55 bytes of header and tag can overflow it.
@@ -47,13 +48,12 @@ pub const MAX_FRAGMENT_PLAINTEXT: usize = MAX_DATAGRAM - OVERHEAD;
 /// more leave room without letting a peer make us buffer much.
 pub const MAX_FRAGMENTS: usize = 4;
 const KEY_LEN: usize = 32;
-/// HKDF salt of the node API token: fixed and public, it only separates Stratus's
-/// derivations from any other use of the same key material (RFC 5869, section 3.1).
-pub const NODE_TOKEN_SALT: &[u8] = b"stratus cluster key";
-/// HKDF info of the node API token; a new derivation from the cluster key gets its own.
-pub const NODE_TOKEN_INFO: &[u8] = b"stratus node api token v2";
-/// Bytes of HKDF output in a node token (64 hex characters on the wire).
-const NODE_TOKEN_LEN: usize = 32;
+/// HKDF salt of every derivation from the cluster key: fixed and public, it only separates
+/// Stratus's derivations from any other use of the same key material (RFC 5869, 3.1).
+pub const HKDF_SALT: &[u8] = b"stratus cluster key";
+/// HKDF info of the node API MAC key; a new derivation from the cluster key gets its own.
+/// (v1 and v2 of "stratus node api token" were static bearer tokens, refused now.)
+pub const NODE_MAC_INFO: &[u8] = b"stratus node api mac v1";
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum KeyError {
@@ -91,8 +91,11 @@ pub enum SealError {
 #[derive(Clone)]
 pub struct ClusterKey {
     cipher: XChaCha20Poly1305,
+    /// Seals config vars at rest: a derivation of its own, so neither use weakens the other.
+    config_cipher: XChaCha20Poly1305,
     id: [u8; KEY_ID_LEN],
-    node_token: String,
+    /// Signs and checks node-to-node API calls.
+    mac_key: api::MacKey,
 }
 
 impl std::fmt::Debug for ClusterKey {
@@ -119,8 +122,9 @@ impl ClusterKey {
         id.copy_from_slice(&digest[..KEY_ID_LEN]);
         Ok(ClusterKey {
             cipher: XChaCha20Poly1305::new(chacha20poly1305::Key::from_slice(&bytes)),
+            config_cipher: config_cipher(&bytes),
+            mac_key: api::MacKey::new(hex::encode(id), node_mac_secret(&bytes)),
             id,
-            node_token: node_token(&bytes),
         })
     }
 
@@ -135,16 +139,35 @@ impl ClusterKey {
     pub fn fingerprint(&self) -> String {
         hex::encode(self.id)
     }
+
+    /// The key node-to-node API calls are signed with, named by [`ClusterKey::fingerprint`].
+    pub fn mac_key(&self) -> &api::MacKey {
+        &self.mac_key
+    }
+
+    /// The AEAD config vars are sealed with ([`crate::secrets`]).
+    pub fn config_cipher(&self) -> &XChaCha20Poly1305 {
+        &self.config_cipher
+    }
 }
 
-/// The bearer token agents present to each other's APIs: HKDF-SHA256 of the cluster key,
-/// hex-encoded. A separate derivation, so the token reveals nothing about the gossip key.
-fn node_token(key: &[u8]) -> String {
-    let mut token = [0u8; NODE_TOKEN_LEN];
-    Hkdf::<Sha256>::new(Some(NODE_TOKEN_SALT), key)
-        .expand(NODE_TOKEN_INFO, &mut token)
+/// HKDF-SHA256 of the cluster key for config vars at rest.
+fn config_cipher(key: &[u8]) -> XChaCha20Poly1305 {
+    let mut derived = [0u8; KEY_LEN];
+    Hkdf::<Sha256>::new(Some(HKDF_SALT), key)
+        .expand(b"stratus config vars v1", &mut derived)
         .expect("32 bytes is far below HKDF-SHA256's 8160-byte output limit");
-    hex::encode(token)
+    XChaCha20Poly1305::new(chacha20poly1305::Key::from_slice(&derived))
+}
+
+/// The HMAC key of node-to-node API calls: HKDF-SHA256 of `ikm` (the cluster key). A
+/// separate derivation, so neither the MACs nor the key reveal anything about the gossip key.
+pub fn node_mac_secret(ikm: &[u8]) -> [u8; KEY_LEN] {
+    let mut secret = [0u8; KEY_LEN];
+    Hkdf::<Sha256>::new(Some(HKDF_SALT), ikm)
+        .expand(NODE_MAC_INFO, &mut secret)
+        .expect("32 bytes is far below HKDF-SHA256's 8160-byte output limit");
+    secret
 }
 
 /// The primary key seals; every key in the ring (primary included) opens.
@@ -174,16 +197,20 @@ impl Keyring {
         &self.primary
     }
 
-    /// The bearer token agents present to each other's APIs (derived from the primary key).
-    pub fn node_token(&self) -> &str {
-        &self.primary.node_token
-    }
-
-    /// Whether `token` is derived from any key of the ring (so rotation keeps APIs open).
-    pub fn accepts_node_token(&self, token: &str) -> bool {
+    /// The MAC keys of every key of the ring, the primary's (which signs) first: a node
+    /// checks calls against all of them, so a rotation keeps APIs open.
+    pub fn mac_keys(&self) -> Vec<api::MacKey> {
         std::iter::once(&self.primary)
             .chain(&self.extra)
-            .any(|key| constant_time_eq(key.node_token.as_bytes(), token.as_bytes()))
+            .map(|key| key.mac_key.clone())
+            .collect()
+    }
+
+    /// The key of the ring whose fingerprint is `fingerprint`.
+    pub fn by_fingerprint(&self, fingerprint: &str) -> Option<&ClusterKey> {
+        std::iter::once(&self.primary)
+            .chain(&self.extra)
+            .find(|key| key.fingerprint() == fingerprint)
     }
 
     fn find(&self, id: &[u8]) -> Option<&ClusterKey> {
@@ -451,27 +478,35 @@ mod tests {
     }
 
     #[test]
-    fn node_tokens_follow_the_keyring() {
+    fn mac_keys_follow_the_keyring() {
         let (ring_a, key_a) = ring(1);
         let (ring_b, key_b) = ring(2);
-        assert!(ring_a.accepts_node_token(ring_a.node_token()));
-        assert!(!ring_a.accepts_node_token(ring_b.node_token()));
-        assert!(!ring_a.accepts_node_token(""));
-        assert_ne!(ring_a.node_token(), key_a, "the token must not be the key");
+        assert_eq!(ring_a.mac_keys(), [ring_a.primary().mac_key().clone()]);
+        assert_ne!(ring_a.mac_keys(), ring_b.mac_keys());
+        assert_eq!(ring_a.mac_keys()[0].id(), ring_a.primary().fingerprint());
         let rotating = Keyring::parse(&[key_b, key_a]).unwrap();
-        assert!(rotating.accepts_node_token(ring_a.node_token()));
+        assert_eq!(
+            rotating.mac_keys(),
+            [ring_b.mac_keys()[0].clone(), ring_a.mac_keys()[0].clone()],
+            "the primary signs, both check"
+        );
     }
 
     /// Pins the derivations, so a change to them (which locks out nodes of the previous
     /// version) cannot pass unnoticed. The expected values were computed outside this code,
-    /// from RFC 5869 with HMAC-SHA256: PRK = HMAC(salt, key), token = HMAC(PRK, info || 0x01).
+    /// from RFC 5869 with HMAC-SHA256: PRK = HMAC(salt, key), okm = HMAC(PRK, info || 0x01).
     #[test]
-    fn the_node_token_and_fingerprint_match_their_test_vectors() {
+    fn the_mac_key_and_fingerprint_match_their_test_vectors() {
         // The key is the bytes 0x00, 0x01, ... 0x1f.
         let key = ClusterKey::parse("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=").unwrap();
+        let bytes: Vec<u8> = (0u8..32).collect();
         assert_eq!(
-            key.node_token,
-            "322faf428565d0be4831b1ff6523acbb0b719d98155f6df2adc4c80c59a1dc8c"
+            hex::encode(node_mac_secret(&bytes)),
+            "c4ec93ef5a7aa3a3679e64576b4f7361efa8c9c70ab0cc3921dab5b7d8e1f1b9"
+        );
+        assert_eq!(
+            key.mac_key(),
+            &api::MacKey::new("630dcd29", node_mac_secret(&bytes))
         );
         assert_eq!(key.fingerprint(), "630dcd29");
         assert_eq!(format!("{key:?}"), "ClusterKey(630dcd29)");

@@ -2,14 +2,28 @@
 //! reconciler and the build placement both rank.
 
 use proto::api::NodeStatus;
+use proto::tenancy::Isolation;
 
 use crate::cluster::membership::ClusterView;
 use crate::control::scheduler::NodeCandidate;
 
 /// Every node with a load, as a scheduling candidate for `app`.
 pub fn candidates(view: &ClusterView, app: &str) -> Vec<NodeCandidate> {
+    candidates_for(view, app, Isolation::Container)
+}
+
+/// Every node with a load that can run `app`'s replicas under `isolation`: for gVisor,
+/// only nodes whose identity says they have it (the others would refuse the placement).
+pub fn candidates_for(view: &ClusterView, app: &str, isolation: Isolation) -> Vec<NodeCandidate> {
     view.nodes
         .iter()
+        .filter(|node| match isolation {
+            Isolation::Container => true,
+            Isolation::Gvisor => node
+                .identity
+                .as_ref()
+                .is_some_and(|identity| identity.gvisor),
+        })
         .filter_map(|node| {
             let load = node.load?;
             let runs_workloads = node

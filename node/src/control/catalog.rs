@@ -280,6 +280,8 @@ pub(crate) mod tests {
     pub(crate) fn record(app: &str, wall_ms: u64, node: &str, release: u64) -> AppRecord {
         let manifest = Manifest::parse(&format!("name = \"{app}\"\ncmd = \"run\""), None).unwrap();
         AppRecord {
+            domain_claims: Default::default(),
+            tenant: None,
             builds: Default::default(),
             name: app.into(),
             stamp: Stamp {
@@ -289,6 +291,7 @@ pub(crate) mod tests {
             },
             deleted: false,
             release: Some(Release {
+                config: None,
                 image: None,
                 number: release,
                 bundle: BlobRef {

@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use proto::catalog::Stamp;
 use tokio::sync::watch;
 
 use crate::cluster::membership::Membership;
@@ -16,6 +17,16 @@ use crate::control::hlc::unix_ms;
 /// A node that accepted a change keeps publishing it this long even if it is not a keeper,
 /// so the keepers surely hear it.
 const WRITER_GRACE_MS: u64 = 60_000;
+
+/// Whether this node publishes the record under `key` last written at `stamp`: it keeps
+/// it, or it wrote it within [`WRITER_GRACE_MS`]. App and tenancy records follow the same
+/// rule.
+pub fn publishes(key: &str, stamp: &Stamp, live: &[&str], node_id: &str, now_ms: u64) -> bool {
+    let keeper = keepers(key, live, KEEPERS).iter().any(|k| k == node_id);
+    let fresh_write =
+        stamp.node_id == node_id && now_ms.saturating_sub(stamp.wall_ms) < WRITER_GRACE_MS;
+    keeper || fresh_write
+}
 
 pub async fn run(
     catalog: Arc<CatalogHandle>,
@@ -38,10 +49,7 @@ pub async fn run(
         let records = catalog.records().await;
         let now = unix_ms();
         for record in records {
-            let keeper = keepers(&record.name, &live, KEEPERS).contains(&node_id);
-            let fresh_write = record.stamp.node_id == node_id
-                && now.saturating_sub(record.stamp.wall_ms) < WRITER_GRACE_MS;
-            if keeper || fresh_write {
+            if publishes(&record.name, &record.stamp, &live, &node_id, now) {
                 membership.publish_app(&record).await;
                 published.insert(record.name.clone());
             } else if published.remove(&record.name) {

@@ -113,6 +113,7 @@ async fn sleep_until(deadline: Option<Instant>) {
 
 /// Every app of the catalog with a release, and the release each would go back to.
 async fn app_inputs(agent: &AgentHandles) -> Vec<AppInput> {
+    let tenancy = agent.tenancy.clone();
     agent
         .catalog
         .read(|catalog| {
@@ -129,6 +130,7 @@ async fn app_inputs(agent: &AgentHandles) -> Vec<AppInput> {
                     Some(AppInput {
                         record: AppRecord::clone(record),
                         previous,
+                        isolation: tenancy.isolation(record.tenant.as_deref()),
                     })
                 })
                 .collect()
@@ -139,6 +141,13 @@ async fn app_inputs(agent: &AgentHandles) -> Vec<AppInput> {
 /// Gossip writes (local and quick) are done at once; peer calls and catalog writes go to
 /// the dispatcher.
 async fn carry_out(agent: &AgentHandles, dispatcher: &mut Dispatcher, action: DriverAction) {
+    agent.metrics.reconciler_action(match &action {
+        DriverAction::PublishFailure(_) => "publish_failure",
+        DriverAction::ClearFailure { .. } => "clear_failure",
+        DriverAction::Place { .. } => "place",
+        DriverAction::Stop { .. } => "stop",
+        DriverAction::RollBack { .. } => "roll_back",
+    });
     match action {
         DriverAction::PublishFailure(failure) => {
             warn!(app = %failure.app, reason = %failure.reason, "the release cannot run");
@@ -389,6 +398,7 @@ pub async fn admit(
         .await
         .and_then(|record| record.release.map(|release| release.number));
     if catalog_release.is_some_and(|current| current > request.release.number) {
+        agent.metrics.placement("superseded");
         return Err(ApiError::Conflict(format!(
             "release {} of {} is already superseded here",
             request.release.number, request.app
@@ -398,7 +408,19 @@ pub async fn admit(
         cpu_millis: request.release.manifest.resources.cpu_millis,
         mem_bytes: request.release.manifest.resources.memory_bytes,
     };
-    match agent.admission.admit(&request.placement_id, needs).await {
+    let needs_gvisor = placement_needs_gvisor(&request);
+    let admitted = agent
+        .admission
+        .admit_placement(&request.placement_id, needs, needs_gvisor)
+        .await;
+    agent.metrics.placement(match &admitted {
+        Ok(true) => "admitted",
+        Ok(false) => "already_admitted",
+        Err(Refusal::Draining) => "draining",
+        Err(Refusal::NoRoom(_)) => "no_room",
+        Err(Refusal::NoGvisor) => "no_gvisor",
+    });
+    match admitted {
         Ok(false) => Ok(PlacementReply::AlreadyAdmitted),
         Err(Refusal::Draining) => Err(ApiError::Conflict(format!(
             "{} is draining: it takes no new replicas",
@@ -409,11 +431,21 @@ pub async fn admit(
             agent.node_id(),
             request.placement_id
         ))),
+        Err(refusal @ Refusal::NoGvisor) => Err(ApiError::Conflict(format!(
+            "{} refuses {}: {refusal}",
+            agent.node_id(),
+            request.placement_id
+        ))),
         Ok(true) => {
             crate::workload::supervisor::spawn_replica(agent.clone(), request);
             Ok(PlacementReply::Admitted)
         }
     }
+}
+
+/// Whether the placement's tenant runs under gVisor.
+fn placement_needs_gvisor(request: &PlacementRequest) -> bool {
+    request.isolation == proto::tenancy::Isolation::Gvisor
 }
 
 /// Node-to-node: the app's reconciler asks this node to stop one of its replicas.

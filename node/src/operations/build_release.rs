@@ -12,6 +12,7 @@ use futures_util::StreamExt;
 use proto::api::BuildRequest;
 use proto::api::{BuildsResponse, NodeStatus};
 use proto::build::{BuildEvent, BuildSummary, CacheUse, ImageRef};
+use proto::events::Change;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -45,6 +46,7 @@ enum Attempt {
 pub async fn build_release(
     agent: &AgentHandles,
     request: &BuildRequest,
+    tenant: Option<&str>,
     events: &UnboundedSender<BuildEvent>,
 ) -> BuildSummary {
     let started = unix_ms();
@@ -110,7 +112,7 @@ pub async fn build_release(
             } else {
                 "the least-burdened node with room for the build"
             };
-            let attempt = attempt_on(agent, &node, request, reason, events).await;
+            let attempt = attempt_on(agent, &node, request, tenant, reason, events).await;
             match attempt {
                 Attempt::Finished(summary) => return *summary,
                 Attempt::Refused(why) => problems.push(why),
@@ -149,10 +151,35 @@ pub async fn build_release(
     }
 }
 
+/// Tells the deploy's stream and this node's events where the build runs: only the
+/// accepting node sees a build start (the others see it once it is recorded).
+fn announce_placed(
+    agent: &AgentHandles,
+    request: &BuildRequest,
+    tenant: Option<&str>,
+    node: &str,
+    reason: &str,
+    events: &UnboundedSender<BuildEvent>,
+) {
+    let _ = events.send(BuildEvent::Placed {
+        node: node.to_string(),
+        reason: reason.to_string(),
+    });
+    let started = Change::BuildStarted {
+        app: request.app.clone(),
+        node: node.to_string(),
+        builder: request.builder.to_string(),
+    };
+    agent
+        .events
+        .publish(vec![started], |_| tenant.map(str::to_string));
+}
+
 async fn attempt_on(
     agent: &AgentHandles,
     node: &str,
     request: &BuildRequest,
+    tenant: Option<&str>,
     reason: &str,
     events: &UnboundedSender<BuildEvent>,
 ) -> Attempt {
@@ -161,10 +188,7 @@ async fn attempt_on(
             Ok(reservation) => reservation,
             Err(why) => return Attempt::Refused(why),
         };
-        let _ = events.send(BuildEvent::Placed {
-            node: node.to_string(),
-            reason: reason.to_string(),
-        });
+        announce_placed(agent, request, tenant, node, reason, events);
         return Attempt::Finished(Box::new(
             job::run(agent, request, reservation, events.clone()).await,
         ));
@@ -182,10 +206,7 @@ async fn attempt_on(
         Err(err) if err.status().is_some() => return Attempt::Refused(err.to_string()),
         Err(err) => return Attempt::Lost(format!("{node} did not answer ({err})")),
     };
-    let _ = events.send(BuildEvent::Placed {
-        node: node.to_string(),
-        reason: reason.to_string(),
-    });
+    announce_placed(agent, request, tenant, node, reason, events);
     let mut views = agent.membership.subscribe().await;
     let mut silent_until = Instant::now() + SILENCE_LIMIT;
     loop {

@@ -31,6 +31,7 @@ pub async fn scale(
     }
     let existing = current(agent, app).await?;
     let release = release_of(&existing, app)?;
+    crate::operations::quota::check_scale(agent, &existing, replicas).await?;
     let record = AppRecord {
         stamp: agent.catalog.stamp().await,
         replicas,
@@ -93,7 +94,7 @@ pub async fn restart(agent: &AgentHandles, app: &str) -> Result<ChangeAccepted, 
     copy_release(agent, existing, release, note).await
 }
 
-async fn copy_release(
+pub(crate) async fn copy_release(
     agent: &AgentHandles,
     existing: AppRecord,
     source: Release,
@@ -241,7 +242,7 @@ pub async fn set_own_draining(agent: &AgentHandles, draining: bool) -> Result<()
     Ok(())
 }
 
-async fn current(agent: &AgentHandles, app: &str) -> Result<AppRecord, ApiError> {
+pub(crate) async fn current(agent: &AgentHandles, app: &str) -> Result<AppRecord, ApiError> {
     agent
         .catalog
         .live_record(app)
@@ -249,7 +250,7 @@ async fn current(agent: &AgentHandles, app: &str) -> Result<AppRecord, ApiError>
         .ok_or_else(|| ApiError::UnknownApp(app.to_string()))
 }
 
-fn release_of<'a>(record: &'a AppRecord, app: &str) -> Result<&'a Release, ApiError> {
+pub(crate) fn release_of<'a>(record: &'a AppRecord, app: &str) -> Result<&'a Release, ApiError> {
     record
         .release
         .as_ref()
@@ -283,11 +284,66 @@ pub async fn commit(agent: &AgentHandles, record: &AppRecord) -> Result<Vec<Stri
         .await
         .map_err(store_unavailable)?;
     agent.membership.publish_app(record).await;
+    let held = hold_on_keepers(agent, app, |client| async move {
+        hold_with_bundle(agent, &client, record).await
+    })
+    .await;
+    if held.holders.len() < held.needed {
+        return Err(ApiError::Unavailable(format!(
+            "the change to {app} is held by only {} of {} nodes ({}), so it is not \
+             acknowledged: it may still apply; check `stratus status {app}` or try again",
+            held.holders.len(),
+            held.needed,
+            held.holders.join(", ")
+        )));
+    }
+    Ok(held.holders)
+}
+
+/// A keeper that lacks the bundle (keepers moved since the deploy) is sent it first.
+async fn hold_with_bundle(
+    agent: &AgentHandles,
+    client: &api::Client,
+    record: &AppRecord,
+) -> Result<(), api::ClientError> {
+    let held = client.hold_record(record).await;
+    let Some(release) = &record.release else {
+        return held;
+    };
+    if !held.as_ref().is_err_and(|err| err.status() == Some(409)) || agent.bundles.s3().is_some() {
+        return held;
+    }
+    match agent.bundles.local().path(&release.bundle.sha256) {
+        Ok(blob) => {
+            client.put_blob(&release.bundle.sha256, &blob).await?;
+            client.hold_record(record).await
+        }
+        Err(err) => {
+            warn!(app = %record.name, error = %err, "no local copy of the bundle to send");
+            held
+        }
+    }
+}
+
+/// Who holds a change: this node, then those of the keepers of `key` that took it, in
+/// keeper order, until `needed` (as many as a deploy needs: [`KEEPERS`], or every live
+/// node if fewer).
+pub(crate) struct Held {
+    pub holders: Vec<String>,
+    pub needed: usize,
+}
+
+/// Hands a change this node already holds to the keepers of `key` with `hold`.
+pub(crate) async fn hold_on_keepers<F, Fut>(agent: &AgentHandles, key: &str, mut hold: F) -> Held
+where
+    F: FnMut(api::Client) -> Fut,
+    Fut: std::future::Future<Output = Result<(), api::ClientError>>,
+{
     let view = agent.view().await;
     let live: Vec<&str> = view.live_nodes().map(|n| n.node_id.as_str()).collect();
     let needed = KEEPERS.min(live.len().max(1));
     let mut holders = vec![agent.node_id().to_string()];
-    for target in keepers(app, &live, live.len()) {
+    for target in keepers(key, &live, live.len()) {
         if holders.len() >= needed {
             break;
         }
@@ -301,37 +357,12 @@ pub async fn commit(agent: &AgentHandles, record: &AppRecord) -> Result<Vec<Stri
         else {
             continue;
         };
-        let mut held = client.hold_record(record).await;
-        if held.as_ref().is_err_and(|err| err.status() == Some(409))
-            && agent.bundles.s3().is_none()
-            && let Some(release) = &record.release
-        {
-            // The keeper lacks the bundle (keepers moved since the deploy): send it.
-            held = match agent.bundles.local().path(&release.bundle.sha256) {
-                Ok(blob) => match client.put_blob(&release.bundle.sha256, &blob).await {
-                    Ok(()) => client.hold_record(record).await,
-                    Err(err) => Err(err),
-                },
-                Err(err) => {
-                    warn!(app, error = %err, "no local copy of the bundle to send");
-                    held
-                }
-            };
-        }
-        match held {
+        match hold(client).await {
             Ok(()) => holders.push(target),
-            Err(err) => warn!(app, node = %target, error = %err, "could not pass the change on"),
+            Err(err) => warn!(key, node = %target, error = %err, "could not pass the change on"),
         }
     }
-    if holders.len() < needed {
-        return Err(ApiError::Unavailable(format!(
-            "the change to {app} is held by only {} of {needed} nodes ({}), so it is not \
-             acknowledged: it may still apply; check `stratus status {app}` or try again",
-            holders.len(),
-            holders.join(", ")
-        )));
-    }
-    Ok(holders)
+    Held { holders, needed }
 }
 
 /// Asks the app's first keeper for the next number (so two nodes deploying the same app at

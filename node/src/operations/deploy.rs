@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use api::{ApiError, BuildEvents, Upload};
+use api::{ApiError, BuildEvents, Principal, Upload};
 use proto::api::BuildRequest;
 use proto::api::{AppSummary, AppView, AppsResponse, DeployAccepted, ReplicaView};
 use proto::build::{BuildEvent, BuildSummary, Builder, KEPT_BUILDS};
@@ -23,16 +23,18 @@ use crate::cluster::membership::ClusterView;
 use crate::control::catalog::{KEEPERS, keepers};
 use crate::control::hlc::unix_ms;
 use crate::handles::AgentHandles;
-use crate::operations::build_release;
 use crate::operations::changes::{commit, release_number, store_unavailable};
+use crate::operations::{access, build_release, quota};
 
 pub async fn accept(
     agent: &AgentHandles,
+    caller: &Principal,
     app: &str,
     upload: Upload,
     events: BuildEvents,
 ) -> Result<DeployAccepted, ApiError> {
     validate_app_name(app).map_err(ApiError::BadRequest)?;
+    let tenant = access::deploy_owner(caller, agent.catalog.live_record(app).await.as_ref(), app)?;
     let (manifest, detection) = inspect(agent, &upload).await?;
     if manifest.name != app {
         return Err(ApiError::BadRequest(format!(
@@ -40,6 +42,9 @@ pub async fn accept(
             manifest.name, manifest.name
         )));
     }
+    let others = agent.catalog.records().await;
+    access::check_domains(caller, tenant.as_deref(), app, &manifest, &others)?;
+    quota::check_deploy(agent, tenant.as_deref(), app, &manifest).await?;
     if detection.builder == Builder::Image && manifest.cmd.is_none() {
         return Err(ApiError::InvalidManifest(format!(
             "invalid {MANIFEST_FILE}: cmd: missing, and no builder applies ({}): set `cmd = \"...\"`, \
@@ -96,9 +101,10 @@ pub async fn accept(
                 reason: detection.reason.clone(),
                 keepers: keepers_of_app.clone(),
             };
-            let summary = build_release::build_release(agent, &request, &events).await;
+            let summary =
+                build_release::build_release(agent, &request, tenant.as_deref(), &events).await;
             if let Some(error) = &summary.error {
-                record_failed_build(agent, app, &manifest, &summary).await;
+                record_failed_build(agent, tenant.clone(), app, &manifest, &summary).await;
                 return Err(ApiError::BuildFailed(format!(
                     "release {number} of {app} was not built, and nothing was rolled out (the previous release, if any, keeps serving): {error}. \
                      `stratus logs {app} --build {number}` shows the whole output"
@@ -129,13 +135,22 @@ pub async fn accept(
         .as_ref()
         .map(|record| record.failed.clone())
         .unwrap_or_default();
+    // Config vars stay across deploys, as on Heroku: only `stratus config` changes them.
+    let config = previous
+        .as_ref()
+        .and_then(|record| record.release.as_ref())
+        .and_then(|release| release.config.clone());
+    let stamp = agent.catalog.stamp().await;
+    let domain_claims = access::domain_claims(&manifest, previous.as_ref(), &stamp);
     let mut builds = previous.map(|record| record.builds).unwrap_or_default();
     if let Some(summary) = &build {
         keep_build(&mut builds, summary.clone());
     }
     let record = AppRecord {
         name: app.to_string(),
-        stamp: agent.catalog.stamp().await,
+        stamp,
+        tenant: tenant.clone(),
+        domain_claims,
         deleted: false,
         replicas: manifest.replicas,
         release: Some(Release {
@@ -146,6 +161,7 @@ pub async fn accept(
             created_on: agent.node_id().to_string(),
             note: None,
             image,
+            config,
         }),
         failed: previous_failures,
         builds,
@@ -237,6 +253,7 @@ pub(crate) fn keep_build(builds: &mut BTreeMap<u64, BuildSummary>, summary: Buil
 /// touching the release that runs: `stratus builds` and `stratus releases` show it.
 async fn record_failed_build(
     agent: &AgentHandles,
+    tenant: Option<String>,
     app: &str,
     manifest: &Manifest,
     summary: &BuildSummary,
@@ -249,11 +266,13 @@ async fn record_failed_build(
             counter: 0,
             node_id: String::new(),
         },
+        tenant,
         deleted: false,
         release: None,
         replicas: manifest.replicas,
         failed: BTreeMap::new(),
         builds: BTreeMap::new(),
+        domain_claims: BTreeMap::new(),
     });
     record.stamp = agent.catalog.stamp().await;
     record.failed.insert(
@@ -405,13 +424,15 @@ pub async fn destroy(agent: &AgentHandles, app: &str) -> Result<AppView, ApiErro
     app_view(agent, app, true).await
 }
 
-pub async fn apps(agent: &AgentHandles) -> AppsResponse {
+/// `GET /v1/apps`: the apps the caller may see.
+pub async fn apps(agent: &AgentHandles, caller: &Principal) -> AppsResponse {
     let view = agent.view().await;
     let apps = agent
         .catalog
         .read(|catalog| {
             catalog
                 .apps()
+                .filter(|record| caller.may_touch(record.tenant.as_deref()))
                 .map(|record| {
                     let release = record.release.as_ref().map(|release| release.number);
                     let healthy = view
@@ -470,6 +491,7 @@ pub async fn app_view(
             state: c.record.state,
             health: c.record.health,
             detail: c.record.detail.clone(),
+            usage: None,
         })
         .collect();
     replicas.sort_by(|a, b| {

@@ -30,6 +30,7 @@ pub async fn report(agent: &AgentHandles) -> HealthResponse {
         version: VERSION.to_string(),
         gossip: agent.gossip_stats.snapshot(),
         checks,
+        time_ms: Some(crate::control::hlc::unix_ms()),
     }
 }
 

@@ -1,6 +1,7 @@
 //! What this node agrees to run: the admission ledger of the replicas it reserved room for
-//! (the pure [`Admission`]) and whether an operator drained it. A drain is remembered in a
-//! marker file across restarts; gossiping it is the caller's part.
+//! (the pure [`Admission`]), whether an operator drained it, and whether it can run a
+//! gVisor tenant's replicas at all. A drain is remembered in a marker file across
+//! restarts; gossiping it is the caller's part.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,6 +14,7 @@ pub struct AdmissionControl {
     ledger: Mutex<Admission>,
     draining: AtomicBool,
     drain_marker: PathBuf,
+    gvisor: AtomicBool,
 }
 
 /// Why a placement was not admitted.
@@ -20,6 +22,22 @@ pub struct AdmissionControl {
 pub enum Refusal {
     Draining,
     NoRoom(String),
+    /// The replica must run under gVisor and this node's runtime has no `runsc`.
+    NoGvisor,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Draining => write!(f, "the node is draining: it takes no new replicas"),
+            Refusal::NoRoom(reason) => write!(f, "{reason}"),
+            Refusal::NoGvisor => write!(
+                f,
+                "its tenant runs under gVisor and this node has no runsc runtime: \
+                 install runsc and add it to Docker's runtimes, or place it elsewhere"
+            ),
+        }
+    }
 }
 
 impl AdmissionControl {
@@ -31,7 +49,27 @@ impl AdmissionControl {
             ledger: Mutex::new(Admission::new(cpu_millis, mem_bytes)),
             draining: AtomicBool::new(drain_marker.exists()),
             drain_marker,
+            gvisor: AtomicBool::new(false),
         }
+    }
+
+    /// Says whether this node's runtime runs gVisor (`runsc`); off until told.
+    pub fn set_gvisor(&self, available: bool) {
+        self.gvisor.store(available, Ordering::SeqCst);
+    }
+
+    /// As [`AdmissionControl::admit`], for a replica that must run under gVisor when
+    /// `needs_gvisor`: refused on a node without it, before any room is reserved.
+    pub async fn admit_placement(
+        &self,
+        placement_id: &str,
+        needs: Needs,
+        needs_gvisor: bool,
+    ) -> Result<bool, Refusal> {
+        if needs_gvisor && !self.gvisor.load(Ordering::SeqCst) {
+            return Err(Refusal::NoGvisor);
+        }
+        self.admit(placement_id, needs).await
     }
 
     /// Reserves room for a new replica unless the node is drained or full. Admitting the
@@ -129,5 +167,23 @@ mod tests {
         restarted.set_draining(false).await.unwrap();
         assert!(!AdmissionControl::new(dir.path(), 1000, 1 << 30).is_draining());
         assert_eq!(restarted.admit("b", NEEDS).await, Ok(true));
+    }
+
+    #[tokio::test]
+    async fn a_node_without_gvisor_refuses_a_gvisor_replica_and_reserves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let control = AdmissionControl::new(dir.path(), 1000, 1 << 30);
+        let refused = control.admit_placement("g", NEEDS, true).await;
+        assert_eq!(refused, Err(Refusal::NoGvisor));
+        assert!(
+            Refusal::NoGvisor.to_string().contains("no runsc"),
+            "the reason says what is missing"
+        );
+        assert_eq!(control.reserved().await, (0, 0));
+        assert_eq!(control.admit_placement("c", NEEDS, false).await, Ok(true));
+        control.release("c").await;
+
+        control.set_gvisor(true);
+        assert_eq!(control.admit_placement("g", NEEDS, true).await, Ok(true));
     }
 }

@@ -1,5 +1,6 @@
 //! Running replicas on this node: the supervisor (start, watch, restart with jittered backoff, stop),
-//! the runtime drivers (Docker, plain processes), health probes and replica output.
+//! the runtime drivers (Docker, plain processes), health probes, replica output and what
+//! replicas use.
 
 pub mod admission_control;
 pub mod health;
@@ -8,3 +9,4 @@ pub mod replica;
 pub mod restart_backoff;
 pub mod runtime;
 pub mod supervisor;
+pub mod usage;

@@ -98,6 +98,20 @@ async fn run_replica(
             }
         }
     }
+    let mut backoff = RestartBackoff::new();
+    let env = loop {
+        match replica_env(agent, request) {
+            Ok(env) => break env,
+            Err(reason) => {
+                fail(agent, &mut record, reason).await;
+                if wait_or_stop(&mut stop, backoff.next_delay()).await
+                    || !still_wanted(agent, &record).await
+                {
+                    return;
+                }
+            }
+        }
+    };
     let spec = ContainerSpec {
         placement_id: request.placement_id.clone(),
         app: request.app.clone(),
@@ -116,10 +130,13 @@ async fn run_replica(
         cmd: release.manifest.cmd.clone().unwrap_or_default(),
         built,
         read_only_root: release.manifest.read_only_root,
+        user: release.manifest.user.clone(),
         port: release.manifest.port,
-        env: replica_env(agent, request),
+        env,
         cpu_millis: release.manifest.resources.cpu_millis,
         memory_bytes: release.manifest.resources.memory_bytes,
+        tenant: request.tenant.clone(),
+        isolation: request.isolation,
     };
     let mut backoff = RestartBackoff::new();
     loop {
@@ -135,6 +152,10 @@ async fn run_replica(
                 continue;
             }
         };
+        agent
+            .replicas
+            .started(&spec.placement_id, crate::control::hlc::unix_ms())
+            .await;
         record.addr = container.addr;
         record.state = ContainerState::Running;
         record.health = ContainerHealth::Unknown;
@@ -158,6 +179,7 @@ async fn run_replica(
                 return;
             }
             Outcome::Exited(detail) => {
+                agent.replicas.exited(&spec.placement_id).await;
                 // The restart replaces the container and its output with it: keep it.
                 crate::workload::logs::retain(agent, &record, &container.id).await;
                 let tail = agent
@@ -188,16 +210,24 @@ async fn run_replica(
 }
 
 /// The manifest's env plus who the replica is, so an app can tell (and log) where it runs.
+/// The manifest's env, then the config vars (which win, as on Heroku), then Stratus's own.
 fn replica_env(
     agent: &AgentHandles,
     request: &PlacementRequest,
-) -> std::collections::BTreeMap<String, String> {
+) -> Result<std::collections::BTreeMap<String, String>, String> {
     let mut env = request.release.manifest.env.clone();
+    let vars = crate::secrets::open(
+        agent.config.keyring.as_ref(),
+        &request.app,
+        request.release.config.as_ref(),
+    )
+    .map_err(|err| format!("cannot read the app's config vars: {err}"))?;
+    env.extend(vars);
     env.insert("STRATUS_APP".into(), request.app.clone());
     env.insert("STRATUS_RELEASE".into(), request.release.number.to_string());
     env.insert("STRATUS_REPLICA".into(), request.replica.to_string());
     env.insert("STRATUS_NODE".into(), agent.node_id().to_string());
-    env
+    Ok(env)
 }
 
 enum Outcome {
@@ -447,7 +477,8 @@ pub async fn adopt_existing(agent: AgentHandles) {
         }
     };
     for container in containers {
-        let release = match agent.catalog.live_record(&container.app).await {
+        let record = agent.catalog.live_record(&container.app).await;
+        let release = match &record {
             None => None,
             Some(_) => agent
                 .catalog
@@ -485,6 +516,12 @@ pub async fn adopt_existing(agent: AgentHandles) {
                 release,
                 replica: container.replica,
                 holders: Vec::new(),
+                isolation: agent
+                    .tenancy
+                    .isolation(record.as_ref().and_then(|record| record.tenant.as_deref())),
+                // The tenant's isolation again, not the default: a restart of this replica
+                // recreates its container, which must not leave gVisor for runc.
+                tenant: record.and_then(|record| record.tenant),
             },
         );
     }

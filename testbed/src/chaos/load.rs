@@ -6,9 +6,10 @@
 //! node NODE`. [`Load::mark`] puts named instants into the record, so a failure can be told
 //! as "1.2 s after `kill`".
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::{mpsc, watch};
@@ -131,6 +132,10 @@ pub struct Load {
     stop: watch::Sender<bool>,
     marks: mpsc::UnboundedSender<Mark>,
     mark_rx: mpsc::UnboundedReceiver<Mark>,
+    /// The releases answered so far, live: a step can wait for the traffic to reach a
+    /// release the agents already call routable (the ingress learns routes a feed round
+    /// later than the API does).
+    served: Arc<watch::Sender<BTreeSet<u64>>>,
     clients: Vec<JoinHandle<Vec<Sample>>>,
 }
 
@@ -139,6 +144,7 @@ impl Load {
     pub fn start(config: LoadConfig) -> Result<Load, LoadError> {
         let (stop, stop_rx) = watch::channel(false);
         let (marks, mark_rx) = mpsc::unbounded_channel();
+        let served = Arc::new(watch::Sender::new(BTreeSet::new()));
         let started = Instant::now();
         let url = format!("http://{}/", config.ingress);
         let mut clients = Vec::new();
@@ -158,6 +164,7 @@ impl Load {
                 config.clone(),
                 started,
                 stop_rx.clone(),
+                served.clone(),
             )));
         }
         Ok(Load {
@@ -166,6 +173,7 @@ impl Load {
             stop,
             marks,
             mark_rx,
+            served,
             clients,
         })
     }
@@ -176,6 +184,14 @@ impl Load {
             label: label.to_string(),
             at: self.started.elapsed(),
         });
+    }
+
+    /// Waits until a request is answered by `release`, or `timeout` passes (false).
+    pub async fn wait_served(&self, release: u64, timeout: Duration) -> bool {
+        let mut served = self.served.subscribe();
+        tokio::time::timeout(timeout, served.wait_for(|set| set.contains(&release)))
+            .await
+            .is_ok_and(|seen| seen.is_ok())
     }
 
     /// Time since the load started.
@@ -214,6 +230,7 @@ async fn client_loop(
     config: LoadConfig,
     started: Instant,
     mut stop: watch::Receiver<bool>,
+    served: Arc<watch::Sender<BTreeSet<u64>>>,
 ) -> Vec<Sample> {
     let mut samples = Vec::new();
     while !*stop.borrow() {
@@ -236,6 +253,13 @@ async fn client_loop(
             }
             Err(err) => Outcome::Error(describe(&err)),
         };
+        if let Outcome::Answered {
+            backend: Some(backend),
+            ..
+        } = &outcome
+        {
+            served.send_if_modified(|set| set.insert(backend.release));
+        }
         samples.push(Sample {
             client: index,
             at: begin.duration_since(started),

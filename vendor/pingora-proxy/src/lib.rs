@@ -1194,6 +1194,50 @@ impl<SV, C> HttpProxy<SV, C>
 where
     C: custom::Connector,
 {
+    /// One request of a downstream session: read it, proxy it, and hand back the stream if
+    /// the connection can serve another.
+    async fn process_one_http(
+        self: &Arc<Self>,
+        mut session: HttpSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream>
+    where
+        SV: ProxyHttp + Send + Sync + 'static,
+        <SV as ProxyHttp>::CTX: Send + Sync,
+    {
+        // Extract user context from the previous request before the session is moved into the Box
+        let prev_user_ctx = session.take_connection_user_context();
+
+        let session = Box::new(session);
+
+        // TODO: keepalive pool, use stack
+        let mut session = match self.handle_new_request(session).await {
+            Some(downstream_session) => Session::new(
+                downstream_session,
+                &self.downstream_modules,
+                #[cfg(feature = "upstream_modules")]
+                &self.upstream_modules,
+                self.shutdown_flag.clone(),
+            ),
+            None => return None, // bad request
+        };
+
+        if *shutdown.borrow() {
+            // stop downstream from reusing if this service is shutting down soon
+            session.set_keepalive(None);
+        }
+
+        let mut ctx = self.inner.new_ctx();
+
+        // Deliver user context from the previous request on this reused connection
+        if let Some(prev_ctx) = prev_user_ctx {
+            self.inner
+                .on_connection_reuse(&mut session, &mut ctx, prev_ctx);
+        }
+
+        self.process_request(session, ctx).await
+    }
+
     async fn process_request(
         self: &Arc<Self>,
         mut session: Session,
@@ -1616,40 +1660,16 @@ where
 {
     async fn process_new_http(
         self: &Arc<Self>,
-        mut session: HttpSession,
+        session: HttpSession,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
-        // Extract user context from the previous request before the session is moved into the Box
-        let prev_user_ctx = session.take_connection_user_context();
-
-        let session = Box::new(session);
-
-        // TODO: keepalive pool, use stack
-        let mut session = match self.handle_new_request(session).await {
-            Some(downstream_session) => Session::new(
-                downstream_session,
-                &self.downstream_modules,
-                #[cfg(feature = "upstream_modules")]
-                &self.upstream_modules,
-                self.shutdown_flag.clone(),
-            ),
-            None => return None, // bad request
-        };
-
-        if *shutdown.borrow() {
-            // stop downstream from reusing if this service is shutting down soon
-            session.set_keepalive(None);
+        // Serve the connection's keep-alive requests here rather than returning each stream to
+        // `ServerApp::process_new`: its next call would box and copy this whole future again.
+        let mut session = session;
+        loop {
+            let reused = self.process_one_http(session, shutdown).await?;
+            session = reused.into_http1_session(self.server_options.as_ref());
         }
-
-        let mut ctx = self.inner.new_ctx();
-
-        // Deliver user context from the previous request on this reused connection
-        if let Some(prev_ctx) = prev_user_ctx {
-            self.inner
-                .on_connection_reuse(&mut session, &mut ctx, prev_ctx);
-        }
-
-        self.process_request(session, ctx).await
     }
 
     async fn http_cleanup(&self) {
@@ -2032,6 +2052,68 @@ mod tests {
         ) -> Result<Box<HttpPeer>> {
             unreachable!()
         }
+    }
+
+    struct Answering {
+        served: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    #[async_trait]
+    impl ProxyHttp for Answering {
+        type CTX = ();
+
+        fn new_ctx(&self) -> Self::CTX {}
+
+        async fn upstream_peer(
+            &self,
+            _session: &mut Session,
+            _ctx: &mut Self::CTX,
+        ) -> Result<Box<HttpPeer>> {
+            unreachable!()
+        }
+
+        async fn request_filter(&self, session: &mut Session, _ctx: &mut ()) -> Result<bool> {
+            self.served.fetch_add(1, Ordering::SeqCst);
+            let mut resp = ResponseHeader::build(200, None)?;
+            resp.set_content_length(0)?;
+            session.write_response_header(Box::new(resp), true).await?;
+            Ok(true)
+        }
+    }
+
+    /// `process_new_http` serves a connection's keep-alive requests itself, so that the
+    /// future `ServerApp::process_new` boxes for it is boxed once per connection.
+    #[tokio::test]
+    async fn one_call_serves_every_keep_alive_request_of_a_connection() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let proxy = Arc::new(HttpProxy::new(
+            Answering {
+                served: served.clone(),
+            },
+            Arc::new(ServerConf::default()),
+        ));
+        let (server, mut client) = tokio::io::duplex(4096);
+        let mut session = HttpSession::new_http1(Box::new(server));
+        session.set_keepalive(Some(60));
+        let (_shutdown_tx, shutdown) = tokio::sync::watch::channel(false);
+        let serving =
+            tokio::spawn(async move { proxy.process_new_http(session, &shutdown).await.is_none() });
+        for _ in 0..3 {
+            client
+                .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+                .await
+                .unwrap();
+            let mut answer = Vec::new();
+            while !answer.ends_with(b"\r\n\r\n") {
+                answer.push(client.read_u8().await.unwrap());
+            }
+            assert!(answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
+            assert!(!answer.windows(5).any(|w| w == b"close"), "{answer:?}");
+        }
+        drop(client);
+        assert!(serving.await.unwrap());
+        assert_eq!(served.load(Ordering::SeqCst), 3);
     }
 
     /// Every request's future is copied whole into its box (`process_new_http` is an

@@ -1195,11 +1195,20 @@ where
     }
 }
 
+/// Header fields [`copy_without_header_case`] leaves room for beyond the client's: what a
+/// proxy's `upstream_request_filter` typically adds (X-Forwarded-For, -Proto, -Host, a
+/// request id, ...).
+const UPSTREAM_HEADER_ROOM: usize = 8;
+
 /// A copy of `req` without its map of original-case header names (see
 /// [`ProxyHttp::preserve_upstream_header_case`]): the same method, target, version, header
-/// values and H2 end-of-stream setting.
+/// values and H2 end-of-stream setting. Its map has room for [`UPSTREAM_HEADER_ROOM`] more
+/// fields: a clone is sized to the client's (often one or two fields), and each field a
+/// filter added would otherwise grow and rehash it again.
 fn copy_without_header_case(req: &RequestHeader) -> RequestHeader {
-    let mut copy = RequestHeader::from(req.as_owned_parts());
+    let mut parts = req.as_owned_parts();
+    parts.headers.reserve(UPSTREAM_HEADER_ROOM);
+    let mut copy = RequestHeader::from(parts);
     // A copy made from parts serializes its URI; a target that differs on the wire
     // (absolute-form, CONNECT, bytes that are not UTF-8) is set again as received.
     if copy.raw_path() != req.raw_path() {
@@ -1476,6 +1485,7 @@ mod tests {
         assert_eq!(copy.version, req.version);
         assert_eq!(copy.raw_path(), b"http://example.com/a?b=1");
         assert_eq!(copy.headers, req.headers);
+        assert!(copy.headers.capacity() >= req.headers.len() + UPSTREAM_HEADER_ROOM);
         let mut wire = Vec::new();
         copy.header_to_h1_wire(&mut wire);
         assert_eq!(

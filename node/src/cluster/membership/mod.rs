@@ -14,6 +14,7 @@ use std::time::Duration;
 use chitchat::{ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig};
 use proto::catalog::AppRecord;
 use proto::gossip::{self, IDENTITY_KEY, LEAVING_KEY, LOAD_KEY, RolloutFailure};
+use proto::tenancy::TenancyRecord;
 use proto::{ContainerRecord, NodeIdentity, NodeLoad};
 use tokio::sync::{Mutex, watch};
 use tracing::{info, warn};
@@ -205,6 +206,20 @@ impl Membership {
 
     pub async fn unpublish_app(&self, app: &str) {
         self.delete_key(&gossip::app_key(app)).await;
+    }
+
+    /// A tenant or token record, under its own key (the record itself, untagged).
+    pub async fn publish_tenancy(&self, record: &TenancyRecord) {
+        let value = match record {
+            TenancyRecord::Tenant(tenant) => gossip::encode(tenant),
+            TenancyRecord::Token(token) => gossip::encode(token),
+        };
+        self.set_key(&record.key(), value).await;
+    }
+
+    /// Stops publishing the tenancy record under `key` ([`TenancyRecord::key`]).
+    pub async fn unpublish_tenancy(&self, key: &str) {
+        self.delete_key(key).await;
     }
 
     pub async fn publish_failure(&self, failure: &RolloutFailure) {

@@ -4,6 +4,7 @@
 //! is a plain wrapper: serialize, seal, send; receive, open, reassemble, deserialize.
 //! Anything that fails along the way is dropped and counted, never passed to chitchat.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,6 +31,8 @@ pub struct TransportStats {
     dropped_unauthenticated: AtomicU64,
     dropped_malformed: AtomicU64,
     dropped_oversize: AtomicU64,
+    round_trips: AtomicU64,
+    round_trip_micros: AtomicU64,
 }
 
 impl TransportStats {
@@ -44,6 +47,8 @@ impl TransportStats {
             dropped_unauthenticated: load(&self.dropped_unauthenticated),
             dropped_malformed: load(&self.dropped_malformed),
             dropped_oversize: load(&self.dropped_oversize),
+            round_trips: load(&self.round_trips),
+            round_trip_micros_total: load(&self.round_trip_micros),
         }
     }
 
@@ -89,6 +94,7 @@ impl Transport for SealedUdpTransport {
             next_msg_id: rand::RngCore::next_u64(&mut rng),
             rng,
             recv_buf: vec![0u8; MAX_DATAGRAM + 1].into_boxed_slice(),
+            syns_sent: HashMap::new(),
         }))
     }
 }
@@ -101,7 +107,14 @@ struct SealedSocket {
     next_msg_id: u64,
     rng: StdRng,
     recv_buf: Box<[u8]>,
+    /// When this node last sent a SYN to each peer: its SYN-ACK ends a gossip round
+    /// trip, the round time `/metrics` shows.
+    syns_sent: HashMap<SocketAddr, Instant>,
 }
+
+/// Peers whose SYN-ACK is awaited, at most: a peer that never answers is forgotten when
+/// the table is full.
+const MAX_PENDING_SYNS: usize = 4096;
 
 impl SealedSocket {
     async fn send_datagram(&self, to: SocketAddr, datagram: &[u8]) -> anyhow::Result<()> {
@@ -152,6 +165,12 @@ fn is_transient(err: &std::io::Error) -> bool {
 #[async_trait::async_trait]
 impl Socket for SealedSocket {
     async fn send(&mut self, to: SocketAddr, message: ChitchatMessage) -> anyhow::Result<()> {
+        if matches!(message, ChitchatMessage::Syn { .. }) {
+            if self.syns_sent.len() >= MAX_PENDING_SYNS {
+                self.syns_sent.clear();
+            }
+            self.syns_sent.insert(to, Instant::now());
+        }
         let plaintext = message.serialize_to_vec();
         let Some(keyring) = self.keyring.clone() else {
             if plaintext.len() > MAX_DATAGRAM {
@@ -187,6 +206,13 @@ impl Socket for SealedSocket {
             TransportStats::count(&self.stats.datagrams_received, 1);
             TransportStats::count(&self.stats.bytes_received, len as u64);
             if let Some(message) = self.decode(from, len) {
+                if matches!(message, ChitchatMessage::SynAck { .. })
+                    && let Some(sent) = self.syns_sent.remove(&from)
+                {
+                    let micros = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
+                    TransportStats::count(&self.stats.round_trips, 1);
+                    TransportStats::count(&self.stats.round_trip_micros, micros);
+                }
                 return Ok((from, message));
             }
         }

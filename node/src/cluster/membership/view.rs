@@ -7,8 +7,9 @@ use proto::api::{NodeStatus, NodeView};
 use proto::catalog::AppRecord;
 use proto::gossip::{
     self, APP_KEY_PREFIX, CONTAINER_KEY_PREFIX, DRAINING_KEY, FAILURE_KEY_PREFIX, IDENTITY_KEY,
-    LEAVING_KEY, LOAD_KEY, RolloutFailure,
+    LEAVING_KEY, LOAD_KEY, RolloutFailure, TENANT_KEY_PREFIX, TOKEN_KEY_PREFIX,
 };
+use proto::tenancy::{TenancyRecord, TenantRecord, TokenRecord};
 use proto::{ContainerRecord, NodeIdentity, NodeLoad};
 use tracing::debug;
 
@@ -46,6 +47,9 @@ pub struct ClusterView {
     pub app_records: Vec<AppRecord>,
     /// Rollout failures published by live nodes.
     pub failures: Vec<RolloutFailure>,
+    /// Tenant and token records published by any member, dead ones included (merged
+    /// last writer wins, like app records).
+    pub tenancy_records: Vec<TenancyRecord>,
 }
 
 impl ClusterView {
@@ -65,6 +69,7 @@ impl ClusterView {
         let mut containers = Vec::new();
         let mut app_records = Vec::new();
         let mut failures = Vec::new();
+        let mut tenancy_records = Vec::new();
         for member in newest.into_values() {
             let mut identity = None;
             let mut load = None;
@@ -84,6 +89,11 @@ impl ClusterView {
                     _ if key.starts_with(APP_KEY_PREFIX) => {
                         app_records.extend(decode_or_log::<AppRecord>(key, value));
                     }
+                    _ if key.starts_with(TENANT_KEY_PREFIX) => tenancy_records.extend(
+                        decode_or_log::<TenantRecord>(key, value).map(TenancyRecord::Tenant),
+                    ),
+                    _ if key.starts_with(TOKEN_KEY_PREFIX) => tenancy_records
+                        .extend(decode_or_log::<TokenRecord>(key, value).map(TenancyRecord::Token)),
                     _ if key.starts_with(FAILURE_KEY_PREFIX) => {
                         node_failures.extend(decode_or_log::<RolloutFailure>(key, value));
                     }
@@ -121,6 +131,7 @@ impl ClusterView {
             containers,
             app_records,
             failures,
+            tenancy_records,
         }
     }
 

@@ -10,7 +10,7 @@
 //! - [`DriverCore::next_deadline`], when to call [`DriverCore::plan`] again if nothing
 //!   changes before.
 
-use crate::control::candidates::candidates;
+use crate::control::candidates::candidates_for;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -18,6 +18,7 @@ use std::time::Duration;
 use proto::api::{PlacementRequest, StopRequest};
 use proto::catalog::AppRecord;
 use proto::gossip::RolloutFailure;
+use proto::tenancy::Isolation;
 use rand::rngs::StdRng;
 use tokio::time::Instant;
 
@@ -47,6 +48,8 @@ pub fn placement_id(app: &str, release: u64, replica: u32) -> String {
 pub struct AppInput {
     pub record: AppRecord,
     pub previous: Option<u64>,
+    /// How the app's tenant runs its replicas.
+    pub isolation: Isolation,
 }
 
 /// A node to send a placement to.
@@ -454,7 +457,7 @@ impl DriverCore {
             cpu_millis: release.manifest.resources.cpu_millis,
             mem_bytes: release.manifest.resources.memory_bytes,
         };
-        let mut candidates = candidates(view, &record.name);
+        let mut candidates = candidates_for(view, &record.name, app.isolation);
         // Placements sent or admitted but not yet in gossip still occupy their node.
         for flight in self.in_flight.values() {
             if let Some(candidate) = candidates.iter_mut().find(|c| c.node_id == flight.node()) {
@@ -464,8 +467,15 @@ impl DriverCore {
         let plans = match plan(&candidates, needs, slot, 1, &mut self.rng) {
             Ok(plans) => plans,
             Err(err) => {
-                self.place_problems
-                    .insert(record.name.clone(), err.to_string());
+                let problem = match app.isolation {
+                    Isolation::Gvisor => format!(
+                        "{err}; its tenant runs under gVisor, and only nodes with runsc count \
+                         ({} have it)",
+                        candidates.len()
+                    ),
+                    Isolation::Container => err.to_string(),
+                };
+                self.place_problems.insert(record.name.clone(), problem);
                 self.retry_at.insert(id, now + PLACE_RETRY);
                 return None;
             }
@@ -513,6 +523,8 @@ impl DriverCore {
                 release: release.clone(),
                 replica: slot,
                 holders,
+                tenant: record.tenant.clone(),
+                isolation: app.isolation,
             }),
             targets,
         })

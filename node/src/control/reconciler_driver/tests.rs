@@ -39,9 +39,11 @@ fn node(i: usize, status: NodeStatus, draining: bool) -> NodeView {
         status,
         identity: Some(NodeIdentity {
             builds: false,
+            gvisor: false,
             node_id,
             gossip_addr: SocketAddr::from(([10, 0, 0, i as u8 + 1], 7946)),
             api_addr: addr(i),
+            api_tls: false,
             ingress_addr: None,
             version: "test".into(),
             labels: Default::default(),
@@ -63,6 +65,7 @@ fn node(i: usize, status: NodeStatus, draining: bool) -> NodeView {
 
 fn release(app: &str, number: u64) -> Release {
     Release {
+        config: None,
         image: None,
         number,
         bundle: BlobRef {
@@ -79,6 +82,7 @@ fn release(app: &str, number: u64) -> Release {
 fn app(name: &str, replicas: u32) -> AppInput {
     AppInput {
         record: AppRecord {
+            domain_claims: Default::default(),
             builds: Default::default(),
             name: name.into(),
             stamp: Stamp {
@@ -90,8 +94,10 @@ fn app(name: &str, replicas: u32) -> AppInput {
             release: Some(release(name, 1)),
             replicas,
             failed: Default::default(),
+            tenant: None,
         },
         previous: None,
+        isolation: Default::default(),
     }
 }
 
@@ -466,6 +472,8 @@ fn request() -> proto::api::PlacementRequest {
         release: release("web", 1),
         replica: 0,
         holders: Vec::new(),
+        tenant: None,
+        isolation: Default::default(),
     }
 }
 
@@ -576,4 +584,63 @@ async fn the_dispatcher_runs_at_most_its_limit_at_once_in_order() {
     rest.sort();
     assert_eq!(rest.len(), 4);
     assert!(!rest.contains(&done));
+}
+
+#[test]
+fn a_gvisor_tenant_is_placed_only_on_nodes_with_runsc_and_says_why_when_none_has_it() {
+    let mut gvisor_app = app("sandboxed", 2);
+    gvisor_app.isolation = proto::tenancy::Isolation::Gvisor;
+    gvisor_app.record.tenant = Some("acme".into());
+    let apps = [gvisor_app];
+    let elected_id = elected(&view(), "sandboxed").unwrap();
+
+    // No node has runsc: nothing is offered, and the failure names gVisor.
+    let actions = core(&elected_id).plan(Instant::now(), &view(), &apps);
+    assert!(places(&actions).is_empty(), "{actions:?}");
+    let reason = actions
+        .iter()
+        .find_map(|action| match action {
+            DriverAction::PublishFailure(failure) => Some(failure.reason.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert!(
+        reason.contains("gVisor") && reason.contains("runsc"),
+        "{reason}"
+    );
+
+    // Only node-c has it: every replica is offered to node-c and to no other node.
+    let mut view = view();
+    for node in &mut view.nodes {
+        if node.node_id == "node-c"
+            && let Some(identity) = node.identity.as_mut()
+        {
+            identity.gvisor = true;
+        }
+    }
+    let actions = core(&elected_id).plan(Instant::now(), &view, &apps);
+    let placed = places(&actions);
+    assert_eq!(placed.len(), 2, "{actions:?}");
+    for (_, targets) in &placed {
+        assert_eq!(targets, &["node-c".to_string()]);
+    }
+    let requests: Vec<_> = actions
+        .iter()
+        .filter_map(|action| match action {
+            DriverAction::Place { request, .. } => Some(request),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        requests
+            .iter()
+            .all(|r| r.isolation == proto::tenancy::Isolation::Gvisor)
+    );
+
+    // A plain tenant's app still goes anywhere.
+    let plain = [app("plain", 4)];
+    let elected_plain = elected(&view, "plain").unwrap();
+    let placed = places(&core(&elected_plain).plan(Instant::now(), &view, &plain));
+    let nodes: std::collections::BTreeSet<_> = placed.iter().flat_map(|(_, t)| t.clone()).collect();
+    assert!(nodes.len() > 1, "{placed:?}");
 }

@@ -12,11 +12,20 @@
 //! port from the [`PortAllocator`]; with a network the container joins it unpublished and
 //! is reached at its own IP and the app port.
 //!
+//! Tenants: a tenant's container joins the tenant's own bridge network instead of the
+//! default one (created on first use, see [`super::tenant_network`]), and the node's
+//! nftables table for tenant bridges is brought up to date before it starts; a tenant
+//! container never starts unprotected. A gVisor tenant's container runs under
+//! [`DockerOptions::gvisor_runtime`], and is refused on a daemon that lacks it.
+//!
+//! Every container gets the hardened defaults of [`super::hardening`].
+//!
 //! Images are never pulled: a node runs only what `scripts/build-images.sh` (or an
 //! operator) built on it, so a deploy cannot hang on, or be poisoned through, a registry.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -24,23 +33,28 @@ use bollard::Docker;
 use bollard::errors::Error as BollardError;
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, EndpointSettings,
-    HostConfig, HostConfigLogConfig, NetworkingConfig, PortBinding,
+    HostConfigLogConfig, NetworkCreateRequest, NetworkingConfig, PortBinding,
 };
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, InspectContainerOptions, ListContainersOptionsBuilder,
-    LogsOptionsBuilder, RemoveContainerOptionsBuilder, StartContainerOptions,
+    CreateContainerOptionsBuilder, InspectContainerOptions, InspectNetworkOptions,
+    ListContainersOptionsBuilder, ListNetworksOptionsBuilder, LogsOptionsBuilder,
+    RemoveContainerOptionsBuilder, StartContainerOptions, StatsOptionsBuilder,
     StopContainerOptionsBuilder,
 };
 use futures_util::StreamExt;
 use proto::ContainerState;
+use proto::tenancy::Isolation;
 use tokio::sync::Mutex;
 use tracing::{debug, info, warn};
 
+use super::hardening::{self, Limits};
 use super::ports::{PortAllocator, PortRange, bind_test};
+use super::tenant_network;
 use super::{
-    ContainerSpec, LogStream, RunningContainer, RuntimeDriver, RuntimeError, container_name,
-    labels, last_lines,
+    ContainerSpec, LogStream, ResourceUsage, RunningContainer, RuntimeDriver, RuntimeError,
+    container_name, labels, last_lines,
 };
+use crate::dns::TenantSubnets;
 
 /// How many host ports `start` tries when Docker reports the one it chose as taken (another
 /// program won the race between the bind test and Docker's own bind).
@@ -73,6 +87,10 @@ pub struct DockerOptions {
     /// Label containers with this cluster and list only those: two clusters sharing one
     /// Docker daemon (a compose cluster beside the testbed) never touch each other's.
     pub cluster_id: Option<String>,
+    /// The daemon's runtime that is gVisor (`runsc`), for gVisor tenants' containers.
+    pub gvisor_runtime: String,
+    /// The `nft` program that applies the tenant isolation rules.
+    pub nft: String,
 }
 
 impl DockerOptions {
@@ -87,8 +105,19 @@ impl DockerOptions {
             oci_runtime: None,
             node_id: None,
             cluster_id: None,
+            gvisor_runtime: "runsc".to_string(),
+            nft: "nft".to_string(),
         }
     }
+}
+
+/// What the daemon said about itself when the driver connected.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct DaemonFacts {
+    /// Names the daemon's tenant bridges and nftables table.
+    id: String,
+    /// The daemon has [`DockerOptions::gvisor_runtime`].
+    gvisor: bool,
 }
 
 /// Runs placements as Docker containers. Cheap to share behind an `Arc`.
@@ -96,8 +125,12 @@ pub struct DockerDriver {
     docker: Docker,
     options: DockerOptions,
     /// Held for a whole `start`, so two starts never pick the same host port and two
-    /// starts of one placement never race to create it.
+    /// starts of one placement never race to create it; and while a tenant network is
+    /// created or removed.
     start_lock: Mutex<PortAllocator>,
+    daemon: DaemonFacts,
+    /// The subnets of the tenant networks in use, for the DNS server to tell who asks.
+    tenant_subnets: Arc<TenantSubnets>,
 }
 
 impl DockerDriver {
@@ -116,11 +149,205 @@ impl DockerDriver {
             .await
             .map_err(|source| RuntimeError::DockerUnavailable { source })?;
         let allocator = PortAllocator::new(options.port_range);
+        let daemon = match docker.info().await {
+            Ok(info) => DaemonFacts {
+                id: info.id.or(info.name).unwrap_or_default(),
+                gvisor: info
+                    .runtimes
+                    .is_some_and(|runtimes| runtimes.contains_key(&options.gvisor_runtime)),
+            },
+            Err(err) => {
+                warn!(error = %err, "docker info failed: no gVisor here, and tenant bridges named without the daemon's id");
+                DaemonFacts::default()
+            }
+        };
         Ok(DockerDriver {
             docker,
             options,
             start_lock: Mutex::new(allocator),
+            daemon,
+            tenant_subnets: Arc::new(TenantSubnets::new()),
         })
+    }
+
+    /// Shares `subnets` with the DNS server: every tenant network this driver makes or
+    /// finds is recorded there, those on the daemon already at once.
+    pub async fn with_tenant_subnets(mut self, subnets: Arc<TenantSubnets>) -> DockerDriver {
+        self.tenant_subnets = subnets;
+        let mut filters = HashMap::new();
+        filters.insert("label".to_string(), vec![labels::TENANT.to_string()]);
+        let options = ListNetworksOptionsBuilder::new().filters(&filters).build();
+        match self.docker.list_networks(Some(options)).await {
+            Ok(networks) => {
+                for network in &networks {
+                    self.record_subnets(network.labels.as_ref(), network.ipam.as_ref());
+                }
+            }
+            Err(err) => {
+                warn!(error = %err, "cannot list the tenant networks: their containers' DNS questions see every app until each network is used again")
+            }
+        }
+        self
+    }
+
+    /// Records the subnets of a tenant network (labelled with its tenant).
+    fn record_subnets(
+        &self,
+        labels: Option<&HashMap<String, String>>,
+        ipam: Option<&bollard::models::Ipam>,
+    ) {
+        let Some(tenant) = labels.and_then(|labels| labels.get(labels::TENANT)) else {
+            return;
+        };
+        let configs = ipam.and_then(|ipam| ipam.config.as_ref());
+        for config in configs.into_iter().flatten() {
+            if let Some(subnet) = config.subnet.as_deref().and_then(|s| s.parse().ok()) {
+                self.tenant_subnets.set(tenant, subnet);
+            }
+        }
+    }
+
+    /// The nftables table this driver keeps the tenant isolation rules in.
+    pub fn isolation_table(&self) -> String {
+        tenant_network::table_name(&self.daemon.id, self.options.port_range)
+    }
+
+    /// The tenant's network on this daemon, created if missing, with the isolation rules
+    /// for its bridge applied. Called with the start lock held.
+    async fn tenant_network(&self, tenant: &str) -> Result<String, RuntimeError> {
+        let name = tenant_network::network_name(tenant);
+        let bridge = tenant_network::bridge_name(&self.daemon.id, &name);
+        let refused = |reason: String| RuntimeError::Refused {
+            placement: format!("a container of tenant {tenant}"),
+            reason,
+        };
+        let existing = match self
+            .docker
+            .inspect_network(&name, None::<InspectNetworkOptions>)
+            .await
+        {
+            Ok(network) => Some(network),
+            Err(err) if is_not_found(&err) => None,
+            Err(source) => return Err(docker_error(format!("inspect network {name}"), source)),
+        };
+        let network = match existing {
+            Some(network) => network,
+            None => {
+                let request = tenant_network_request(&name, &bridge, tenant, &self.options);
+                match self.docker.create_network(request).await {
+                    Ok(_) => info!(network = name, bridge, "tenant network created"),
+                    // Another agent sharing the daemon made it first: checked below.
+                    Err(err) if is_conflict(&err) || is_same_bridge(&err) => {}
+                    Err(source) => {
+                        return Err(docker_error(format!("create network {name}"), source));
+                    }
+                }
+                self.docker
+                    .inspect_network(&name, None::<InspectNetworkOptions>)
+                    .await
+                    .map_err(|source| docker_error(format!("inspect network {name}"), source))?
+            }
+        };
+        let labelled = network
+            .labels
+            .as_ref()
+            .and_then(|labels| labels.get(labels::TENANT))
+            .is_some_and(|found| found == tenant);
+        let bridged = network
+            .options
+            .as_ref()
+            .and_then(|options| options.get(tenant_network::BRIDGE_NAME_OPTION))
+            .is_some_and(|found| *found == bridge);
+        if !labelled || !bridged {
+            return Err(refused(format!(
+                "network {name} exists but Stratus did not make it for this tenant (bridge {bridge}): remove it with docker network rm"
+            )));
+        }
+        self.apply_isolation(&[bridge]).await.map_err(refused)?;
+        self.record_subnets(network.labels.as_ref(), network.ipam.as_ref());
+        Ok(name)
+    }
+
+    /// Brings this daemon's nftables table up to date and adds `bridges` to it.
+    async fn apply_isolation(&self, bridges: &[String]) -> Result<(), String> {
+        let script =
+            tenant_network::nft_script(&self.isolation_table(), self.options.port_range, bridges);
+        let mut child = tokio::process::Command::new(&self.options.nft)
+            .args(["-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|err| {
+                format!(
+                    "cannot run {} for the tenant isolation rules: {err} (install nftables; the agent needs root)",
+                    self.options.nft
+                )
+            })?;
+        if let Some(mut stdin) = child.stdin.take() {
+            use tokio::io::AsyncWriteExt;
+            stdin
+                .write_all(script.as_bytes())
+                .await
+                .map_err(|err| format!("cannot write the isolation rules to nft: {err}"))?;
+        }
+        let output = child
+            .wait_with_output()
+            .await
+            .map_err(|err| format!("nft did not finish: {err}"))?;
+        if !output.status.success() {
+            return Err(format!(
+                "nft refused the tenant isolation rules ({}): {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Stops the container (SIGTERM, SIGKILL after `grace`) and removes it.
+    async fn stop_and_remove(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
+        // Docker takes whole seconds; round up so the app gets at least `grace`.
+        let grace = grace.min(MAX_GRACE);
+        let seconds = grace.as_secs() + u64::from(grace.subsec_nanos() > 0);
+        let seconds = i32::try_from(seconds).unwrap_or(i32::MAX);
+        let options = StopContainerOptionsBuilder::new().t(seconds).build();
+        match self.docker.stop_container(id, Some(options)).await {
+            Ok(()) => {}
+            Err(err) if is_not_found(&err) => return Ok(()),
+            Err(source) => return Err(docker_error(format!("stop container {id}"), source)),
+        }
+        self.remove(id).await
+    }
+
+    /// Removes a tenant network no container uses any more (best effort: a container
+    /// another agent starts on it meanwhile keeps it).
+    async fn remove_network_if_unused(&self, network: &str) {
+        let _held = self.start_lock.lock().await;
+        let Ok(inspect) = self
+            .docker
+            .inspect_network(network, None::<InspectNetworkOptions>)
+            .await
+        else {
+            return;
+        };
+        if inspect.containers.as_ref().is_some_and(|c| !c.is_empty()) {
+            return;
+        }
+        match self.docker.remove_network(network).await {
+            Ok(()) => {
+                // Docker may hand the subnet to another network later.
+                let configs = inspect.ipam.as_ref().and_then(|ipam| ipam.config.as_ref());
+                for config in configs.into_iter().flatten() {
+                    if let Some(subnet) = config.subnet.as_deref().and_then(|s| s.parse().ok()) {
+                        self.tenant_subnets.remove(subnet);
+                    }
+                }
+                info!(network, "tenant network removed: no container uses it")
+            }
+            Err(err) => debug!(network, error = %err, "tenant network kept"),
+        }
     }
 
     /// The daemon's client, for the builds this node runs.
@@ -207,6 +434,7 @@ impl DockerDriver {
         &self,
         spec: &ContainerSpec,
         name: &str,
+        target: &Target,
         allocator: &mut PortAllocator,
     ) -> Result<String, RuntimeError> {
         let mut in_use = if self.options.network.is_none() {
@@ -231,7 +459,7 @@ impl DockerDriver {
                     Some(port)
                 }
             };
-            let body = create_body(spec, &self.options, host_port);
+            let body = create_body(spec, &self.options, host_port, target);
             let options = CreateContainerOptionsBuilder::new().name(name).build();
             let created = match self.docker.create_container(Some(options), body).await {
                 Ok(created) => created,
@@ -271,6 +499,12 @@ impl DockerDriver {
 impl RuntimeDriver for DockerDriver {
     fn name(&self) -> &'static str {
         "docker"
+    }
+
+    /// Whether the daemon has the gVisor runtime ([`DockerOptions::gvisor_runtime`]), as
+    /// its `info` listed its runtimes when the driver connected.
+    fn has_gvisor(&self) -> bool {
+        self.daemon.gvisor
     }
 
     fn id_for(&self, placement_id: &str) -> String {
@@ -333,7 +567,20 @@ impl RuntimeDriver for DockerDriver {
             }
         }
 
-        let id = self.create_and_start(spec, &name, &mut allocator).await?;
+        let refused = |reason: String| RuntimeError::Refused {
+            placement: spec.placement_id.clone(),
+            reason,
+        };
+        if !spec.built {
+            hardening::check_binds(&[bundle_bind(spec)]).map_err(refused)?;
+        }
+        let mut target = target(spec, &self.options, self.daemon.gvisor).map_err(refused)?;
+        if let Some(tenant) = spec_tenant(spec) {
+            target.network = Some(self.tenant_network(tenant).await?);
+        }
+        let id = self
+            .create_and_start(spec, &name, &target, &mut allocator)
+            .await?;
         let inspect = self
             .inspect(&id)
             .await?
@@ -345,17 +592,18 @@ impl RuntimeDriver for DockerDriver {
     }
 
     async fn stop(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
-        // Docker takes whole seconds; round up so the app gets at least `grace`.
-        let grace = grace.min(MAX_GRACE);
-        let seconds = grace.as_secs() + u64::from(grace.subsec_nanos() > 0);
-        let seconds = i32::try_from(seconds).unwrap_or(i32::MAX);
-        let options = StopContainerOptionsBuilder::new().t(seconds).build();
-        match self.docker.stop_container(id, Some(options)).await {
-            Ok(()) => {}
-            Err(err) if is_not_found(&err) => return Ok(()),
-            Err(source) => return Err(docker_error(format!("stop container {id}"), source)),
+        let tenant_network = self
+            .inspect(id)
+            .await?
+            .as_ref()
+            .and_then(container_labels)
+            .filter(|labels| labels.contains_key(labels::TENANT))
+            .and_then(|labels| labels.get(labels::NETWORK).cloned());
+        self.stop_and_remove(id, grace).await?;
+        if let Some(network) = tenant_network {
+            self.remove_network_if_unused(&network).await;
         }
-        self.remove(id).await
+        Ok(())
     }
 
     async fn list(&self) -> Result<Vec<RunningContainer>, RuntimeError> {
@@ -414,6 +662,77 @@ impl RuntimeDriver for DockerDriver {
         }
         Ok(frames_to_lines(id, self.docker.logs(id, Some(options))))
     }
+
+    async fn usage(&self, id: &str) -> Result<ResourceUsage, RuntimeError> {
+        // One answer, not a stream. Not Docker's `one-shot` either: that skips the second
+        // sample, and without it there is no CPU rate, only a total since the start.
+        let options = StatsOptionsBuilder::new()
+            .stream(false)
+            .one_shot(false)
+            .build();
+        let mut answers = self.docker.stats(id, Some(options));
+        match answers.next().await {
+            Some(Ok(stats)) => Ok(usage_from_stats(&stats)),
+            Some(Err(err)) if is_not_found(&err) => {
+                Err(RuntimeError::NotFound { id: id.to_string() })
+            }
+            Some(Err(source)) => Err(docker_error(format!("read the stats of {id}"), source)),
+            None => Ok(ResourceUsage::default()),
+        }
+    }
+}
+
+/// What `docker stats` shows, from one stats answer: the CPU rate between its two
+/// samples (as a share of the host's CPU time, times its CPUs), and the memory in use
+/// less the inactive page cache the kernel can take back.
+fn usage_from_stats(stats: &bollard::models::ContainerStatsResponse) -> ResourceUsage {
+    let cpu_millis = (|| {
+        let now = stats.cpu_stats.as_ref()?;
+        let before = stats.precpu_stats.as_ref()?;
+        let used = now
+            .cpu_usage
+            .as_ref()?
+            .total_usage?
+            .checked_sub(before.cpu_usage.as_ref()?.total_usage?)?;
+        let system = now
+            .system_cpu_usage?
+            .checked_sub(before.system_cpu_usage?)?;
+        let cpus = now.online_cpus.filter(|cpus| *cpus > 0).or_else(|| {
+            now.cpu_usage
+                .as_ref()?
+                .percpu_usage
+                .as_ref()
+                .map(|per_cpu| per_cpu.len() as u32)
+        })?;
+        if system == 0 {
+            return None;
+        }
+        let millis = u128::from(used) * u128::from(cpus) * 1000 / u128::from(system);
+        Some(u64::try_from(millis).unwrap_or(u64::MAX))
+    })();
+    let memory = stats.memory_stats.as_ref();
+    let memory_bytes = memory.and_then(|memory| {
+        let usage = memory.usage?;
+        // cgroup v2 names it inactive_file, v1 total_inactive_file.
+        let cache = memory
+            .stats
+            .as_ref()
+            .and_then(|stats| {
+                stats
+                    .get("inactive_file")
+                    .or_else(|| stats.get("total_inactive_file"))
+            })
+            .copied()
+            .unwrap_or(0);
+        Some(usage.saturating_sub(cache))
+    });
+    ResourceUsage {
+        cpu_millis,
+        memory_bytes,
+        memory_limit_bytes: memory
+            .and_then(|memory| memory.limit)
+            .filter(|limit| *limit > 0),
+    }
 }
 
 /// Docker's log frames (writes, not lines) as lines of at most
@@ -457,12 +776,90 @@ struct FollowState<S> {
     splitter: super::LineSplitter,
 }
 
+/// Where and how a container runs beyond its spec: the network it joins (`None`: the
+/// daemon's default) and its runtime (`None`: the daemon's default).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Target {
+    network: Option<String>,
+    runtime: Option<String>,
+}
+
+/// The tenant whose container `spec` is.
+fn spec_tenant(spec: &ContainerSpec) -> Option<&str> {
+    spec.tenant.as_deref()
+}
+
+/// Whether `spec` must run under gVisor.
+fn spec_wants_gvisor(spec: &ContainerSpec) -> bool {
+    spec.isolation == Isolation::Gvisor
+}
+
+/// The target of `spec` before its tenant network is known: the configured network, and
+/// gVisor for a gVisor tenant (refused when the daemon lacks it, never run under runc).
+fn target(
+    spec: &ContainerSpec,
+    options: &DockerOptions,
+    gvisor_available: bool,
+) -> Result<Target, String> {
+    let runtime = if spec_wants_gvisor(spec) {
+        if !gvisor_available {
+            return Err(format!(
+                "its tenant runs under gVisor and this node's Docker has no {} runtime: \
+                 install runsc and add it to the daemon's runtimes",
+                options.gvisor_runtime
+            ));
+        }
+        Some(options.gvisor_runtime.clone())
+    } else {
+        options.oci_runtime.clone()
+    };
+    Ok(Target {
+        network: options.network.clone(),
+        runtime,
+    })
+}
+
+/// The create request of a tenant's network: a bridge of a name of ours, containers of the
+/// network reaching each other and the outside, labelled with the tenant.
+fn tenant_network_request(
+    name: &str,
+    bridge: &str,
+    tenant: &str,
+    options: &DockerOptions,
+) -> NetworkCreateRequest {
+    let mut network_labels = HashMap::from([(labels::TENANT.to_string(), tenant.to_string())]);
+    if let Some(cluster) = &options.cluster_id {
+        network_labels.insert(labels::CLUSTER.to_string(), cluster.clone());
+    }
+    NetworkCreateRequest {
+        name: name.to_string(),
+        driver: Some("bridge".to_string()),
+        labels: Some(network_labels),
+        options: Some(HashMap::from([
+            (
+                tenant_network::BRIDGE_NAME_OPTION.to_string(),
+                bridge.to_string(),
+            ),
+            (
+                "com.docker.network.bridge.enable_icc".to_string(),
+                "true".to_string(),
+            ),
+            (
+                "com.docker.network.bridge.enable_ip_masquerade".to_string(),
+                "true".to_string(),
+            ),
+        ])),
+        ..Default::default()
+    }
+}
+
 /// The container's create request. Pure, so the mapping from spec to Docker is testable
 /// without a daemon.
 fn create_body(
     spec: &ContainerSpec,
     options: &DockerOptions,
     host_port: Option<u16>,
+    target: &Target,
 ) -> ContainerCreateBody {
     let container_port = format!("{}/tcp", spec.port);
     // PORT last and authoritative: the address Stratus advertises depends on it.
@@ -486,6 +883,12 @@ fn create_body(
     if let Some(cluster) = &options.cluster_id {
         container_labels.insert(labels::CLUSTER.to_string(), cluster.clone());
     }
+    if let Some(tenant) = spec_tenant(spec) {
+        container_labels.insert(labels::TENANT.to_string(), tenant.to_string());
+    }
+    if let Some(network) = &target.network {
+        container_labels.insert(labels::NETWORK.to_string(), network.clone());
+    }
 
     let port_bindings = host_port.map(|host_port| {
         HashMap::from([(
@@ -497,29 +900,28 @@ fn create_body(
         )])
     });
 
-    let host_config = HostConfig {
-        binds: (!spec.built).then(|| vec![format!("{}:/app:ro", spec.bundle_dir.display())]),
-        readonly_rootfs: spec.read_only_root.then_some(true),
-        tmpfs: spec
-            .read_only_root
-            .then(|| HashMap::from([("/tmp".to_string(), "rw,nosuid,nodev,size=64m".to_string())])),
-        init: Some(true),
-        nano_cpus: positive_i64(spec.cpu_millis.saturating_mul(1_000_000)),
-        memory: positive_i64(spec.memory_bytes),
-        port_bindings,
-        network_mode: options.network.clone(),
-        runtime: options.oci_runtime.clone(),
-        log_config: Some(HostConfigLogConfig {
-            typ: Some("json-file".to_string()),
-            config: Some(HashMap::from([
-                ("max-size".to_string(), LOG_MAX_SIZE.to_string()),
-                ("max-file".to_string(), LOG_MAX_FILES.to_string()),
-            ])),
-        }),
-        ..Default::default()
-    };
+    let mut host_config = hardening::host_config(Limits {
+        cpu_millis: spec.cpu_millis,
+        memory_bytes: spec.memory_bytes,
+        pids: hardening::REPLICA_PIDS_LIMIT,
+    });
+    host_config.binds = (!spec.built).then(|| vec![bundle_bind(spec)]);
+    host_config.readonly_rootfs = spec.read_only_root.then_some(true);
+    host_config.tmpfs = spec
+        .read_only_root
+        .then(|| HashMap::from([("/tmp".to_string(), "rw,nosuid,nodev,size=64m".to_string())]));
+    host_config.port_bindings = port_bindings;
+    host_config.network_mode = target.network.clone();
+    host_config.runtime = target.runtime.clone();
+    host_config.log_config = Some(HostConfigLogConfig {
+        typ: Some("json-file".to_string()),
+        config: Some(HashMap::from([
+            ("max-size".to_string(), LOG_MAX_SIZE.to_string()),
+            ("max-file".to_string(), LOG_MAX_FILES.to_string()),
+        ])),
+    });
 
-    let networking_config = options.network.as_ref().map(|network| NetworkingConfig {
+    let networking_config = target.network.as_ref().map(|network| NetworkingConfig {
         endpoints_config: Some(HashMap::from([(
             network.clone(),
             EndpointSettings::default(),
@@ -544,6 +946,7 @@ fn create_body(
     };
     ContainerCreateBody {
         image: Some(spec.image.clone()),
+        user: spec.user.clone(),
         cmd,
         entrypoint,
         working_dir,
@@ -556,9 +959,9 @@ fn create_body(
     }
 }
 
-/// Docker reads 0 as "no limit"; values beyond `i64` are no limit in practice either.
-fn positive_i64(value: u64) -> Option<i64> {
-    i64::try_from(value).ok().filter(|value| *value > 0)
+/// The bundle, read-only at `/app`.
+fn bundle_bind(spec: &ContainerSpec) -> String {
+    format!("{}:/app:ro", spec.bundle_dir.display())
 }
 
 fn container_labels(inspect: &ContainerInspectResponse) -> Option<&HashMap<String, String>> {
@@ -617,7 +1020,8 @@ fn network_ip(inspect: &ContainerInspectResponse, options: &DockerOptions) -> Op
     let parse = |endpoint: &EndpointSettings| -> Option<IpAddr> {
         endpoint.ip_address.as_deref()?.parse().ok()
     };
-    match &options.network {
+    let joined = container_labels(inspect).and_then(|labels| labels.get(labels::NETWORK));
+    match joined.or(options.network.as_ref()) {
         Some(network) => parse(networks.get(network)?),
         None => networks.values().find_map(parse),
     }
@@ -665,6 +1069,16 @@ fn is_conflict(err: &BollardError) -> bool {
     status_code(err) == Some(409)
 }
 
+/// Docker's words when a network with the bridge name we chose exists already.
+fn is_same_bridge(err: &BollardError) -> bool {
+    match err {
+        BollardError::DockerResponseServerError { message, .. } => {
+            message.contains("same bridge name") || message.contains("already exists")
+        }
+        _ => false,
+    }
+}
+
 /// Docker's words when the host port went to someone else after our bind test.
 fn is_port_taken(err: &BollardError) -> bool {
     match err {
@@ -697,6 +1111,7 @@ mod tests {
             cmd: "busybox httpd -f -p $PORT -h /app".into(),
             built: false,
             read_only_root: false,
+            user: None,
             port: 8080,
             env: BTreeMap::from([
                 ("GREETING".to_string(), "hi".to_string()),
@@ -704,13 +1119,20 @@ mod tests {
             ]),
             cpu_millis: 250,
             memory_bytes: 64 << 20,
+            tenant: None,
+            isolation: Default::default(),
         }
     }
 
     #[test]
     fn create_body_publishes_mounts_limits_and_labels() {
         let options = DockerOptions::new("127.0.0.1".parse().unwrap());
-        let body = create_body(&spec(), &options, Some(20001));
+        let body = create_body(
+            &spec(),
+            &options,
+            Some(20001),
+            &target(&spec(), &options, false).unwrap(),
+        );
         let host = body.host_config.as_ref().unwrap();
         assert_eq!(
             host.binds,
@@ -745,20 +1167,105 @@ mod tests {
         let mut unlimited = spec();
         unlimited.cpu_millis = 0;
         unlimited.memory_bytes = 0;
-        let body = create_body(&unlimited, &options, None);
+        let body = create_body(
+            &unlimited,
+            &options,
+            None,
+            &target(&unlimited, &options, false).unwrap(),
+        );
         let host = body.host_config.as_ref().unwrap();
         assert_eq!(host.port_bindings, None);
         assert_eq!(host.network_mode.as_deref(), Some("stratus"));
         assert_eq!(host.runtime.as_deref(), Some("runsc"));
-        assert_eq!((host.nano_cpus, host.memory), (None, None));
+        assert_eq!(
+            (host.nano_cpus, host.memory),
+            (Some(250_000_000), Some(128 << 20)),
+            "no limit asked is the default limit, never none"
+        );
         let endpoints = body.networking_config.unwrap().endpoints_config.unwrap();
         assert!(endpoints.contains_key("stratus"));
     }
 
     #[test]
+    fn create_body_is_hardened_and_takes_the_security_options() {
+        let options = DockerOptions::new("127.0.0.1".parse().unwrap());
+        let body = create_body(
+            &spec(),
+            &options,
+            Some(20001),
+            &target(&spec(), &options, false).unwrap(),
+        );
+        let host = body.host_config.as_ref().unwrap();
+        assert_eq!(host.security_opt, Some(vec!["no-new-privileges".into()]));
+        assert_eq!(host.cap_drop, Some(vec!["ALL".into()]));
+        assert_eq!(
+            host.cap_add.as_ref().unwrap().len(),
+            hardening::CAPABILITIES.len()
+        );
+        assert_eq!(host.pids_limit, Some(hardening::REPLICA_PIDS_LIMIT));
+        assert_eq!(host.privileged, Some(false));
+        assert_eq!((host.readonly_rootfs, host.tmpfs.as_ref()), (None, None));
+        assert_eq!(body.user, None);
+        let binds = host.binds.clone().unwrap_or_default();
+        assert!(
+            !binds.iter().any(|bind| bind.contains("docker.sock")),
+            "{binds:?}"
+        );
+        assert!(hardening::check_binds(&binds).is_ok());
+
+        let mut secured = spec();
+        secured.read_only_root = true;
+        secured.user = Some("1000:1000".into());
+        let body = create_body(
+            &secured,
+            &options,
+            Some(20001),
+            &target(&secured, &options, false).unwrap(),
+        );
+        let host = body.host_config.as_ref().unwrap();
+        assert_eq!(host.readonly_rootfs, Some(true));
+        assert!(host.tmpfs.as_ref().unwrap().contains_key("/tmp"));
+        assert_eq!(body.user.as_deref(), Some("1000:1000"));
+    }
+
+    #[test]
+    fn a_gvisor_tenant_runs_under_runsc_or_not_at_all() {
+        let options = DockerOptions::new("127.0.0.1".parse().unwrap());
+        let mut sandboxed = spec();
+        sandboxed.tenant = Some("acme".into());
+        sandboxed.isolation = Isolation::Gvisor;
+        let refused = target(&sandboxed, &options, false).unwrap_err();
+        assert!(refused.contains("runsc"), "{refused}");
+        let chosen = target(&sandboxed, &options, true).unwrap();
+        assert_eq!(chosen.runtime.as_deref(), Some("runsc"));
+        assert_eq!(target(&spec(), &options, false).unwrap().runtime, None);
+
+        let on_network = Target {
+            network: Some("stratus-t-acme".into()),
+            runtime: chosen.runtime.clone(),
+        };
+        let body = create_body(&sandboxed, &options, Some(20001), &on_network);
+        let host = body.host_config.as_ref().unwrap();
+        assert_eq!(host.network_mode.as_deref(), Some("stratus-t-acme"));
+        assert_eq!(host.runtime.as_deref(), Some("runsc"));
+        assert!(
+            host.port_bindings.is_some(),
+            "still published for agents and ingresses"
+        );
+        let labels = body.labels.as_ref().unwrap();
+        assert_eq!(labels[labels::TENANT], "acme");
+        assert_eq!(labels[labels::NETWORK], "stratus-t-acme");
+    }
+
+    #[test]
     fn inspect_maps_back_to_a_running_container() {
         let options = DockerOptions::new("127.0.0.2".parse().unwrap());
-        let body = create_body(&spec(), &options, Some(20002));
+        let body = create_body(
+            &spec(),
+            &options,
+            Some(20002),
+            &target(&spec(), &options, false).unwrap(),
+        );
         let mut inspect = ContainerInspectResponse {
             id: Some("abc".into()),
             config: Some(ContainerConfig {
@@ -799,6 +1306,52 @@ mod tests {
             running_from_inspect(&inspect, &options),
             None,
             "not ours without labels"
+        );
+    }
+
+    #[test]
+    fn usage_is_the_cpu_rate_between_the_samples_and_memory_less_inactive_cache() {
+        use bollard::models::{
+            ContainerCpuStats, ContainerCpuUsage, ContainerMemoryStats, ContainerStatsResponse,
+        };
+        let cpu = |total, system| ContainerCpuStats {
+            cpu_usage: Some(ContainerCpuUsage {
+                total_usage: Some(total),
+                ..Default::default()
+            }),
+            system_cpu_usage: Some(system),
+            online_cpus: Some(4),
+            ..Default::default()
+        };
+        // Half a second of CPU while the host's 4 CPUs ran 4 s: half a core.
+        let stats = ContainerStatsResponse {
+            cpu_stats: Some(cpu(1_500_000_000, 14_000_000_000)),
+            precpu_stats: Some(cpu(1_000_000_000, 10_000_000_000)),
+            memory_stats: Some(ContainerMemoryStats {
+                usage: Some(50 << 20),
+                limit: Some(256 << 20),
+                stats: Some([("inactive_file".to_string(), 10 << 20)].into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            usage_from_stats(&stats),
+            ResourceUsage {
+                cpu_millis: Some(500),
+                memory_bytes: Some(40 << 20),
+                memory_limit_bytes: Some(256 << 20),
+            }
+        );
+        // A first sample only (a container that just started): no rate, no guess.
+        let first = ContainerStatsResponse {
+            precpu_stats: Some(ContainerCpuStats::default()),
+            ..stats
+        };
+        assert_eq!(usage_from_stats(&first).cpu_millis, None);
+        assert_eq!(
+            usage_from_stats(&ContainerStatsResponse::default()),
+            ResourceUsage::default()
         );
     }
 

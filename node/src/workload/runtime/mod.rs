@@ -12,8 +12,10 @@
 //! ([`crate::workload::supervisor`]).
 
 pub mod docker;
+pub mod hardening;
 pub mod ports;
 pub mod process;
+pub mod tenant_network;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -39,6 +41,10 @@ pub mod labels {
     pub const CLUSTER: &str = "stratus.cluster";
     /// The port the app listens on inside the container; needed to rebuild its address.
     pub const PORT: &str = "stratus.port";
+    /// The tenant whose app it is (absent for the cluster administrator's apps).
+    pub const TENANT: &str = super::tenant_network::TENANT_LABEL;
+    /// The Docker network the container joined, where it is not the node's default.
+    pub const NETWORK: &str = "stratus.network";
 }
 
 /// One replica to run: everything a driver needs, nothing it must look up.
@@ -64,14 +70,23 @@ pub struct ContainerSpec {
     pub built: bool,
     /// Mount the root filesystem read-only, with a writable `/tmp`.
     pub read_only_root: bool,
+    /// Run as this user (`uid[:gid]` or a name the image has) instead of the image's;
+    /// ignored by the process driver.
+    pub user: Option<String>,
     /// The app listens on `$PORT`, which is this port inside a container. The process
     /// driver has no port mapping, so there `$PORT` is the allocated host port instead.
     pub port: u16,
     pub env: BTreeMap<String, String>,
-    /// CPU limit in thousandths of a core; 0 means unlimited.
+    /// CPU limit in thousandths of a core; 0: the default limit
+    /// ([`hardening::DEFAULT_CPU_MILLIS`]; unlimited for the process driver).
     pub cpu_millis: u64,
-    /// Memory limit in bytes; 0 means unlimited.
+    /// Memory limit in bytes; 0: the default limit ([`hardening::DEFAULT_MEMORY_BYTES`];
+    /// unlimited for the process driver).
     pub memory_bytes: u64,
+    /// The app's tenant (`None`: the cluster administrator's app).
+    pub tenant: Option<String>,
+    /// How the tenant's replicas must run.
+    pub isolation: proto::tenancy::Isolation,
 }
 
 /// A container (or process) a driver manages, as the driver sees it now.
@@ -122,6 +137,8 @@ pub enum RuntimeError {
         found: String,
         wanted: String,
     },
+    #[error("refusing to start {placement}: {reason}")]
+    Refused { placement: String, reason: String },
     #[error("cannot {action}: {source}")]
     Io {
         action: String,
@@ -144,6 +161,10 @@ pub trait RuntimeDriver: Send + Sync + 'static {
 
     /// The driver id the container of `placement_id` has (or will have) on this node.
     fn id_for(&self, placement_id: &str) -> String;
+
+    /// Whether this driver can run a gVisor tenant's replicas (Docker with `runsc`). A
+    /// driver that cannot must refuse them, never run them without gVisor.
+    fn has_gvisor(&self) -> bool;
 
     /// Starts `spec` and returns it once the runtime reports it started (not once the app
     /// answers: that is the health check's job).
@@ -172,6 +193,20 @@ pub trait RuntimeDriver: Send + Sync + 'static {
     /// The last `tail` lines, then every new line as it is written, until the container
     /// is removed or the stream is dropped.
     async fn follow_logs(&self, id: &str, tail: usize) -> Result<LogStream, RuntimeError>;
+
+    /// What the container uses now (`stratus ps`). A reading takes two samples a moment
+    /// apart, so it takes about a second; figures the runtime cannot give are `None`.
+    async fn usage(&self, id: &str) -> Result<ResourceUsage, RuntimeError>;
+}
+
+/// One reading of what a container uses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ResourceUsage {
+    /// Thousandths of a core, averaged over the sampling interval.
+    pub cpu_millis: Option<u64>,
+    pub memory_bytes: Option<u64>,
+    /// `None`: no limit.
+    pub memory_limit_bytes: Option<u64>,
 }
 
 /// Lines of a container's output, as they come.

@@ -39,7 +39,8 @@ use futures_util::StreamExt as _;
 
 use super::ports::{PortAllocator, PortRange, bind_test};
 use super::{
-    ContainerSpec, LogStream, RunningContainer, RuntimeDriver, RuntimeError, container_name,
+    ContainerSpec, LogStream, ResourceUsage, RunningContainer, RuntimeDriver, RuntimeError,
+    container_name,
 };
 
 /// Variables of the agent's environment an app also gets: enough to find programs and
@@ -54,6 +55,10 @@ const KILL_WAIT: Duration = Duration::from_secs(5);
 
 /// At most this much of the end of a log file is read for `logs`.
 const LOG_READ_LIMIT: u64 = 1 << 20;
+
+/// How far apart the two samples of a usage reading are: a rate needs two, and a shorter
+/// gap would see too few clock ticks (100 a second) to tell 1% from 5%.
+const USAGE_SAMPLE_GAP: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProcessOptions {
@@ -205,6 +210,11 @@ impl ProcessDriver {
 impl RuntimeDriver for ProcessDriver {
     fn name(&self) -> &'static str {
         "process"
+    }
+
+    /// Plain processes are never sandboxed.
+    fn has_gvisor(&self) -> bool {
+        false
     }
 
     fn id_for(&self, placement_id: &str) -> String {
@@ -408,6 +418,32 @@ impl RuntimeDriver for ProcessDriver {
             futures_util::stream::iter(initial).chain(tail_stream),
         ))
     }
+
+    async fn usage(&self, id: &str) -> Result<ResourceUsage, RuntimeError> {
+        let pgid = {
+            let mut state = self.state.lock().await;
+            let managed = state
+                .managed
+                .get_mut(id)
+                .ok_or_else(|| RuntimeError::NotFound { id: id.to_string() })?;
+            managed.refresh();
+            if managed.running.state != ContainerState::Running {
+                return Ok(ResourceUsage::default());
+            }
+            managed.pgid
+        };
+        // No /proc (not Linux): nothing to tell, which is not an error.
+        let Some(before) = group_sample(pgid) else {
+            return Ok(ResourceUsage::default());
+        };
+        let started = Instant::now();
+        tokio::time::sleep(USAGE_SAMPLE_GAP).await;
+        let Some(after) = group_sample(pgid) else {
+            return Ok(ResourceUsage::default());
+        };
+        let units = ProcUnits::of_this_host();
+        Ok(usage_between(before, after, started.elapsed(), units))
+    }
 }
 
 impl Drop for ProcessDriver {
@@ -448,8 +484,14 @@ fn group_exists(pgid: Pid) -> bool {
 
 /// Counts the non-zombie processes of a group from `/proc/<pid>/stat`.
 fn live_members(pgid: Pid) -> Option<usize> {
+    member_stats(pgid).map(|stats| stats.len())
+}
+
+/// The `/proc/<pid>/stat` lines of the group's live (not zombie) members; `None` without
+/// `/proc`.
+fn member_stats(pgid: Pid) -> Option<Vec<String>> {
     let entries = std::fs::read_dir("/proc").ok()?;
-    let mut count = 0;
+    let mut members = Vec::new();
     for entry in entries.flatten() {
         let name = entry.file_name();
         if !name.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
@@ -463,10 +505,10 @@ fn live_members(pgid: Pid) -> Option<usize> {
             && pgrp == pgid.as_raw()
             && !matches!(state, 'Z' | 'X')
         {
-            count += 1;
+            members.push(stat);
         }
     }
-    Some(count)
+    Some(members)
 }
 
 /// State and process group from a `/proc/<pid>/stat` line: `pid (comm) state ppid pgrp ...`.
@@ -478,6 +520,95 @@ fn parse_stat(stat: &str) -> Option<(char, i32)> {
     let _ppid = fields.next()?;
     let pgrp = fields.next()?.parse().ok()?;
     Some((state, pgrp))
+}
+
+/// What the live members of a process group had used when `/proc` was read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct GroupSample {
+    /// Clock ticks of CPU, user and system, their reaped children's included.
+    cpu_ticks: u64,
+    /// Resident pages.
+    rss_pages: u64,
+}
+
+/// Clock ticks a second and bytes a page, as this kernel counts them in `/proc`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ProcUnits {
+    ticks_per_sec: u64,
+    page_bytes: u64,
+}
+
+impl ProcUnits {
+    fn of_this_host() -> ProcUnits {
+        use nix::unistd::{SysconfVar, sysconf};
+        let read = |var, default: u64| {
+            sysconf(var)
+                .ok()
+                .flatten()
+                .and_then(|value| u64::try_from(value).ok())
+                .filter(|value| *value > 0)
+                .unwrap_or(default)
+        };
+        ProcUnits {
+            ticks_per_sec: read(SysconfVar::CLK_TCK, 100),
+            page_bytes: read(SysconfVar::PAGE_SIZE, 4096),
+        }
+    }
+}
+
+/// The reading between two samples `elapsed` apart. A member that exited in between
+/// takes its ticks with it: the rate is then low for that reading, never negative.
+fn usage_between(
+    before: GroupSample,
+    after: GroupSample,
+    elapsed: Duration,
+    units: ProcUnits,
+) -> ResourceUsage {
+    let elapsed_ms = elapsed.as_millis().max(1);
+    let ticks = u128::from(after.cpu_ticks.saturating_sub(before.cpu_ticks));
+    // ticks / ticks_per_sec seconds of CPU in elapsed_ms: thousandths of a core.
+    let millis = ticks * 1_000 * 1_000 / (u128::from(units.ticks_per_sec) * elapsed_ms);
+    ResourceUsage {
+        cpu_millis: Some(u64::try_from(millis).unwrap_or(u64::MAX)),
+        memory_bytes: Some(after.rss_pages.saturating_mul(units.page_bytes)),
+        memory_limit_bytes: None,
+    }
+}
+
+/// Sums the group's live members from `/proc/<pid>/stat`; `None` without `/proc`.
+fn group_sample(pgid: Pid) -> Option<GroupSample> {
+    let mut sample = GroupSample::default();
+    for member in member_stats(pgid)?
+        .iter()
+        .filter_map(|stat| parse_stat_usage(stat))
+    {
+        sample.cpu_ticks += member.cpu_ticks;
+        sample.rss_pages += member.rss_pages;
+    }
+    Some(sample)
+}
+
+/// utime, stime, cutime and cstime (fields 14 to 17) and rss (field 24) of a
+/// `/proc/<pid>/stat` line, counted from the last `)` as [`parse_stat`] does.
+fn parse_stat_usage(stat: &str) -> Option<GroupSample> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // Field 3 (state) is the first after the name.
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |number: usize| -> Option<u64> { fields.get(number - 3)?.parse().ok() };
+    let ticks = [14, 15, 16, 17]
+        .into_iter()
+        .map(field)
+        .sum::<Option<u64>>()?;
+    // rss is signed in the kernel's format; a negative one is nonsense, read as none.
+    let rss = fields
+        .get(24 - 3)?
+        .parse::<i64>()
+        .ok()
+        .map_or(0, |rss| u64::try_from(rss).unwrap_or(0));
+    Some(GroupSample {
+        cpu_ticks: ticks,
+        rss_pages: rss,
+    })
 }
 
 fn is_plain_name(id: &str) -> bool {
@@ -510,6 +641,59 @@ mod tests {
             live_members(own).unwrap() >= 1,
             "this test process is in its own group"
         );
+    }
+
+    #[test]
+    fn usage_comes_from_the_ticks_and_pages_in_proc_stat() {
+        // A real line (a shell), with utime 250, stime 50, cutime 10, cstime 0, rss 700.
+        let line = "4242 (sh -c (x)) S 1 4242 4242 0 -1 4194560 1200 300 0 0 250 50 10 0 \
+                    20 0 1 0 98765 12345678 700 18446744073709551615";
+        assert_eq!(
+            parse_stat_usage(line),
+            Some(GroupSample {
+                cpu_ticks: 310,
+                rss_pages: 700,
+            })
+        );
+        assert_eq!(parse_stat_usage("1 (short) S 1 1"), None);
+        let units = ProcUnits {
+            ticks_per_sec: 100,
+            page_bytes: 4096,
+        };
+        // 25 ticks (a quarter second of CPU) in half a second: half a core.
+        let usage = usage_between(
+            GroupSample {
+                cpu_ticks: 100,
+                rss_pages: 10,
+            },
+            GroupSample {
+                cpu_ticks: 125,
+                rss_pages: 256,
+            },
+            Duration::from_millis(500),
+            units,
+        );
+        assert_eq!(usage.cpu_millis, Some(500));
+        assert_eq!(usage.memory_bytes, Some(256 * 4096));
+        assert_eq!(usage.memory_limit_bytes, None);
+        // A member gone between the samples: less, never an underflow.
+        let fewer = usage_between(
+            GroupSample {
+                cpu_ticks: 100,
+                rss_pages: 10,
+            },
+            GroupSample::default(),
+            Duration::from_millis(500),
+            units,
+        );
+        assert_eq!(fewer.cpu_millis, Some(0));
+    }
+
+    #[test]
+    fn this_process_group_has_a_sample() {
+        let own = Pid::from_raw(nix::unistd::getpgrp().as_raw());
+        let sample = group_sample(own).unwrap();
+        assert!(sample.rss_pages > 0, "{sample:?}");
     }
 
     #[test]

@@ -17,7 +17,10 @@
 //!
 //! Layout:
 //! - [`routes`]: the route table (Host and path prefix → app → routable backends) and the
-//!   diff between two tables;
+//!   diff between two tables; the public ingress's and the node-local balancer's
+//!   (`APP.internal`) come from the same feed;
+//! - [`callers`]: who a client address is, for the balancer that keeps each tenant's
+//!   containers to their own apps;
 //! - [`ewma`]: a peak-sensitive latency EWMA that takes the time as an argument;
 //! - [`balancer`]: per-app backend choice (power of two choices by load × latency, or
 //!   round-robin), with per-backend state kept across route updates;
@@ -33,6 +36,7 @@
 
 pub mod balancer;
 pub mod breaker;
+pub mod callers;
 pub mod error;
 pub mod ewma;
 pub mod metrics;
@@ -44,6 +48,7 @@ pub mod tls;
 
 pub use balancer::{Balancer, BalancerConfig, BreakerEvent, Outcome, Strategy};
 pub use breaker::{Breaker, BreakerConfig, BreakerState, Transition};
+pub use callers::{Caller, Callers};
 pub use error::Error;
 pub use ewma::{Ewma, EwmaConfig};
 pub use metrics::Metrics;

@@ -2,7 +2,9 @@
 //! [`crate::balancer`] and [`crate::retry`].
 //!
 //! Per request: `request_filter` looks the Host and path up in the current route table
-//! (unknown → 404, no routable replica → 503 with `Retry-After`) and refuses a declared
+//! (unknown → 404, no routable replica → 503 with `Retry-After`; with scoped callers, a
+//! client address no [`Callers`] knows → 403 and an app beyond the caller's tenant → the
+//! same 404 as an unknown one) and refuses a declared
 //! body over the limit (413); `request_body_filter` counts the body as it streams and
 //! stops it with 413 once it passes the limit (chunked bodies, HTTP/2 data frames);
 //! `upstream_peer` picks a backend (excluding those already tried) and reports the previous
@@ -39,6 +41,7 @@ use tokio::time::Instant;
 
 use crate::balancer::{Balancer, BalancerConfig, BreakerEvent, Outcome};
 use crate::breaker::BreakerState;
+use crate::callers::{self, Caller, Callers};
 use crate::metrics::{AppMetrics, Metrics, RouteSummary, UpstreamError};
 use crate::retry::{self, Attempt, Failure, RetryDecision, Timeouts};
 use crate::routes::{BackendId, Lookup, RouteTable};
@@ -53,6 +56,10 @@ static REQUEST_ID_NAME: HeaderName = HeaderName::from_static(REQUEST_ID);
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// The answer to a client a scoped proxy does not serve.
+const FORBIDDEN_PAGE: &str = "<!doctype html><title>403 Forbidden</title>\
+    <h1>Forbidden</h1><p>This balancer serves the containers of this node only.</p>\n";
 
 /// Seconds a client is told to wait when an app has no routable replica.
 pub const RETRY_AFTER_SECS: u32 = 5;
@@ -83,6 +90,8 @@ pub struct RouteState {
     metrics: Arc<Metrics>,
     /// Serializes updates, so two concurrent ones cannot drop each other's balancers.
     updating: Mutex<()>,
+    /// Who may call which app; `None`: anyone may call any app (the public ingress).
+    callers: Option<Arc<dyn Callers>>,
 }
 
 impl RouteState {
@@ -101,7 +110,15 @@ impl RouteState {
             }),
             metrics,
             updating: Mutex::new(()),
+            callers: None,
         }
+    }
+
+    /// The same routes, each client told apart by `callers` and kept to its tenant's apps:
+    /// the node-local balancer's.
+    pub fn scoped_by(mut self, callers: Arc<dyn Callers>) -> RouteState {
+        self.callers = Some(callers);
+        self
     }
 
     /// The registry the requests of these routes are counted in.
@@ -506,6 +523,17 @@ impl ProxyHttp for Proxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let caller = match &self.routes.callers {
+            None => Caller::Anyone,
+            Some(callers) => match session.client_addr().and_then(|addr| addr.as_inet()) {
+                Some(client) => callers.caller(client.ip()),
+                None => Caller::Stranger,
+            },
+        };
+        if caller == Caller::Stranger {
+            respond_page(session, 403, FORBIDDEN_PAGE, None).await?;
+            return Ok(true);
+        }
         let header = session.req_header();
         ctx.request_id = request_id(header);
         ctx.host = request_host(header);
@@ -522,6 +550,14 @@ impl ProxyHttp for Proxy {
                 Lookup::NoBackend { app } => (Some(app), false),
                 Lookup::Backends { app, .. } => (Some(app), true),
             };
+            // Another tenant's app is as unknown as an absent one.
+            let app = app.filter(|app| {
+                caller == Caller::Anyone
+                    || snapshot
+                        .table
+                        .owner(app)
+                        .is_some_and(|owner| callers::may_reach(&caller, owner))
+            });
             ctx.app = app.and_then(|app| snapshot.apps.get(app).cloned());
             routable
         };

@@ -15,7 +15,9 @@
 //! - an app with no routable replica keeps its entry, so the proxy answers 503, not 404;
 //! - a domain belongs to one tenant: the tenant of the app with the oldest claim on it
 //!   (the record's claim stamp, the same on every node); other tenants' apps get no
-//!   route on it, so nobody can take another tenant's traffic by naming its domain.
+//!   route on it, so nobody can take another tenant's traffic by naming its domain;
+//! - the node-local balancer's table ([`RouteTable::internal`]) has one host per app,
+//!   `APP.internal`, for every path, and no domains: apps call each other by name there.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -29,6 +31,10 @@ use proto::routes::RouteFeed;
 
 /// The base domain apps answer under when none is configured: `web.localhost`.
 pub const DEFAULT_BASE_DOMAIN: &str = "localhost";
+
+/// The domain apps call each other under, through the node-local balancer: `APP.internal`
+/// (Fly.io's name for the same thing).
+pub const INTERNAL_DOMAIN: &str = "internal";
 
 /// The stable identity of a backend within its app: its [`Backend::group_key`]. Cheap to
 /// clone; the balancer keys its per-backend state by it.
@@ -219,6 +225,8 @@ type HostRoutes = Vec<(String, String)>;
 pub struct RouteTable {
     hosts: HashMap<String, HostRoutes>,
     apps: BTreeMap<String, Vec<Backend>>,
+    /// Each app's tenant (`None`: the administrator's), for callers scoped to a tenant.
+    tenants: HashMap<String, Option<String>>,
     conflicts: Vec<RouteConflict>,
 }
 
@@ -228,6 +236,27 @@ impl RouteTable {
         RouteTable::build(
             base_domain,
             feed.apps.iter().filter_map(RouteApp::from_record),
+            feed.replicas
+                .iter()
+                .map(|(node_id, record)| (node_id.as_str(), record)),
+        )
+    }
+
+    /// The node-local balancer's table of the same feed: `APP.internal` for each app, for
+    /// every path; no domains (a public name is the ingress's business, and another
+    /// tenant's domain claim must not decide what an internal name reaches).
+    pub fn internal(feed: &RouteFeed) -> RouteTable {
+        RouteTable::build(
+            INTERNAL_DOMAIN,
+            feed.apps
+                .iter()
+                .filter_map(RouteApp::from_record)
+                .map(|app| RouteApp {
+                    domains: Vec::new(),
+                    path_prefixes: Vec::new(),
+                    domain_claims: BTreeMap::new(),
+                    ..app
+                }),
             feed.replicas
                 .iter()
                 .map(|(node_id, record)| (node_id.as_str(), record)),
@@ -255,6 +284,7 @@ impl RouteTable {
         // flipping the flag so default-host claims sort first.
         let mut claims: BTreeMap<(String, String), BTreeSet<(bool, String)>> = BTreeMap::new();
         let mut backends: BTreeMap<String, Vec<Backend>> = BTreeMap::new();
+        let mut tenants: HashMap<String, Option<String>> = HashMap::new();
         let apps: Vec<RouteApp> = apps.collect();
         let owners = domain_owners(&apps);
         for app in apps {
@@ -282,6 +312,7 @@ impl RouteTable {
                         .insert((!is_default, app.name.clone()));
                 }
             }
+            tenants.insert(app.name.clone(), app.tenant.clone());
             backends.entry(app.name).or_default();
         }
         for (node_id, record) in records {
@@ -319,6 +350,7 @@ impl RouteTable {
         RouteTable {
             hosts,
             apps: backends,
+            tenants,
             conflicts,
         }
     }
@@ -347,6 +379,11 @@ impl RouteTable {
     /// `None` for an unknown app; an empty slice for an app with no healthy replica.
     pub fn backends(&self, app: &str) -> Option<&[Backend]> {
         self.apps.get(app).map(Vec::as_slice)
+    }
+
+    /// The tenant of `app` (`Some(None)`: the administrator's); `None` for an unknown app.
+    pub fn owner(&self, app: &str) -> Option<Option<&str>> {
+        self.tenants.get(app).map(Option::as_deref)
     }
 
     /// Every app with its backends, by name.
@@ -620,6 +657,46 @@ mod tests {
             failed: Default::default(),
             domain_claims: Default::default(),
         }
+    }
+
+    /// The balancer's table of the same feed: `APP.internal` for every path, no domains,
+    /// and each app's tenant kept for scoped callers.
+    #[test]
+    fn the_internal_table_names_every_app_under_internal_with_its_tenant() {
+        let mut api = app_record(
+            "api",
+            "name = \"api\"\ncmd = \"x\"\ndomains = [\"api.example.com\"]\n\
+             [[routes]]\npath = \"/v1\"",
+        );
+        api.tenant = Some("acme".into());
+        let feed = RouteFeed {
+            apps: vec![
+                api,
+                app_record("admin-app", "name = \"admin-app\"\ncmd = \"x\""),
+            ],
+            replicas: vec![("n1".into(), record("a", "api", 1, ContainerHealth::Healthy))],
+        };
+        let table = RouteTable::internal(&feed);
+        for path in ["/", "/v1/x", "/other"] {
+            assert_eq!(
+                app_of(table.lookup("API.internal:80", path)),
+                Some("api"),
+                "{path}"
+            );
+        }
+        assert_eq!(table.lookup("api.example.com", "/v1"), Lookup::Unknown);
+        assert_eq!(table.lookup("api.localhost", "/"), Lookup::Unknown);
+        assert_eq!(
+            table.lookup("admin-app.internal", "/"),
+            Lookup::NoBackend { app: "admin-app" }
+        );
+        assert_eq!(table.owner("api"), Some(Some("acme")));
+        assert_eq!(table.owner("admin-app"), Some(None));
+        assert_eq!(table.owner("ghost"), None);
+        // The public table of the same feed keeps its domains and prefixes.
+        let public = RouteTable::from_feed("localhost", &feed);
+        assert_eq!(app_of(public.lookup("api.example.com", "/v1")), Some("api"));
+        assert_eq!(public.lookup("api.internal", "/"), Lookup::Unknown);
     }
 
     /// From `stratus.toml` to a lookup: an app with `[[routes]] path = "/api"` on a shared

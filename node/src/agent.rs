@@ -119,6 +119,20 @@ pub struct Listeners {
     pub api: TcpListener,
     /// The DNS server's sockets, when the config has `--dns-addr`.
     pub dns: Option<DnsListeners>,
+    /// The DNS server's sockets for containers (`--internal-port`'s P+1, on every
+    /// address), which tenant networks' port 53 leads to.
+    pub internal_dns: Option<DnsListeners>,
+}
+
+/// What the binary's own servers read from the agent: the ingress and the node-local
+/// balancer, which this crate never depends on.
+#[derive(Default)]
+pub struct Feeds {
+    /// Sent a [`RouteFeed`] whenever the cluster or the catalog changes.
+    pub routes: Option<watch::Sender<Option<RouteFeed>>>,
+    /// This node's tenant networks, written by the Docker driver: who a container's
+    /// address is.
+    pub tenant_subnets: Arc<TenantSubnets>,
 }
 
 /// The gossip transport, chosen by the caller: sealed UDP in production, chitchat's
@@ -157,22 +171,27 @@ pub async fn run(
     gossip: Gossip,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
-    run_with_routes(config, listeners, gossip, shutdown, None).await
+    run_with_feeds(config, listeners, gossip, shutdown, Feeds::default()).await
 }
 
-/// [`run`], also sending a [`RouteFeed`] to `routes` whenever the cluster or the catalog
-/// changes (the binary wires it into the ingress; this crate never depends on it).
-pub async fn run_with_routes(
+/// [`run`], also feeding `feeds` (the binary wires them into the ingress and the
+/// node-local balancer).
+pub async fn run_with_feeds(
     mut config: AgentConfig,
     listeners: Listeners,
     gossip: Gossip,
     shutdown: impl Future<Output = ()>,
-    routes: Option<watch::Sender<Option<RouteFeed>>>,
+    feeds: Feeds,
 ) -> Result<(), AgentError> {
     let Listeners {
         api: api_listener,
         dns: dns_listeners,
+        internal_dns: internal_dns_listeners,
     } = listeners;
+    let Feeds {
+        routes,
+        tenant_subnets,
+    } = feeds;
     // The address actually bound, which differs from the config's with port 0.
     config.api_addr = api_listener.local_addr().map_err(AgentError::ApiListener)?;
     let now_ms = unix_ms();
@@ -194,7 +213,6 @@ pub async fn run_with_routes(
     let resolver = SeedResolver::from_system();
     let mut initial_seeds = resolver.resolve(&config.seeds).await;
     initial_seeds.remove(&config.advertise_addr);
-    let tenant_subnets = Arc::new(TenantSubnets::new());
     let (runtime, docker) = choose_runtime(&config, tenant_subnets.clone()).await?;
     let builds = Builds::new(
         docker,
@@ -398,15 +416,21 @@ pub async fn run_with_routes(
                 stop_rx.clone(),
             ),
         );
-        let service = DnsService {
+        let service = Arc::new(DnsService {
             zones,
             askers: tenant_subnets,
             recursor: dns.recursor,
             counters: dns_counters.clone().unwrap_or_default(),
-        };
+        });
+        if let Some(sockets) = internal_dns_listeners {
+            loops.spawn(
+                "DNS server for containers",
+                dns::server::serve(sockets, service.clone(), stop_rx.clone()),
+            );
+        }
         loops.spawn(
             "DNS server",
-            dns::server::serve(sockets, Arc::new(service), stop_rx.clone()),
+            dns::server::serve(sockets, service, stop_rx.clone()),
         );
     }
     let mut api_config = api::ApiConfig::new(
@@ -510,6 +534,7 @@ async fn choose_runtime(
         oci_runtime: config.oci_runtime.clone(),
         node_id: Some(config.node_id.clone()),
         cluster_id: Some(config.cluster_id.clone()),
+        internal: config.internal,
         ..DockerOptions::new(ip)
     };
     let process = || -> Result<(Arc<dyn RuntimeDriver>, Option<bollard::Docker>), AgentError> {

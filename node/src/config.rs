@@ -13,6 +13,7 @@ use crate::build::recipe::BaseImages;
 use crate::bundle::{S3Config, S3Error};
 use crate::cluster::seal::{KeyError, Keyring};
 use crate::cluster::seeds::{Seed, SeedError};
+use crate::workload::runtime::tenant_network::InternalPorts;
 
 /// Version of the `stratus` binary, as every node publishes it and `/v1/health` reports.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -193,6 +194,12 @@ pub struct AgentArgs {
     /// it they are refused [default: none]
     #[arg(long, env = "STRATUS_DNS_RECURSOR")]
     pub dns_recursor: Option<SocketAddr>,
+    /// Let tenants' containers call each other's apps as http://APP.internal/: a
+    /// balancer for them on this TCP port and a DNS server for them on the next one (UDP
+    /// and TCP), which their network's ports 80 and 53 lead to. Needs --dns-addr, Docker
+    /// and nftables [default: off]
+    #[arg(long, env = "STRATUS_INTERNAL_PORT")]
+    pub internal_port: Option<u16>,
 }
 
 /// The same settings, as read from a TOML file.
@@ -249,6 +256,7 @@ struct FileConfig {
     dns_domain: Option<String>,
     dns_ttl: Option<String>,
     dns_recursor: Option<SocketAddr>,
+    internal_port: Option<u16>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -307,6 +315,8 @@ pub enum ConfigError {
     Dns(String),
     #[error("--{0} is set but not --dns-addr: say where to answer DNS")]
     DnsWithoutAddr(&'static str),
+    #[error("invalid --internal-port: {0}")]
+    InternalPort(String),
 }
 
 /// The DNS settings, or `None` without `--dns-addr` (the others need it).
@@ -347,6 +357,39 @@ fn resolve_dns(
         addr,
         zone,
         recursor,
+    }))
+}
+
+/// The node-local balancer's ports (`--internal-port P`: P and P+1), which turn on the
+/// zone's `APP.internal` names.
+fn resolve_internal(
+    port: Option<u16>,
+    dns: Option<&mut DnsConfig>,
+    replica_ports: (u16, u16),
+) -> Result<Option<InternalPorts>, ConfigError> {
+    let Some(http) = port else {
+        return Ok(None);
+    };
+    let Some(dns) = dns else {
+        return Err(ConfigError::InternalPort(
+            "it needs --dns-addr: containers find APP.internal through this node's DNS".into(),
+        ));
+    };
+    let Some(dns_port) = http.checked_add(1).filter(|_| http != 0) else {
+        return Err(ConfigError::InternalPort(format!(
+            "{http} leaves no port for its DNS (P+1): choose one from 1 to 65534"
+        )));
+    };
+    let (first, last) = replica_ports;
+    if (first..=last).contains(&http) || (first..=last).contains(&dns_port) {
+        return Err(ConfigError::InternalPort(format!(
+            "{http} and {dns_port} must lie outside the replica port range {first}-{last}: tenants' containers may not open connections to that range"
+        )));
+    }
+    dns.zone.internal = true;
+    Ok(Some(InternalPorts {
+        http,
+        dns: dns_port,
     }))
 }
 
@@ -413,6 +456,8 @@ pub struct AgentConfig {
     pub s3: Option<S3Config>,
     /// `None`: this node answers no DNS.
     pub dns: Option<DnsConfig>,
+    /// `None`: no node-local balancer; containers resolve through Docker's defaults.
+    pub internal: Option<InternalPorts>,
 }
 
 /// The DNS server's settings (`--dns-*`).
@@ -542,11 +587,16 @@ impl AgentConfig {
                 ));
             }
         };
-        let dns = resolve_dns(
+        let mut dns = resolve_dns(
             args.dns_addr.or(file.dns_addr),
             args.dns_domain.or(file.dns_domain),
             args.dns_ttl.or(file.dns_ttl),
             args.dns_recursor.or(file.dns_recursor),
+        )?;
+        let internal = resolve_internal(
+            args.internal_port.or(file.internal_port),
+            dns.as_mut(),
+            port_range,
         )?;
         let build_timeout = match args.build_timeout.or(file.build_timeout) {
             None => Duration::from_secs(15 * 60),
@@ -620,6 +670,7 @@ impl AgentConfig {
             runs_workloads: !(args.no_workloads || file.no_workloads.unwrap_or(false)),
             ingress_addr: args.ingress_addr.or(file.ingress_addr),
             dns,
+            internal,
             base_domain: args
                 .base_domain
                 .or(file.base_domain)
@@ -805,6 +856,58 @@ mod tests {
         .unwrap();
         assert_eq!(config.api_tls, Some(("cert.pem".into(), "key.pem".into())));
         assert_eq!(config.api_rate_limit, None);
+    }
+
+    #[test]
+    fn the_internal_port_needs_dns_and_stays_clear_of_the_replica_ports() {
+        let config = AgentConfig::resolve(args()).unwrap();
+        assert_eq!(config.internal, None);
+        assert!(config.dns.is_none());
+
+        let without_dns = AgentConfig::resolve(AgentArgs {
+            internal_port: Some(8711),
+            ..args()
+        })
+        .unwrap_err();
+        assert!(
+            without_dns.to_string().contains("--dns-addr"),
+            "{without_dns}"
+        );
+
+        let dns = || Some("127.0.0.1:8600".parse().unwrap());
+        let config = AgentConfig::resolve(AgentArgs {
+            internal_port: Some(8711),
+            dns_addr: dns(),
+            ..args()
+        })
+        .unwrap();
+        assert_eq!(
+            config.internal,
+            Some(InternalPorts {
+                http: 8711,
+                dns: 8712
+            })
+        );
+        assert!(
+            config.dns.unwrap().zone.internal,
+            "APP.internal names exist"
+        );
+
+        for (port, range, said) in [
+            (20000, None, "outside the replica port range"),
+            (8711, Some("8700-8711"), "outside the replica port range"),
+            (8711, Some("8712-8800"), "outside the replica port range"),
+            (65535, None, "no port for its DNS"),
+        ] {
+            let err = AgentConfig::resolve(AgentArgs {
+                internal_port: Some(port),
+                dns_addr: dns(),
+                port_range: range.map(str::to_string),
+                ..args()
+            })
+            .unwrap_err();
+            assert!(err.to_string().contains(said), "{port} {range:?}: {err}");
+        }
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The ingress beside the agent (`--ingress-addr`, `stratus ingress`): part of the binary
 //! only, since the `node` library never depends on `ingress`. It starts the Pingora
 //! servers on their own threads (they must not run inside tokio) and feeds them route
-//! tables built from the agent's `proto` route feed.
+//! tables built from the agent's `proto` route feed ([`follow_routes`], which the
+//! node-local balancer shares).
 
 use std::sync::Arc;
 
@@ -17,17 +18,22 @@ pub struct EmbeddedIngress {
 }
 
 impl EmbeddedIngress {
+    pub fn new(proxy: ingress::server::IngressHandle) -> EmbeddedIngress {
+        EmbeddedIngress { proxy }
+    }
+
     pub fn stop(self) {
         self.proxy.stop(ingress::server::Stop::Graceful);
     }
 }
 
 /// Starts the ingress `config` asks for, if any, and the task that turns every route feed
-/// into a route table. Returns the sender the agent feeds.
+/// of `feeds` into a route table.
 pub fn start(
     config: &AgentConfig,
     runtime: &tokio::runtime::Runtime,
-) -> anyhow::Result<Option<(EmbeddedIngress, watch::Sender<Option<RouteFeed>>)>> {
+    feeds: watch::Receiver<Option<RouteFeed>>,
+) -> anyhow::Result<Option<EmbeddedIngress>> {
     let Some(listen) = config.ingress_addr else {
         return Ok(None);
     };
@@ -62,17 +68,28 @@ pub fn start(
         base_domain = %config.base_domain,
         "ingress ready"
     );
-    let (feed_tx, mut feed_rx) = watch::channel::<Option<RouteFeed>>(None);
     let base_domain = config.base_domain.clone();
-    runtime.spawn(async move {
-        while feed_rx.changed().await.is_ok() {
-            let Some(feed) = feed_rx.borrow_and_update().clone() else {
-                continue;
-            };
-            routes
-                .update(ingress::RouteTable::from_feed(&base_domain, &feed))
-                .await;
+    runtime.spawn(follow_routes(feeds, routes, move |feed| {
+        ingress::RouteTable::from_feed(&base_domain, feed)
+    }));
+    Ok(Some(EmbeddedIngress { proxy }))
+}
+
+/// Publishes `table_of` each feed in `routes` until the agent drops its sender. The
+/// ingress and the node-local balancer both run on it, each with its own table.
+pub async fn follow_routes(
+    mut feeds: watch::Receiver<Option<RouteFeed>>,
+    routes: Arc<ingress::RouteState>,
+    table_of: impl Fn(&RouteFeed) -> ingress::RouteTable,
+) {
+    loop {
+        // A copy, so the agent's next send does not wait for the table to be built.
+        let feed = feeds.borrow_and_update().clone();
+        if let Some(feed) = feed {
+            routes.update(table_of(&feed)).await;
         }
-    });
-    Ok(Some((EmbeddedIngress { proxy }, feed_tx)))
+        if feeds.changed().await.is_err() {
+            return;
+        }
+    }
 }

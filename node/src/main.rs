@@ -16,6 +16,7 @@ mod doc_commands;
 mod doctor_commands;
 mod embedded_ingress;
 mod event_commands;
+mod internal_balancer;
 mod open_commands;
 mod tenancy_commands;
 
@@ -503,8 +504,9 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-/// Binds the agent's sockets, starts the ingress beside it when `--ingress-addr` is set,
-/// and runs the agent until SIGINT or SIGTERM.
+/// Binds the agent's sockets, starts the ingress beside it when `--ingress-addr` is set
+/// and the node-local balancer when `--internal-port` is, and runs the agent until SIGINT
+/// or SIGTERM.
 fn run_agent(config: AgentConfig) -> anyhow::Result<()> {
     let runtime = runtime()?;
     let api = runtime
@@ -519,21 +521,41 @@ fn run_agent(config: AgentConfig) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let listeners = node::agent::Listeners { api, dns };
-    let ingress = embedded_ingress::start(&config, &runtime)?;
-    let (ingress, routes) = match ingress {
-        Some((ingress, routes)) => (Some(ingress), Some(routes)),
-        None => (None, None),
+    // Its port 53 leads here from every tenant network: every address, not loopback.
+    let internal_dns = match &config.internal {
+        Some(ports) => {
+            let addr = std::net::SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, ports.dns));
+            Some(
+                runtime
+                    .block_on(node::dns::DnsListeners::bind(addr))
+                    .with_context(|| format!("cannot listen for containers' DNS on {addr}"))?,
+            )
+        }
+        None => None,
     };
-    let result = runtime.block_on(node::agent::run_with_routes(
+    let listeners = node::agent::Listeners {
+        api,
+        dns,
+        internal_dns,
+    };
+    let (routes, feeds) = tokio::sync::watch::channel(None);
+    let tenant_subnets = std::sync::Arc::new(node::dns::TenantSubnets::new());
+    let ingress = embedded_ingress::start(&config, &runtime, feeds.clone())?;
+    let balancer =
+        internal_balancer::start(config.internal, tenant_subnets.clone(), &runtime, feeds)?;
+    let feeds = node::agent::Feeds {
+        routes: (ingress.is_some() || balancer.is_some()).then_some(routes),
+        tenant_subnets,
+    };
+    let result = runtime.block_on(node::agent::run_with_feeds(
         config,
         listeners,
         gossip,
         shutdown_signal(),
-        routes,
+        feeds,
     ));
-    if let Some(ingress) = ingress {
-        ingress.stop();
+    for server in [ingress, balancer].into_iter().flatten() {
+        server.stop();
     }
     result?;
     Ok(())

@@ -253,14 +253,21 @@ impl TestCluster {
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
         let gossip = Gossip::in_memory(self.transport.clone());
         let feeds_routes = routes.is_some();
-        let task = tokio::spawn(crate::agent::run_with_routes(
+        let task = tokio::spawn(crate::agent::run_with_feeds(
             config.clone(),
-            Listeners { api, dns },
+            Listeners {
+                api,
+                dns,
+                internal_dns: None,
+            },
             gossip,
             async move {
                 let _ = shutdown_rx.await;
             },
-            routes,
+            crate::agent::Feeds {
+                routes,
+                ..Default::default()
+            },
         ));
         let mut node = TestNode {
             node_id,

@@ -16,7 +16,10 @@
 //!   host → traffic off it, replacements healthy);
 //! - [`bench_ingress`]: `testbed bench ingress`, the ingress against nginx and HAProxy;
 //! - [`bench_build`]: `testbed bench build`, deploys from source on agents with a Docker
-//!   daemon each (cold build, code-only redeploy, image spread against save | load).
+//!   daemon each (cold build, code-only redeploy, image spread against save | load);
+//! - [`bench_dns`]: `testbed bench dns`, the agents' DNS server (queries/s, freshness);
+//! - [`bench_internal`]: `testbed bench internal`, an app-to-app call through the
+//!   node-local balancer against a direct one.
 //!
 //! It depends on everything and nothing depends on it.
 
@@ -25,6 +28,7 @@ pub mod bench_build;
 pub mod bench_dns;
 pub mod bench_failover;
 pub mod bench_ingress;
+pub mod bench_internal;
 pub mod bench_pingora;
 pub mod cgroups;
 pub mod chaos;

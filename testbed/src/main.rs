@@ -167,6 +167,19 @@ enum Bench {
         #[arg(long, default_value_t = 5)]
         trials: usize,
     },
+    /// What the node-local balancer (http://APP.internal/) adds to an app-to-app call,
+    /// against a direct call to the replica, from a container on the tenant's network
+    Internal {
+        /// Rounds, each timing both paths
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Sequential requests per path and round, on one keep-alive connection
+        #[arg(long, default_value_t = 2000)]
+        requests: usize,
+        /// The agent runs on 127.0.NET.2
+        #[arg(long, default_value_t = 56)]
+        net: u8,
+    },
     /// Requests/s and latency of the ingress, nginx and HAProxy in front of one backend:
     /// closed loop (wrk) and open loop at fixed rates (oha), over HTTP and HTTPS
     Ingress {
@@ -369,6 +382,42 @@ fn main() -> anyhow::Result<()> {
                     results.len()
                 );
             }
+            Ok(())
+        }
+        Command::Bench {
+            which:
+                Bench::Internal {
+                    rounds,
+                    requests,
+                    net,
+                },
+        } => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            let report = runtime.block_on(testbed::bench_internal::internal(
+                &testbed::bench_internal::InternalBench {
+                    net,
+                    rounds,
+                    requests,
+                },
+            ))?;
+            let micros = |d: Duration| d.as_secs_f64() * 1e6;
+            for (name, p) in [
+                ("direct to the replica", report.direct),
+                ("through APP.internal", report.balanced),
+            ] {
+                println!(
+                    "app-to-app {name:<22}: p50 {:.0} µs, p90 {:.0} µs, p99 {:.0} µs",
+                    micros(p.p50),
+                    micros(p.p90),
+                    micros(p.p99)
+                );
+            }
+            println!(
+                "node-local balancer adds {:.0} µs at p50 (goal <= 150 µs); {} requests per path from a container on the tenant network, {rounds} alternating rounds; APP.internal resolved to {}",
+                micros(report.added_p50()),
+                report.samples,
+                report.internal_ip
+            );
             Ok(())
         }
         Command::Bench {

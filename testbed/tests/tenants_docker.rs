@@ -16,6 +16,10 @@
 //!   placed on the runsc node only, run with runtime `runsc`, and `dmesg` inside them
 //!   shows gVisor's kernel.
 //!
+//! - App-to-app: `examples/frontend` calling `examples/api` as `http://APP.internal/`
+//!   across a replica kill and a rolling deploy, and each tenant kept to its own apps'
+//!   names (issue 15).
+//!
 //! Addresses: agents of the isolation test live on `10.213.52.2-4`, /32s added to `lo`
 //! for the test (and removed after), because containers cannot reach the testbed's usual
 //! `127.0.x.y` (their own loopback), so a published-port check against loopback would
@@ -27,7 +31,7 @@
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -37,6 +41,7 @@ use node::workload::runtime::{PortRange, tenant_network};
 use proto::api::{CreateTenantRequest, CreateTokenRequest, ReplicaView};
 use proto::tenancy::{Isolation, Role};
 use proto::{ContainerHealth, ContainerState};
+use testbed::chaos::load::{Load, LoadConfig};
 use testbed::harness::{
     LocalCluster, agent_port_range, ensure_image, remove_containers_of, repo_root,
 };
@@ -47,12 +52,21 @@ const REPLICAS_UP: Duration = Duration::from_secs(120);
 const PREFIX: [u8; 2] = [10, 213];
 const NET_ISOLATION: u8 = 52;
 const NET_GVISOR: u8 = 53;
+const NET_INTERNAL: u8 = 54;
+/// The first agent's `--internal-port` (the second's is 2 above): in net 54's port block
+/// (41600-41999) but past its two agents' replica ranges.
+const INTERNAL_PORT: u16 = 41960;
 const TENANT_A: &str = "e2eiso-a";
 const TENANT_B: &str = "e2eiso-b";
 const TENANT_G: &str = "e2egvisor";
 const APP_A: &str = "e2eiso-a-web";
 const APP_B: &str = "e2eiso-b-web";
 const APP_G: &str = "e2egvisor-web";
+const TENANT_I: &str = "e2eint";
+const TENANT_J: &str = "e2eint-other";
+const APP_API: &str = "e2eint-api";
+const APP_FRONT: &str = "e2eint-front";
+const APP_OTHER: &str = "e2eint-other-web";
 const IMAGE: &str = "stratus/busybox:latest";
 
 /// Host addresses on `lo` for the test's agents, removed when dropped.
@@ -148,14 +162,32 @@ fn port_range(net: u8, index: usize) -> PortRange {
 
 /// examples/hello under another name, with `replicas`.
 fn app_dir(name: &str, replicas: u32) -> tempfile::TempDir {
+    example_dir(
+        "hello",
+        &[
+            ("name = \"hello\"", &format!("name = \"{name}\"")),
+            ("replicas = 2", &format!("replicas = {replicas}")),
+        ],
+    )
+}
+
+/// A copy of `examples/<example>` with each `(from, to)` of `edits` made to its
+/// manifest (each must be there).
+fn example_dir(example: &str, edits: &[(&str, &str)]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let example = repo_root().join("examples/hello");
-    std::fs::copy(example.join("start.sh"), dir.path().join("start.sh")).unwrap();
-    let manifest = std::fs::read_to_string(example.join("stratus.toml")).unwrap();
-    assert!(manifest.contains("name = \"hello\"") && manifest.contains("replicas = 2"));
-    let manifest = manifest
-        .replace("name = \"hello\"", &format!("name = \"{name}\""))
-        .replace("replicas = 2", &format!("replicas = {replicas}"));
+    let source = repo_root().join("examples").join(example);
+    for entry in std::fs::read_dir(&source).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+    }
+    let mut manifest = std::fs::read_to_string(source.join("stratus.toml")).unwrap();
+    for (from, to) in edits {
+        assert!(
+            manifest.contains(from),
+            "{example}'s manifest has no {from:?}"
+        );
+        manifest = manifest.replace(from, to);
+    }
     std::fs::write(dir.path().join("stratus.toml"), manifest).unwrap();
     dir
 }
@@ -193,6 +225,11 @@ fn tenant_client(cluster: &LocalCluster, token: &str) -> api::Client {
 
 /// The real `stratus deploy`, with the tenant's token, through agent 0.
 fn deploy(cluster: &LocalCluster, dir: &Path, token: &str, app: &str) {
+    deploy_release(cluster, dir, token, app, 1);
+}
+
+/// [`deploy`], which must make `release` live.
+fn deploy_release(cluster: &LocalCluster, dir: &Path, token: &str, app: &str, release: u64) {
     let output = Command::new(&cluster.bin)
         .arg("deploy")
         .arg(dir)
@@ -203,7 +240,7 @@ fn deploy(cluster: &LocalCluster, dir: &Path, token: &str, app: &str) {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        output.status.success() && stdout.contains(&format!("Release 1 of {app} is live")),
+        output.status.success() && stdout.contains(&format!("Release {release} of {app} is live")),
         "deploy of {app} failed:\n{stdout}\n{stderr}\n{}",
         cluster.logs_tail(20)
     );
@@ -659,6 +696,280 @@ async fn a_gvisor_tenants_replicas_run_under_runsc_on_the_node_that_has_it() {
         .unwrap();
     // The agents go before the sandbox daemon they use.
     drop(cluster);
+}
+
+/// `nslookup NAME` inside `container`, through its resolver (Docker's embedded one, which
+/// forwards to the container's `dns`): whether it found an address, and what it printed.
+fn resolves_from(container: &str, name: &str) -> (bool, String) {
+    let out = docker(None, &["exec", container, "nslookup", name]);
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+/// `GET /` with `Host: host` at `ip:port`, from inside `container`: the status line and
+/// body (busybox nc, 3 s at most). The request's side stays open for a second: Pingora
+/// takes a client's half-close before the answer for a hang-up.
+fn get_from(container: &str, ip: &str, port: u16, host: &str) -> String {
+    let script = format!(
+        "(printf 'GET / HTTP/1.0\\r\\nHost: {host}\\r\\n\\r\\n'; sleep 1) | nc -w 3 {ip} {port}"
+    );
+    let out = docker(None, &["exec", container, "sh", "-c", &script]);
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Whether every agent's view has `placement` gone or no longer running and healthy.
+async fn gone_from_every_view(cluster: &LocalCluster, app: &str, placement: &str) -> bool {
+    for agent in &cluster.agents {
+        let Ok(view) = agent.client().app(app).await else {
+            return false;
+        };
+        let routable = view.replicas.iter().any(|replica| {
+            replica.container_id == placement
+                && (replica.state, replica.health)
+                    == (ContainerState::Running, ContainerHealth::Healthy)
+        });
+        if routable {
+            return false;
+        }
+    }
+    true
+}
+
+/// Issue 15's app-to-app calls, on real agents, real Docker and real DNS clients:
+/// `examples/frontend` calls `examples/api` as `http://APP.internal/` (its resolver is its
+/// network's gateway, where the node's DNS and balancer answer), with continuous calls
+/// through the ingress across a replica kill and a rolling deploy of the api; and each
+/// tenant's containers reach only their own tenant's apps by name, by DNS or by Host.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tenants_apps_call_each_other_by_name_through_the_node_local_balancer() {
+    ensure_image().unwrap();
+    let _cleanup = Cleanup::new(
+        &[APP_API, APP_FRONT, APP_OTHER],
+        &[TENANT_I, TENANT_J],
+        &[(NET_INTERNAL, 0), (NET_INTERNAL, 1)],
+    );
+    let mut cluster =
+        LocalCluster::start_with(NET_INTERNAL, 0, vec!["--runtime".into(), "docker".into()])
+            .unwrap();
+    let ingress: SocketAddr = format!("127.0.{NET_INTERNAL}.2:8080").parse().unwrap();
+    for index in 0..2u16 {
+        let mut args = vec![
+            "--dns-addr".to_string(),
+            format!("127.0.{NET_INTERNAL}.{}:8600", index + 2),
+            "--internal-port".to_string(),
+            (INTERNAL_PORT + 2 * index).to_string(),
+        ];
+        if index == 0 {
+            args.extend(["--ingress-addr".to_string(), ingress.to_string()]);
+        }
+        cluster.add_agent(None, args).unwrap();
+    }
+    cluster
+        .wait_for("2 live nodes", CONVERGE, || cluster.converged())
+        .await
+        .unwrap();
+    let token_i = tenant_with_token(&cluster, TENANT_I, Isolation::Container).await;
+    let token_j = tenant_with_token(&cluster, TENANT_J, Isolation::Container).await;
+    let client_i = tenant_client(&cluster, &token_i);
+    let client_j = tenant_client(&cluster, &token_j);
+    let api_name = format!("name = \"{APP_API}\"");
+    let api_url = format!("http://{APP_API}.internal/");
+    let api_dir = example_dir("api", &[("name = \"api\"", &api_name)]);
+    let front_name = format!("name = \"{APP_FRONT}\"");
+    let front_dir = example_dir(
+        "frontend",
+        &[
+            ("name = \"frontend\"", &front_name),
+            ("http://api.internal/", &api_url),
+        ],
+    );
+    let other_dir = app_dir(APP_OTHER, 1);
+    deploy(&cluster, api_dir.path(), &token_i, APP_API);
+    deploy(&cluster, front_dir.path(), &token_i, APP_FRONT);
+    deploy(&cluster, other_dir.path(), &token_j, APP_OTHER);
+    let api = healthy_replicas(&cluster, &client_i, APP_API, 2).await;
+    let front = healthy_replicas(&cluster, &client_i, APP_FRONT, 1).await;
+    let other = healthy_replicas(&cluster, &client_j, APP_OTHER, 1).await;
+    let front_container = container_of(None, &front[0]);
+    let other_container = container_of(None, &other[0]);
+    let gateway_i = tenant_gateway(TENANT_I);
+    let gateway_j = tenant_gateway(TENANT_J);
+
+    // A replica resolves through its network's gateway, where the node's DNS answers:
+    // `APP.internal` is that gateway, `APP.service.stratus` the replicas.
+    assert_eq!(
+        inspect(
+            None,
+            &front_container,
+            "{{range .HostConfig.Dns}}{{.}}{{end}}"
+        ),
+        gateway_i
+    );
+    let (found, text) = resolves_from(&front_container, &format!("{APP_API}.internal"));
+    assert!(found && text.contains(&gateway_i), "{text}");
+    let (found, text) = resolves_from(&front_container, &format!("{APP_API}.service.stratus"));
+    assert!(found, "{text}");
+    for replica in &api {
+        assert!(text.contains(&replica.addr.ip().to_string()), "{text}");
+    }
+    let (found, text) = resolves_from(&other_container, &format!("{APP_OTHER}.internal"));
+    assert!(found && text.contains(&gateway_j), "{text}");
+
+    // Each tenant's containers know nothing of the other's apps, by name or by Host.
+    for (container, app) in [
+        (&front_container, APP_OTHER),
+        (&other_container, APP_API),
+        (&other_container, APP_FRONT),
+    ] {
+        let (found, text) = resolves_from(container, &format!("{app}.internal"));
+        assert!(
+            !found && text.contains("NXDOMAIN"),
+            "{app} from {container}: {text}"
+        );
+    }
+    let absent = get_from(&other_container, &gateway_j, 80, "nope.internal");
+    assert!(absent.starts_with("HTTP/1.1 404"), "{absent}");
+    let foreign = get_from(
+        &other_container,
+        &gateway_j,
+        80,
+        &format!("{APP_API}.internal"),
+    );
+    assert!(
+        foreign.starts_with("HTTP/1.1 404"),
+        "another tenant's app: {foreign}"
+    );
+    let own = get_from(
+        &other_container,
+        &gateway_j,
+        80,
+        &format!("{APP_OTHER}.internal"),
+    );
+    assert!(
+        own.starts_with("HTTP/1.1 200") && own.contains(&format!("{APP_OTHER} release 1")),
+        "{own}\n{}",
+        cluster.logs_tail(30)
+    );
+    // The host (loopback) reaches any app on the balancer's own port; a container off
+    // the tenant networks (the administrator's, on docker0) is refused.
+    let from_host = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "5",
+            "-H",
+            &format!("Host: {APP_API}.internal"),
+        ])
+        .arg(format!("http://127.0.0.1:{INTERNAL_PORT}/"))
+        .output()
+        .unwrap();
+    let from_host = String::from_utf8_lossy(&from_host.stdout);
+    assert!(
+        from_host.contains(&format!("{APP_API} release 1")),
+        "{from_host}"
+    );
+    let stranger = docker(
+        None,
+        &[
+            "run",
+            "--rm",
+            IMAGE,
+            "sh",
+            "-c",
+            &format!(
+                "printf 'GET / HTTP/1.0\\r\\nHost: {APP_API}.internal\\r\\n\\r\\n' | nc -w 3 {} {INTERNAL_PORT}",
+                docker0_gateway()
+            ),
+        ],
+    );
+    let stranger = String::from_utf8_lossy(&stranger.stdout);
+    assert!(stranger.starts_with("HTTP/1.1 403"), "{stranger}");
+
+    // Continuous calls: the public ingress to the frontend, the frontend to the api
+    // through the balancer.
+    let mut config = LoadConfig::new(ingress, APP_FRONT);
+    config.path = "/cgi-bin/call".to_string();
+    config.clients = 2;
+    let load = Load::start(config).unwrap();
+    assert!(load.wait_served(1, CONVERGE).await, "no call got through");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // A replica killed: the balancer's retries cover the moment until every view knows.
+    load.mark("kill");
+    let killed = docker(None, &["kill", &container_of(None, &api[0])]);
+    assert!(killed.status.success());
+    cluster
+        .wait_for("the killed replica out of every view", CONVERGE, || {
+            gone_from_every_view(&cluster, APP_API, &api[0].container_id)
+        })
+        .await
+        .unwrap();
+    load.mark("view changed");
+    healthy_replicas(&cluster, &client_i, APP_API, 2).await;
+    load.mark("healed");
+
+    // A rolling deploy of the api.
+    let api_dir = example_dir(
+        "api",
+        &[
+            ("name = \"api\"", &api_name),
+            ("GREETING = \"hello\"", "GREETING = \"howdy\""),
+        ],
+    );
+    load.mark("deploy");
+    tokio::task::block_in_place(|| deploy_release(&cluster, api_dir.path(), &token_i, APP_API, 2));
+    assert!(
+        load.wait_served(2, CONVERGE).await,
+        "release 2 never answered"
+    );
+    load.mark("deployed");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let report = load.stop().await;
+
+    let at = |label: &str| report.mark(label).unwrap();
+    let before_view = report.failures_between(at("kill"), at("view changed"));
+    let after_view = report.failures_between(at("view changed"), report.duration);
+    println!(
+        "{} calls through the frontend; {} failed between the kill and every view knowing it \
+         ({:.3} s later), {} after; by replica: {:?}",
+        report.total(),
+        before_view.len(),
+        (at("view changed") - at("kill")).as_secs_f64(),
+        after_view.len(),
+        report.per_backend()
+    );
+    assert!(
+        report
+            .failures_between(Duration::ZERO, at("kill"))
+            .is_empty(),
+        "calls failed before anything happened: {:?}",
+        report.failures()
+    );
+    assert!(
+        after_view.is_empty(),
+        "calls failed once the view had changed: {after_view:?}"
+    );
+    let last = report
+        .samples
+        .last()
+        .and_then(|sample| sample.backend())
+        .unwrap();
+    assert_eq!(last.release, 2, "the last call got {last}");
+    let api_replicas: std::collections::BTreeSet<u32> = report
+        .samples
+        .iter()
+        .filter_map(|sample| sample.backend())
+        .map(|backend| backend.replica)
+        .collect();
+    assert!(
+        api_replicas.len() >= 2,
+        "calls spread over one replica only: {api_replicas:?}"
+    );
 }
 
 /// Deletes an nftables table when dropped.

@@ -16,11 +16,36 @@ use parking_lot::RwLock;
 
 use super::zone::Scope;
 
-/// The subnets of this node's tenant networks, shared by the Docker driver (which writes)
-/// and the DNS server (which reads).
+/// The subnets of this node's tenant networks, shared by the Docker driver (which writes),
+/// the DNS server and the node-local balancer (which read).
 #[derive(Debug, Default)]
 pub struct TenantSubnets {
-    subnets: RwLock<Vec<(IpNet, String)>>,
+    networks: RwLock<Vec<TenantNet>>,
+}
+
+#[derive(Debug, Clone)]
+struct TenantNet {
+    subnet: IpNet,
+    tenant: String,
+    gateway: IpAddr,
+}
+
+/// Who asks a question, as the zone needs to know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Asker {
+    pub scope: Scope,
+    /// The gateway of the asker's tenant network: where its containers reach this node's
+    /// balancer, so what `APP.internal` resolves to. `None` from anywhere else.
+    pub gateway: Option<IpAddr>,
+}
+
+impl From<Scope> for Asker {
+    fn from(scope: Scope) -> Asker {
+        Asker {
+            scope,
+            gateway: None,
+        }
+    }
 }
 
 impl TenantSubnets {
@@ -28,30 +53,67 @@ impl TenantSubnets {
         TenantSubnets::default()
     }
 
-    /// Records that `subnet` is `tenant`'s network on this node (again: a no-op). A
+    /// Records that `subnet` is `tenant`'s network on this node, with its `gateway`
+    /// (Docker's default, the subnet's first address, when `None`); again: a no-op. A
     /// subnet Docker handed to another tenant's network before (the old one removed)
     /// changes hands.
-    pub fn set(&self, tenant: &str, subnet: IpNet) {
-        let mut subnets = self.subnets.write();
-        subnets.retain(|(known, _)| *known != subnet);
-        subnets.push((subnet, tenant.to_string()));
+    pub fn set(&self, tenant: &str, subnet: IpNet, gateway: Option<IpAddr>) {
+        let gateway = gateway.unwrap_or_else(|| first_host(subnet));
+        let mut networks = self.networks.write();
+        networks.retain(|known| known.subnet != subnet);
+        networks.push(TenantNet {
+            subnet,
+            tenant: tenant.to_string(),
+            gateway,
+        });
     }
 
     /// Forgets a network this node removed.
     pub fn remove(&self, subnet: IpNet) {
-        self.subnets.write().retain(|(known, _)| *known != subnet);
+        self.networks.write().retain(|known| known.subnet != subnet);
+    }
+
+    /// The tenant whose network `source` is on, if any.
+    pub fn tenant_of(&self, source: IpAddr) -> Option<String> {
+        self.network_of(source).map(|net| net.tenant)
     }
 
     /// Whose names `source` may see.
     pub fn scope_of(&self, source: IpAddr) -> Scope {
+        self.asker(source).scope
+    }
+
+    /// Who `source` is: its scope, and its network's gateway.
+    pub fn asker(&self, source: IpAddr) -> Asker {
+        match self.network_of(source) {
+            Some(net) => Asker {
+                scope: Scope::Tenant(net.tenant),
+                gateway: Some(net.gateway),
+            },
+            None => Scope::Everything.into(),
+        }
+    }
+
+    fn network_of(&self, source: IpAddr) -> Option<TenantNet> {
         let source = canonical(source);
-        self.subnets
+        self.networks
             .read()
             .iter()
-            .find(|(subnet, _)| subnet.contains(&source))
-            .map_or(Scope::Everything, |(_, tenant)| {
-                Scope::Tenant(tenant.clone())
-            })
+            .find(|net| net.subnet.contains(&source))
+            .cloned()
+    }
+}
+
+/// The first address of `subnet` after its network address: where Docker puts a bridge
+/// network's gateway unless told otherwise.
+fn first_host(subnet: IpNet) -> IpAddr {
+    match subnet {
+        IpNet::V4(v4) => IpAddr::V4(std::net::Ipv4Addr::from(
+            u32::from(v4.network()).saturating_add(1),
+        )),
+        IpNet::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from(
+            u128::from(v6.network()).saturating_add(1),
+        )),
     }
 }
 
@@ -70,16 +132,29 @@ mod tests {
     #[test]
     fn a_tenant_subnet_scopes_its_addresses_and_nothing_else() {
         let subnets = TenantSubnets::new();
-        subnets.set("acme", "172.20.0.0/16".parse().unwrap());
-        subnets.set("globex", "172.21.0.0/16".parse().unwrap());
+        subnets.set("acme", "172.20.0.0/16".parse().unwrap(), None);
+        subnets.set(
+            "globex",
+            "172.21.0.0/16".parse().unwrap(),
+            Some("172.21.0.254".parse().unwrap()),
+        );
         let scope = |ip: &str| subnets.scope_of(ip.parse().unwrap());
         assert_eq!(scope("172.20.0.5"), Scope::Tenant("acme".into()));
         assert_eq!(scope("172.21.3.4"), Scope::Tenant("globex".into()));
         assert_eq!(scope("::ffff:172.21.3.4"), Scope::Tenant("globex".into()));
         assert_eq!(scope("127.0.0.1"), Scope::Everything);
         assert_eq!(scope("172.17.0.2"), Scope::Everything);
+        let gateway = |ip: &str| subnets.asker(ip.parse().unwrap()).gateway;
+        assert_eq!(gateway("172.20.9.9"), Some("172.20.0.1".parse().unwrap()));
+        assert_eq!(gateway("172.21.0.2"), Some("172.21.0.254".parse().unwrap()));
+        assert_eq!(gateway("127.0.0.1"), None);
+        assert_eq!(
+            subnets.tenant_of("172.21.0.2".parse().unwrap()).as_deref(),
+            Some("globex")
+        );
+        assert_eq!(subnets.tenant_of("10.0.0.1".parse().unwrap()), None);
         // A subnet reused for another tenant's network changes hands.
-        subnets.set("initech", "172.20.0.0/16".parse().unwrap());
+        subnets.set("initech", "172.20.0.0/16".parse().unwrap(), None);
         assert_eq!(scope("172.20.0.5"), Scope::Tenant("initech".into()));
         subnets.remove("172.20.0.0/16".parse().unwrap());
         assert_eq!(scope("172.20.0.5"), Scope::Everything);

@@ -16,7 +16,8 @@ use hickory_proto::op::{Edns, Header, Message, MessageType, OpCode, ResponseCode
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable, BinEncoder};
 use rand::Rng;
 
-use super::zone::{Answer, Reply, Scope, Zone};
+use super::askers::Asker;
+use super::zone::{Answer, Reply, Zone};
 
 /// RFC 1035's limit for UDP answers to clients without EDNS.
 pub const CLASSIC_UDP_PAYLOAD: u16 = 512;
@@ -83,13 +84,13 @@ impl Outcome {
     }
 }
 
-/// Answers `packet`, received over `transport` from an asker of `scope`. `recursor`: a
+/// Answers `packet`, received over `transport` from `asker`. `recursor`: a
 /// recursor is set, so names outside the zone are forwarded.
 pub fn exchange(
     packet: &[u8],
     transport: Transport,
     zone: &Zone,
-    scope: &Scope,
+    asker: &Asker,
     recursor: bool,
     rng: &mut impl Rng,
 ) -> Outcome {
@@ -124,7 +125,7 @@ pub fn exchange(
         query.name(),
         query.query_type(),
         query.query_class(),
-        scope,
+        asker,
         rng,
     ) {
         Reply::Outside if recursor => Outcome {

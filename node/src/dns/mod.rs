@@ -6,7 +6,7 @@
 //! - [`zone`]: the answer table, pure: names to records, for one asker;
 //! - [`zone_feed`]: the zone remade from every view change;
 //! - [`exchange`]: one query's bytes to the answer's, pure: truncation, EDNS, errors;
-//! - [`askers`]: the tenant a source address belongs to;
+//! - [`askers`]: the tenant a source address belongs to, and its network's gateway;
 //! - [`server`]: the UDP and TCP sockets, forwarding to a recursor, counters.
 
 pub mod askers;
@@ -15,6 +15,6 @@ pub mod server;
 pub mod zone;
 pub mod zone_feed;
 
-pub use askers::TenantSubnets;
+pub use askers::{Asker, TenantSubnets};
 pub use server::{DnsCounters, DnsListeners, DnsService, DnsStats};
 pub use zone::{Scope, Zone, ZoneConfig};

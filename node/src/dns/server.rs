@@ -165,12 +165,12 @@ impl DnsService {
     ) -> Option<Vec<u8>> {
         let outcome = {
             let zone = self.zones.borrow().clone();
-            let scope = self.askers.scope_of(source.ip());
+            let asker = self.askers.asker(source.ip());
             exchange(
                 packet,
                 transport,
                 &zone,
-                &scope,
+                &asker,
                 self.recursor.is_some(),
                 rng,
             )

@@ -11,7 +11,10 @@
 //! - `NODE.node.D`: a live node's advertise address;
 //! - `HEX.addr.D`: the address spelled in hex (8 digits for IPv4, 32 for IPv6), the SRV
 //!   targets, as Consul spells them;
-//! - `D` itself: its SOA.
+//! - `D` itself: its SOA;
+//! - `APP.internal` (with the node-local balancer on, [`ZoneConfig::internal`]): the
+//!   balancer, reached at the asker's own tenant network gateway (A); from anywhere else
+//!   it has no address (NODATA): the balancer serves this node's containers.
 //!
 //! Anything else under `D` is NXDOMAIN with the SOA in the authority section (its minimum
 //! is the TTL: negative answers are cached no longer than positive ones). A name that
@@ -24,6 +27,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::rdata::{A, AAAA, SOA, SRV};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
+
+use super::askers::Asker;
 use rand::Rng;
 use rand::seq::SliceRandom;
 
@@ -93,6 +98,8 @@ pub struct ZoneConfig {
     pub domain: Name,
     /// Of every record, 0 to [`MAX_TTL_SECS`].
     pub ttl: u32,
+    /// The node-local balancer is on: `APP.internal` names exist.
+    pub internal: bool,
 }
 
 impl ZoneConfig {
@@ -111,7 +118,11 @@ impl ZoneConfig {
             .map_err(|err| format!("{domain:?} is not a DNS domain name: {err}"))?
             .to_lowercase();
         name.set_fqdn(true);
-        Ok(ZoneConfig { domain: name, ttl })
+        Ok(ZoneConfig {
+            domain: name,
+            ttl,
+            internal: false,
+        })
     }
 }
 
@@ -150,22 +161,31 @@ impl Zone {
         self.config == other.config && self.apps == other.apps && self.nodes == other.nodes
     }
 
-    /// The answer to `name` (any case) of type `qtype` asked from `scope`; the records of
+    /// The answer to `name` (any case) of type `qtype` asked by `asker`; the records of
     /// an RRset are shuffled with `rng`, so callers that take the first spread their load.
     pub fn answer(
         &self,
         name: &Name,
         qtype: RecordType,
         qclass: DNSClass,
-        scope: &Scope,
+        asker: &Asker,
         rng: &mut impl Rng,
     ) -> Reply {
         let name = name.to_lowercase();
-        if !self.config.domain.zone_of(&name) {
+        let scope = &asker.scope;
+        let internal = self.config.internal.then(|| internal_app(&name)).flatten();
+        if internal.is_none() && !self.config.domain.zone_of(&name) {
             return Reply::Outside;
         }
         if qclass != DNSClass::IN && qclass != DNSClass::ANY {
             return Reply::Answer(self.refusal(ResponseCode::NotImp));
+        }
+        if let Some(app) = internal {
+            let found = match self.apps.get(&app).filter(|entry| scope.sees(entry)) {
+                None => Found::Nothing,
+                Some(_) => asker.gateway.map_or(Found::NoAddress, Found::Address),
+            };
+            return Reply::Answer(self.records(&name, found, qtype));
         }
         // Counted by hand: `num_labels` leaves out a leading `*`, which must not turn
         // `*.D` into the apex.
@@ -230,6 +250,7 @@ impl Zone {
             Found::Nothing => {
                 answer.rcode = ResponseCode::NXDomain;
             }
+            Found::NoAddress => {}
             Found::Apex => {
                 if wants(RecordType::SOA) {
                     answer.answers.push(self.soa());
@@ -329,6 +350,8 @@ impl Zone {
 /// What a name under the domain stands for.
 enum Found {
     Nothing,
+    /// The name exists, with no record for this asker (NODATA).
+    NoAddress,
     Apex,
     Address(IpAddr),
     Service {
@@ -362,6 +385,15 @@ fn address_record(name: &Name, ip: IpAddr, ttl: u32, qtype: RecordType) -> Optio
         }
         _ => None,
     }
+}
+
+/// `APP` of `APP.internal.`, lowercase; `None` for any other name.
+fn internal_app(name: &Name) -> Option<String> {
+    let mut labels = name.iter();
+    let (Some(app), Some(b"internal"), None) = (labels.next(), labels.next(), labels.next()) else {
+        return None;
+    };
+    Some(String::from_utf8_lossy(app).into_owned())
 }
 
 fn parse_release(label: &str) -> Option<u64> {

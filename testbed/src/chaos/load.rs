@@ -1,5 +1,6 @@
 //! Continuous traffic through an ingress: `clients` concurrent loops, each with its own
-//! keep-alive connection, sending `GET /` with `Host: <app>.localhost` and a short pause,
+//! keep-alive connection, sending `GET /` (or another path) with `Host: <app>.localhost`
+//! and a short pause,
 //! recording every request's start, latency, status or error, and which replica answered.
 //!
 //! The replica is read from the body: `examples/hello` answers `... release R replica N on
@@ -22,6 +23,8 @@ pub struct LoadConfig {
     pub ingress: SocketAddr,
     /// The `Host` header, e.g. `chaos.localhost`.
     pub host: String,
+    /// What each request gets: `/` unless set.
+    pub path: String,
     pub clients: usize,
     /// Between the end of one request and the start of the next, per client.
     pub pause: Duration,
@@ -38,6 +41,7 @@ impl LoadConfig {
         LoadConfig {
             ingress,
             host: format!("{app}.localhost"),
+            path: "/".to_string(),
             clients: 4,
             pause: Duration::from_millis(20),
             timeout: Duration::from_secs(5),
@@ -146,7 +150,7 @@ impl Load {
         let (marks, mark_rx) = mpsc::unbounded_channel();
         let served = Arc::new(watch::Sender::new(BTreeSet::new()));
         let started = Instant::now();
-        let url = format!("http://{}/", config.ingress);
+        let url = format!("http://{}{}", config.ingress, config.path);
         let mut clients = Vec::new();
         for index in 0..config.clients {
             // One client each, one idle connection each: every loop keeps its own

@@ -7,7 +7,7 @@ use rand::SeedableRng;
 use rand::rngs::SmallRng;
 
 use super::*;
-use crate::dns::zone::{ZoneApp, ZoneConfig, ZoneReplica};
+use crate::dns::zone::{Scope, ZoneApp, ZoneConfig, ZoneReplica};
 
 /// `big` has `replicas` replicas on as many addresses.
 fn zone(replicas: usize) -> Zone {
@@ -52,7 +52,7 @@ fn run(packet: &[u8], transport: Transport, zone: &Zone, recursor: bool) -> Outc
         packet,
         transport,
         zone,
-        &Scope::Everything,
+        &Scope::Everything.into(),
         recursor,
         &mut rng,
     )

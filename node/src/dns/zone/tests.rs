@@ -62,7 +62,7 @@ fn ask(zone: &Zone, name: &str, qtype: RecordType, scope: &Scope) -> Reply {
         &Name::from_ascii(name).unwrap(),
         qtype,
         DNSClass::IN,
-        scope,
+        &scope.clone().into(),
         &mut rng,
     )
 }
@@ -273,6 +273,74 @@ fn a_tenant_sees_its_own_apps_and_no_other() {
     }
 }
 
+/// `APP.internal` leads a tenant's container to its own gateway, where the node-local
+/// balancer answers; nobody else gets an address, and nothing of it exists with the
+/// balancer off.
+#[test]
+fn an_internal_name_resolves_to_the_askers_gateway_for_its_own_apps_only() {
+    let mut zone = zone();
+    let gateway: IpAddr = "172.20.0.1".parse().unwrap();
+    let acme = Asker {
+        scope: Scope::Tenant("acme".into()),
+        gateway: Some(gateway),
+    };
+    let globex = Asker {
+        scope: Scope::Tenant("globex".into()),
+        gateway: Some("172.21.0.1".parse().unwrap()),
+    };
+    let host: Asker = Scope::Everything.into();
+    let mut rng = SmallRng::seed_from_u64(1);
+    let mut ask = |zone: &Zone, name: &str, qtype: RecordType, asker: &Asker| {
+        let name = Name::from_ascii(name).unwrap();
+        match zone.answer(&name, qtype, DNSClass::IN, asker, &mut rng) {
+            Reply::Answer(answer) => answer,
+            Reply::Outside => panic!("{name} is the zone's"),
+        }
+    };
+    assert_eq!(
+        zone.answer(
+            &Name::from_ascii("api.internal.").unwrap(),
+            RecordType::A,
+            DNSClass::IN,
+            &acme,
+            &mut SmallRng::seed_from_u64(1)
+        ),
+        Reply::Outside,
+        "no balancer, no internal names"
+    );
+    zone.config.internal = true;
+    let own = ask(&zone, "API.internal.", RecordType::A, &acme);
+    assert_eq!(own.rcode, ResponseCode::NoError);
+    assert_eq!(ips(&own), vec![gateway]);
+    // No IPv6 on the gateway: NODATA, so a client falls back to the A record.
+    let v6 = ask(&zone, "api.internal.", RecordType::AAAA, &acme);
+    assert_eq!((v6.rcode, v6.answers.len()), (ResponseCode::NoError, 0));
+    // Another tenant's app and the administrator's are as absent as a missing one.
+    let absent = ask(&zone, "nope.internal.", RecordType::A, &acme);
+    assert_eq!(absent.rcode, ResponseCode::NXDomain);
+    assert_eq!(ask(&zone, "web.internal.", RecordType::A, &acme), absent);
+    let other = ask(&zone, "api.internal.", RecordType::A, &globex);
+    assert_eq!(other.rcode, ResponseCode::NXDomain);
+    // The host knows the name but has no gateway to reach the balancer at.
+    let from_host = ask(&zone, "api.internal.", RecordType::A, &host);
+    assert_eq!(
+        (from_host.rcode, from_host.answers.len()),
+        (ResponseCode::NoError, 0)
+    );
+    // Only `APP.internal` itself is the zone's.
+    for name in ["internal.", "x.api.internal.", "api.internal.example."] {
+        let name = Name::from_ascii(name).unwrap();
+        let reply = zone.answer(
+            &name,
+            RecordType::A,
+            DNSClass::IN,
+            &acme,
+            &mut SmallRng::seed_from_u64(1),
+        );
+        assert_eq!(reply, Reply::Outside, "{name}");
+    }
+}
+
 #[test]
 fn names_outside_the_domain_are_not_the_zones() {
     let zone = zone();
@@ -326,7 +394,7 @@ fn answers_are_shuffled_across_asks() {
             &name,
             RecordType::A,
             DNSClass::IN,
-            &Scope::Everything,
+            &Scope::Everything.into(),
             &mut rng,
         ) else {
             panic!("in the zone");
@@ -345,7 +413,7 @@ fn other_classes_are_not_implemented() {
         &Name::from_ascii("web.service.stratus.").unwrap(),
         RecordType::A,
         DNSClass::CH,
-        &Scope::Everything,
+        &Scope::Everything.into(),
         &mut rng,
     ) else {
         panic!("in the zone");

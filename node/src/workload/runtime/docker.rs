@@ -91,6 +91,9 @@ pub struct DockerOptions {
     pub gvisor_runtime: String,
     /// The `nft` program that applies the tenant isolation rules.
     pub nft: String,
+    /// The agent's listeners for containers (the node-local balancer and DNS), where a
+    /// tenant network's gateway ports 80 and 53 lead; its containers resolve through it.
+    pub internal: Option<tenant_network::InternalPorts>,
 }
 
 impl DockerOptions {
@@ -107,6 +110,7 @@ impl DockerOptions {
             cluster_id: None,
             gvisor_runtime: "runsc".to_string(),
             nft: "nft".to_string(),
+            internal: None,
         }
     }
 }
@@ -202,7 +206,8 @@ impl DockerDriver {
         let configs = ipam.and_then(|ipam| ipam.config.as_ref());
         for config in configs.into_iter().flatten() {
             if let Some(subnet) = config.subnet.as_deref().and_then(|s| s.parse().ok()) {
-                self.tenant_subnets.set(tenant, subnet);
+                let gateway = config.gateway.as_deref().and_then(|g| g.parse().ok());
+                self.tenant_subnets.set(tenant, subnet, gateway);
             }
         }
     }
@@ -213,8 +218,8 @@ impl DockerDriver {
     }
 
     /// The tenant's network on this daemon, created if missing, with the isolation rules
-    /// for its bridge applied. Called with the start lock held.
-    async fn tenant_network(&self, tenant: &str) -> Result<String, RuntimeError> {
+    /// for its bridge applied, and its gateway. Called with the start lock held.
+    async fn tenant_network(&self, tenant: &str) -> Result<(String, Option<IpAddr>), RuntimeError> {
         let name = tenant_network::network_name(tenant);
         let bridge = tenant_network::bridge_name(&self.daemon.id, &name);
         let refused = |reason: String| RuntimeError::Refused {
@@ -265,13 +270,24 @@ impl DockerDriver {
         }
         self.apply_isolation(&[bridge]).await.map_err(refused)?;
         self.record_subnets(network.labels.as_ref(), network.ipam.as_ref());
-        Ok(name)
+        let gateway = network
+            .ipam
+            .as_ref()
+            .and_then(|ipam| ipam.config.as_ref())
+            .into_iter()
+            .flatten()
+            .find_map(|config| config.gateway.as_deref()?.parse::<IpAddr>().ok());
+        Ok((name, gateway))
     }
 
     /// Brings this daemon's nftables table up to date and adds `bridges` to it.
     async fn apply_isolation(&self, bridges: &[String]) -> Result<(), String> {
-        let script =
-            tenant_network::nft_script(&self.isolation_table(), self.options.port_range, bridges);
+        let script = tenant_network::nft_script(
+            &self.isolation_table(),
+            self.options.port_range,
+            bridges,
+            self.options.internal,
+        );
         let mut child = tokio::process::Command::new(&self.options.nft)
             .args(["-f", "-"])
             .stdin(std::process::Stdio::piped())
@@ -576,7 +592,13 @@ impl RuntimeDriver for DockerDriver {
         }
         let mut target = target(spec, &self.options, self.daemon.gvisor).map_err(refused)?;
         if let Some(tenant) = spec_tenant(spec) {
-            target.network = Some(self.tenant_network(tenant).await?);
+            let (network, gateway) = self.tenant_network(tenant).await?;
+            target.network = Some(network);
+            // The gateway's port 53 leads to this agent's DNS (the isolation table's
+            // redirect), which answers `APP.internal` and forwards the rest.
+            if self.options.internal.is_some() {
+                target.dns = gateway;
+            }
         }
         let id = self
             .create_and_start(spec, &name, &target, &mut allocator)
@@ -782,6 +804,8 @@ struct FollowState<S> {
 struct Target {
     network: Option<String>,
     runtime: Option<String>,
+    /// The container's resolver, if not Docker's default.
+    dns: Option<IpAddr>,
 }
 
 /// The tenant whose container `spec` is.
@@ -816,6 +840,7 @@ fn target(
     Ok(Target {
         network: options.network.clone(),
         runtime,
+        dns: None,
     })
 }
 
@@ -913,6 +938,7 @@ fn create_body(
     host_config.port_bindings = port_bindings;
     host_config.network_mode = target.network.clone();
     host_config.runtime = target.runtime.clone();
+    host_config.dns = target.dns.map(|ip| vec![ip.to_string()]);
     host_config.log_config = Some(HostConfigLogConfig {
         typ: Some("json-file".to_string()),
         config: Some(HashMap::from([
@@ -1243,10 +1269,16 @@ mod tests {
         let on_network = Target {
             network: Some("stratus-t-acme".into()),
             runtime: chosen.runtime.clone(),
+            dns: Some("172.20.0.1".parse().unwrap()),
         };
         let body = create_body(&sandboxed, &options, Some(20001), &on_network);
         let host = body.host_config.as_ref().unwrap();
         assert_eq!(host.network_mode.as_deref(), Some("stratus-t-acme"));
+        assert_eq!(
+            host.dns.as_deref(),
+            Some(&["172.20.0.1".to_string()][..]),
+            "resolves through the gateway, which leads to the agent's DNS"
+        );
         assert_eq!(host.runtime.as_deref(), Some("runsc"));
         assert!(
             host.port_bindings.is_some(),

@@ -18,6 +18,12 @@
 //!   bridge to another, even where Docker's own rules are off (`--iptables=false`).
 //!   Agents and ingresses connect from the host itself or from other hosts, never through
 //!   a tenant bridge, so they still reach every replica.
+//! - With the node-local balancer on ([`InternalPorts`]), the same table redirects what a
+//!   tenant's container sends to a host address (its gateway) on port 53, UDP or TCP, to
+//!   the agent's DNS port for containers, and on port 80 to the balancer's port: a
+//!   container resolves `APP.internal` to its gateway and calls `http://APP.internal/`
+//!   there. Both listeners tell the caller's tenant by its source address, which the
+//!   redirect keeps.
 
 use sha2::{Digest, Sha256};
 
@@ -55,6 +61,16 @@ pub fn table_name(daemon_id: &str, ports: PortRange) -> String {
     format!("stratus_{}", &hex::encode(digest)[..12])
 }
 
+/// The agent's listeners for containers (`--internal-port`), which a tenant bridge's
+/// ports 80 and 53 lead to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InternalPorts {
+    /// The node-local balancer (HTTP).
+    pub http: u16,
+    /// The DNS server's listener for containers (UDP and TCP).
+    pub dns: u16,
+}
+
 /// An `nft -f -` script that makes the table of `table` exist with its rules for `ports`
 /// and adds `bridges` to its tenant bridges. Idempotent and atomic (one transaction), and
 /// it never removes a bridge another agent sharing the daemon added: each agent adds the
@@ -64,7 +80,17 @@ pub fn table_name(daemon_id: &str, ports: PortRange) -> String {
 /// only the bridges of this table's set: agents sharing a daemon with port ranges of
 /// their own each keep a table, and a tenant that only another agent runs here must not
 /// reach this agent's published ports (`testbed/tests/tenants_docker.rs` caught it).
-pub fn nft_script(table: &str, ports: PortRange, bridges: &[String]) -> String {
+///
+/// With `internal`, a `prerouting` chain (just before Docker's DNAT) redirects the
+/// bridges' DNS and HTTP to the agent's own ports; on their own bridges only, so two
+/// agents on one daemon, each with ports of its own, both answer their containers.
+/// Without it the chain is there and empty, so turning the balancer off takes effect.
+pub fn nft_script(
+    table: &str,
+    ports: PortRange,
+    bridges: &[String],
+    internal: Option<InternalPorts>,
+) -> String {
     let range = ports.to_string();
     let mut script = format!(
         "add table inet {table}\n\
@@ -72,12 +98,23 @@ pub fn nft_script(table: &str, ports: PortRange, bridges: &[String]) -> String {
          add set inet {table} same_bridge {{ type ifname . ifname; }}\n\
          add chain inet {table} input {{ type filter hook input priority filter - 1; policy accept; }}\n\
          add chain inet {table} forward {{ type filter hook forward priority filter - 1; policy accept; }}\n\
+         add chain inet {table} prerouting {{ type nat hook prerouting priority dstnat - 1; policy accept; }}\n\
          flush chain inet {table} input\n\
          flush chain inet {table} forward\n\
+         flush chain inet {table} prerouting\n\
          add rule inet {table} input iifname \"{BRIDGE_PREFIX}*\" ct direction original meta l4proto tcp ct original proto-dst {range} drop\n\
          add rule inet {table} forward iifname \"{BRIDGE_PREFIX}*\" ct direction original meta l4proto tcp ct original proto-dst {range} drop\n\
          add rule inet {table} forward iifname @bridges oifname @bridges iifname . oifname != @same_bridge drop\n"
     );
+    if let Some(InternalPorts { http, dns }) = internal {
+        let to_host =
+            format!("add rule inet {table} prerouting iifname @bridges fib daddr type local");
+        script.push_str(&format!(
+            "{to_host} udp dport 53 redirect to :{dns}\n\
+             {to_host} tcp dport 53 redirect to :{dns}\n\
+             {to_host} tcp dport 80 redirect to :{http}\n"
+        ));
+    }
     for bridge in bridges {
         debug_assert!(is_bridge_name(bridge), "{bridge}");
         script.push_str(&format!(
@@ -120,7 +157,7 @@ mod tests {
         assert_ne!(table, table_name("daemon-2", ports));
         let a = bridge_name("daemon-1", "stratus-t-a");
         let b = bridge_name("daemon-1", "stratus-t-b");
-        let script = nft_script(&table, ports, &[a.clone(), b.clone()]);
+        let script = nft_script(&table, ports, &[a.clone(), b.clone()], None);
         assert!(script.contains(&format!(
             "add rule inet {table} input iifname \"stt-*\" ct direction original meta l4proto tcp ct original proto-dst 20000-29999 drop"
         )));
@@ -137,5 +174,35 @@ mod tests {
             !script.contains("delete"),
             "nothing another agent added is removed"
         );
+        assert!(!script.contains("redirect"), "no balancer, no redirect");
+        assert!(script.contains(&format!("flush chain inet {table} prerouting")));
+    }
+
+    #[test]
+    fn with_the_balancer_a_bridge_s_dns_and_http_to_the_host_lead_to_the_agent() {
+        let ports = PortRange::new(20000, 29999).unwrap();
+        let table = table_name("daemon-1", ports);
+        let internal = InternalPorts {
+            http: 8711,
+            dns: 8712,
+        };
+        let script = nft_script(&table, ports, &[], Some(internal));
+        let rule = |tail: &str| {
+            format!("add rule inet {table} prerouting iifname @bridges fib daddr type local {tail}")
+        };
+        for tail in [
+            "udp dport 53 redirect to :8712",
+            "tcp dport 53 redirect to :8712",
+            "tcp dport 80 redirect to :8711",
+        ] {
+            assert!(script.contains(&rule(tail)), "{tail}\n{script}");
+        }
+        assert!(
+            script.contains("type nat hook prerouting priority dstnat - 1"),
+            "before Docker's DNAT"
+        );
+        // The redirected connection keeps port 80 as its original destination, outside the
+        // replica range the input chain closes.
+        assert!(!ports.contains(80) && !ports.contains(53));
     }
 }

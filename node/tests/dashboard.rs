@@ -546,8 +546,15 @@ async fn the_dashboard_follows_the_cluster_live(kind: Kind) {
         .find(Locator::Css("#scale-to"))
         .await
         .unwrap();
-    scale_to.clear().await.unwrap();
-    scale_to.send_keys("3").await.unwrap();
+    // As a user does: click into the field, erase, type. WebDriver's `clear` leaves the
+    // field unfocused, and the page's next live update (which leaves a focused field
+    // alone) then puts the current count back before the keys arrive: Firefox typed
+    // "23" that way.
+    scale_to.click().await.unwrap();
+    scale_to
+        .send_keys("\u{E010}\u{E003}\u{E003}\u{E003}\u{E003}3")
+        .await
+        .unwrap();
     click(&browser, "#scale").await;
     wait_for(SETTLE, || async {
         let desired = api

@@ -3,7 +3,8 @@
 //! This crate owns the node's side of the cluster. Decisions are pure functions over data
 //! (the cluster view, the seal codec, the scheduler, the reconciler and its driver's plan);
 //! the I/O shells around them stay thin. It must never depend on `ingress`: the agent hands
-//! the binary `proto`-typed route feeds, and `main.rs` wires them into the ingress.
+//! the binary `proto`-typed route feeds (`agent::Feeds`), and `main.rs` wires them into the
+//! ingress (`embedded_ingress.rs`) and the node-local balancer (`internal_balancer.rs`).
 //!
 //! Layout, one folder per area:
 //! - [`agent`]: `run(config, listeners, transport, shutdown)`, the daemon as a library

@@ -298,3 +298,85 @@ async fn a_route_update_is_used_without_restart() {
     alpha.kill().await;
     beta.kill().await;
 }
+
+/// Callers told apart by their loopback address, as the agent tells containers apart by
+/// their tenant network.
+struct ByAddress;
+
+impl ingress::Callers for ByAddress {
+    fn caller(&self, client: std::net::IpAddr) -> ingress::Caller {
+        match client.to_string().as_str() {
+            "127.0.41.11" => ingress::Caller::Tenant("acme".into()),
+            "127.0.41.12" => ingress::Caller::Tenant("globex".into()),
+            "127.0.41.13" => ingress::Caller::Anyone,
+            _ => ingress::Caller::Stranger,
+        }
+    }
+}
+
+/// `GET /` for `host`, sent from `source`: the status and body.
+async fn get_from(source: Ipv4Addr, proxy: SocketAddr, host: &str) -> (u16, String) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind((source, 0).into()).unwrap();
+    let mut stream = socket.connect(proxy).await.unwrap();
+    let request = format!("GET / HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+    (status, body.to_string())
+}
+
+/// The node-local balancer's routes: `APP.internal`, each caller kept to its tenant's apps
+/// (another's answers exactly as an absent one), an unknown caller refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scoped_proxy_keeps_each_caller_to_its_tenants_apps() {
+    let alpha = TestBackend::start("alpha", Ipv4Addr::new(127, 0, 41, 8)).await;
+    let beta = TestBackend::start("beta", Ipv4Addr::new(127, 0, 41, 9)).await;
+    let routes = Arc::new(RouteState::new(round_robin()).scoped_by(Arc::new(ByAddress)));
+    let (a, b) = (
+        record("a", "api", alpha.addr),
+        record("b", "shop", beta.addr),
+    );
+    routes
+        .update(RouteTable::build(
+            ingress::routes::INTERNAL_DOMAIN,
+            [
+                RouteApp::new("api").of_tenant("acme"),
+                RouteApp::new("shop").of_tenant("globex"),
+            ]
+            .into_iter(),
+            [("n1", &a), ("n1", &b)],
+        ))
+        .await;
+    let proxy = start_proxy_for_test(routes);
+    let listen = proxy.listen();
+    let acme = Ipv4Addr::new(127, 0, 41, 11);
+    let globex = Ipv4Addr::new(127, 0, 41, 12);
+    let host = Ipv4Addr::new(127, 0, 41, 13);
+
+    let (status, body) = get_from(acme, listen, "api.internal").await;
+    assert_eq!((status, body.lines().next()), (200, Some("alpha")));
+    let (status, body) = get_from(globex, listen, "shop.internal").await;
+    assert_eq!((status, body.lines().next()), (200, Some("beta")));
+    let absent = get_from(acme, listen, "nope.internal").await;
+    assert_eq!(absent.0, 404);
+    assert_eq!(get_from(acme, listen, "shop.internal").await, absent);
+    assert_eq!(get_from(globex, listen, "api.internal").await, absent);
+    for app in ["api", "shop"] {
+        let (status, _) = get_from(host, listen, &format!("{app}.internal")).await;
+        assert_eq!(status, 200, "{app} from the host");
+    }
+    let (status, body) = get_from(Ipv4Addr::new(127, 0, 41, 14), listen, "api.internal").await;
+    assert_eq!(status, 403, "{body}");
+
+    stop(proxy).await.unwrap();
+    alpha.kill().await;
+    beta.kill().await;
+}

@@ -416,21 +416,28 @@ pub async fn run_with_feeds(
                 stop_rx.clone(),
             ),
         );
-        let service = Arc::new(DnsService {
+        let counters = dns_counters.clone().unwrap_or_default();
+        if let Some(sockets) = internal_dns_listeners {
+            let for_containers = DnsService {
+                zones: zones.clone(),
+                askers: tenant_subnets.clone(),
+                recursor: dns.container_recursor,
+                counters: counters.clone(),
+            };
+            loops.spawn(
+                "DNS server for containers",
+                dns::server::serve(sockets, Arc::new(for_containers), stop_rx.clone()),
+            );
+        }
+        let service = DnsService {
             zones,
             askers: tenant_subnets,
             recursor: dns.recursor,
-            counters: dns_counters.clone().unwrap_or_default(),
-        });
-        if let Some(sockets) = internal_dns_listeners {
-            loops.spawn(
-                "DNS server for containers",
-                dns::server::serve(sockets, service.clone(), stop_rx.clone()),
-            );
-        }
+            counters,
+        };
         loops.spawn(
             "DNS server",
-            dns::server::serve(sockets, service, stop_rx.clone()),
+            dns::server::serve(sockets, Arc::new(service), stop_rx.clone()),
         );
     }
     let mut api_config = api::ApiConfig::new(

@@ -357,6 +357,7 @@ fn resolve_dns(
         addr,
         zone,
         recursor,
+        container_recursor: None,
     }))
 }
 
@@ -387,6 +388,11 @@ fn resolve_internal(
         )));
     }
     dns.zone.internal = true;
+    dns.container_recursor = dns.recursor.or_else(|| {
+        std::fs::read_to_string("/etc/resolv.conf")
+            .ok()
+            .and_then(|text| crate::dns::askers::first_nameserver(&text))
+    });
     Ok(Some(InternalPorts {
         http,
         dns: dns_port,
@@ -466,6 +472,9 @@ pub struct DnsConfig {
     pub addr: SocketAddr,
     pub zone: crate::dns::ZoneConfig,
     pub recursor: Option<SocketAddr>,
+    /// Where containers' questions outside the zone go (`--internal-port`): the recursor,
+    /// or else the host's first nameserver, so replicas still resolve the world.
+    pub container_recursor: Option<SocketAddr>,
 }
 
 impl AgentConfig {

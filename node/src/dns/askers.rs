@@ -104,6 +104,19 @@ impl TenantSubnets {
     }
 }
 
+/// The first `nameserver` of a `resolv.conf`, on port 53: where containers' questions for
+/// names outside the zone go when the agent answers for them and no `--dns-recursor` is
+/// set (Docker would otherwise have sent them to the host's resolvers itself).
+pub fn first_nameserver(resolv_conf: &str) -> Option<std::net::SocketAddr> {
+    resolv_conf.lines().find_map(|line| {
+        let mut words = line.split_whitespace();
+        (words.next() == Some("nameserver"))
+            .then(|| words.next()?.parse::<IpAddr>().ok())
+            .flatten()
+            .map(|ip| std::net::SocketAddr::new(ip, 53))
+    })
+}
+
 /// The first address of `subnet` after its network address: where Docker puts a bridge
 /// network's gateway unless told otherwise.
 fn first_host(subnet: IpNet) -> IpAddr {
@@ -128,6 +141,21 @@ fn canonical(ip: IpAddr) -> IpAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_host_s_first_nameserver_is_read_from_resolv_conf() {
+        let text = "# generated\nsearch example.com\nnameserver fe80::1%eth0\n\
+                    nameserver 10.0.0.53\nnameserver 10.0.0.54\n";
+        assert_eq!(
+            first_nameserver(text),
+            Some("10.0.0.53:53".parse().unwrap())
+        );
+        assert_eq!(
+            first_nameserver("nameserver 127.0.0.53\n"),
+            Some("127.0.0.53:53".parse().unwrap())
+        );
+        assert_eq!(first_nameserver("options ndots:5\n"), None);
+    }
 
     #[test]
     fn a_tenant_subnet_scopes_its_addresses_and_nothing_else() {

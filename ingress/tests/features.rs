@@ -150,11 +150,7 @@ async fn raw(proxy: SocketAddr, request: &[u8]) -> (u16, String) {
     let mut raw = Vec::new();
     let _ = stream.read_to_end(&mut raw).await;
     let text = String::from_utf8_lossy(&raw).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0);
+    let status = common::status_code(&text);
     (status, text)
 }
 

@@ -324,11 +324,7 @@ async fn get_from(source: Ipv4Addr, proxy: SocketAddr, host: &str) -> (u16, Stri
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).await.unwrap();
     let text = String::from_utf8_lossy(&raw).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0);
+    let status = common::status_code(&text);
     let body = text.split_once("\r\n\r\n").map_or("", |(_, body)| body);
     (status, body.to_string())
 }

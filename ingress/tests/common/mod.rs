@@ -89,3 +89,12 @@ pub fn round_robin() -> BalancerConfig {
         ..BalancerConfig::default()
     }
 }
+
+/// The status code of an HTTP/1 answer's status line; 0 if there is none.
+pub fn status_code(answer: &str) -> u16 {
+    answer
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0)
+}

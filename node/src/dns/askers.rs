@@ -14,7 +14,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use parking_lot::RwLock;
 
-use super::zone::Scope;
+use super::zone::{Asker, Scope};
 
 /// The subnets of this node's tenant networks, shared by the Docker driver (which writes),
 /// the DNS server and the node-local balancer (which read).
@@ -28,24 +28,6 @@ struct TenantNet {
     subnet: IpNet,
     tenant: String,
     gateway: IpAddr,
-}
-
-/// Who asks a question, as the zone needs to know.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Asker {
-    pub scope: Scope,
-    /// The gateway of the asker's tenant network: where its containers reach this node's
-    /// balancer, so what `APP.internal` resolves to. `None` from anywhere else.
-    pub gateway: Option<IpAddr>,
-}
-
-impl From<Scope> for Asker {
-    fn from(scope: Scope) -> Asker {
-        Asker {
-            scope,
-            gateway: None,
-        }
-    }
 }
 
 impl TenantSubnets {

@@ -16,8 +16,7 @@ use hickory_proto::op::{Edns, Header, Message, MessageType, OpCode, ResponseCode
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable, BinEncoder};
 use rand::Rng;
 
-use super::askers::Asker;
-use super::zone::{Answer, Reply, Zone};
+use super::zone::{Answer, Asker, Reply, Zone};
 
 /// RFC 1035's limit for UDP answers to clients without EDNS.
 pub const CLASSIC_UDP_PAYLOAD: u16 = 512;

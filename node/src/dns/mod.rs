@@ -15,6 +15,6 @@ pub mod server;
 pub mod zone;
 pub mod zone_feed;
 
-pub use askers::{Asker, TenantSubnets};
+pub use askers::TenantSubnets;
 pub use server::{DnsCounters, DnsListeners, DnsService, DnsStats};
-pub use zone::{Scope, Zone, ZoneConfig};
+pub use zone::{Asker, Scope, Zone, ZoneConfig};

@@ -27,8 +27,6 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::rdata::{A, AAAA, SOA, SRV};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
-
-use super::askers::Asker;
 use rand::Rng;
 use rand::seq::SliceRandom;
 
@@ -69,6 +67,25 @@ impl Scope {
         match self {
             Scope::Everything => true,
             Scope::Tenant(tenant) => app.tenant.as_deref() == Some(tenant.as_str()),
+        }
+    }
+}
+
+/// Who asks a question, as the zone needs to know (`dns::askers` tells it from the
+/// source address).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Asker {
+    pub scope: Scope,
+    /// The gateway of the asker's tenant network: where its containers reach this node's
+    /// balancer, so what `APP.internal` resolves to. `None` from anywhere else.
+    pub gateway: Option<IpAddr>,
+}
+
+impl From<Scope> for Asker {
+    fn from(scope: Scope) -> Asker {
+        Asker {
+            scope,
+            gateway: None,
         }
     }
 }

@@ -176,7 +176,7 @@ enum Bench {
         /// Sequential requests per path and round, on one keep-alive connection
         #[arg(long, default_value_t = 2000)]
         requests: usize,
-        /// The agent runs on 127.0.NET.2
+        /// The agent runs on 10.213.NET.2 (added to lo for the run)
         #[arg(long, default_value_t = 56)]
         net: u8,
     },

@@ -23,7 +23,7 @@
 //!   the agent's DNS port for containers, and on port 80 to the balancer's port: a
 //!   container resolves `APP.internal` to its gateway and calls `http://APP.internal/`
 //!   there. Both listeners tell the caller's tenant by its source address, which the
-//!   redirect keeps.
+//!   redirect keeps, and only tenant bridges and the host itself (`lo`) reach their ports.
 
 use sha2::{Digest, Sha256};
 
@@ -112,7 +112,8 @@ pub fn nft_script(
         script.push_str(&format!(
             "{to_host} udp dport 53 redirect to :{dns}\n\
              {to_host} tcp dport 53 redirect to :{dns}\n\
-             {to_host} tcp dport 80 redirect to :{http}\n"
+             {to_host} tcp dport 80 redirect to :{http}\n\
+             add rule inet {table} input meta l4proto {{ tcp, udp }} th dport {{ {http}, {dns} }} iifname != \"lo\" iifname != \"{BRIDGE_PREFIX}*\" drop\n"
         ));
     }
     for bridge in bridges {
@@ -201,6 +202,11 @@ mod tests {
             script.contains("type nat hook prerouting priority dstnat - 1"),
             "before Docker's DNAT"
         );
+        // The listeners are for containers and the host only: another host, or a container
+        // off the tenant networks (docker0), is dropped.
+        assert!(script.contains(&format!(
+            "add rule inet {table} input meta l4proto {{ tcp, udp }} th dport {{ 8711, 8712 }} iifname != \"lo\" iifname != \"stt-*\" drop"
+        )));
         // The redirected connection keeps port 80 as its original destination, outside the
         // replica range the input chain closes.
         assert!(!ports.contains(80) && !ports.contains(53));

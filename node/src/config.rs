@@ -196,8 +196,9 @@ pub struct AgentArgs {
     pub dns_recursor: Option<SocketAddr>,
     /// Let tenants' containers call each other's apps as http://APP.internal/: a
     /// balancer for them on this TCP port and a DNS server for them on the next one (UDP
-    /// and TCP), which their network's ports 80 and 53 lead to. Needs --dns-addr, Docker
-    /// and nftables [default: off]
+    /// and TCP), which their network's ports 80 and 53 lead to. Both bind every address:
+    /// take ports below the ephemeral range (32768 and up on Linux), which outgoing
+    /// connections may hold. Needs --dns-addr, Docker and nftables [default: off]
     #[arg(long, env = "STRATUS_INTERNAL_PORT")]
     pub internal_port: Option<u16>,
 }

@@ -53,9 +53,11 @@ const PREFIX: [u8; 2] = [10, 213];
 const NET_ISOLATION: u8 = 52;
 const NET_GVISOR: u8 = 53;
 const NET_INTERNAL: u8 = 54;
-/// The first agent's `--internal-port` (the second's is 2 above): in net 54's port block
-/// (41600-41999) but past its two agents' replica ranges.
-const INTERNAL_PORT: u16 = 41960;
+/// The first agent's `--internal-port` (the second's is 2 above). The balancer listens on
+/// every address, so the port must be below Linux's ephemeral range (32768-60999), where
+/// any outgoing connection of another test may hold it, and below every testbed agent's
+/// replica range (20000 and up); no other test uses 178xx.
+const INTERNAL_PORT: u16 = 17810;
 const TENANT_A: &str = "e2eiso-a";
 const TENANT_B: &str = "e2eiso-b";
 const TENANT_G: &str = "e2egvisor";
